@@ -1,0 +1,32 @@
+# `make demo` and `make test` do all set-up on a fresh machine (see README.md).
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install demo test lint typecheck bench clean
+
+install: $(VENV)/.installed
+
+# torch==2.13.0 goes in first and alone: it is the CPU build on this machine's disk;
+# letting a resolver pick torch would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[dev]'
+	touch $@
+
+demo: install
+	$(VENV)/bin/aiscale demo
+
+test: install
+	$(VENV)/bin/pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info src/*.egg-info

@@ -1,0 +1,93 @@
+"""The one exception tree of aiscale. Domain errors carry no HTTP knowledge.
+
+The gateway maps each class to a status code in one table (``serving/errors.py``).
+
+    AiscaleError
+    ├── ConfigError                 invalid configuration (names the dotted field path)
+    ├── InvalidInput                a request or argument does not fit the contract (names the field)
+    │   └── PayloadTooLarge         body over the configured limit
+    ├── NotFound                    unknown model, version, alias, deployment or key
+    ├── Conflict                    the thing exists already, or an immutable thing would change
+    ├── AuthError                   missing or wrong API key
+    │   └── Forbidden               the key lacks the scope
+    ├── Overloaded                  a bounded queue is full or a rate limit is hit (has retry_after_s)
+    │   └── RateLimited             the key's token bucket is empty
+    ├── DeadlineExceeded            the request's deadline passed before it was answered
+    ├── ReplicaError                the model raised inside a replica (keeps the original type name)
+    ├── ReplicaUnavailable          a replica died or no replica is ready (names the cause)
+    └── ModelLoadError              a runtime could not load a model
+"""
+
+from __future__ import annotations
+
+
+class AiscaleError(Exception):
+    """Root of every error aiscale raises on purpose.
+
+    ``field`` names the offending input or config path where there is one.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class ConfigError(AiscaleError):
+    """Configuration is invalid; ``field`` is the dotted path of the bad field."""
+
+
+class InvalidInput(AiscaleError):
+    """A request or argument does not fit the declared contract."""
+
+
+class PayloadTooLarge(InvalidInput):
+    """A request body is larger than the configured maximum."""
+
+
+class NotFound(AiscaleError):
+    """An unknown model, version, alias, deployment or key."""
+
+
+class Conflict(AiscaleError):
+    """The object exists already, or an immutable object would be changed."""
+
+
+class AuthError(AiscaleError):
+    """The API key is missing or wrong."""
+
+
+class Forbidden(AuthError):
+    """The API key is valid but lacks the scope for this endpoint."""
+
+
+class Overloaded(AiscaleError):
+    """Work is refused because a bounded resource is full; retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, field: str | None = None):
+        super().__init__(message, field=field)
+        self.retry_after_s = retry_after_s
+
+
+class RateLimited(Overloaded):
+    """The caller's token bucket is empty."""
+
+
+class DeadlineExceeded(AiscaleError):
+    """The request's deadline passed before it was answered."""
+
+
+class ReplicaError(AiscaleError):
+    """The model raised inside a replica; ``type_name`` is the original exception's type."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+
+
+class ReplicaUnavailable(AiscaleError):
+    """A replica died while holding the request, or no replica is ready."""
+
+
+class ModelLoadError(AiscaleError):
+    """A runtime could not load a model."""
