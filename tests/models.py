@@ -91,3 +91,25 @@ class Crash(Model):
         if "crash" in batch:
             os._exit(3)
         return list(batch)
+
+
+class HashEmbed(Model):
+    """A deterministic 8-dimensional unit-vector 'embedding' of each text: an embedding model
+    that loads in milliseconds, for protocol tests."""
+
+    schema = Schema(
+        inputs=(TensorSpec("text", "BYTES", ()),),
+        outputs=(TensorSpec("embedding", "FP32", (8,)),),
+    )
+
+    def predict(self, batch: Sequence[Any]) -> Any:
+        import hashlib
+
+        import numpy as np
+
+        rows = []
+        for text in batch:
+            digest = hashlib.sha256(text.encode()).digest()[:8]
+            vector = np.frombuffer(digest, dtype=np.uint8).astype(np.float32) + 1.0
+            rows.append(vector / np.linalg.norm(vector))
+        return np.stack(rows)

@@ -5,7 +5,8 @@ The gateway maps each class to a status code in one table (``serving/errors.py``
     AiscaleError
     ├── ConfigError                 invalid configuration (names the dotted field path)
     ├── InvalidInput                a request or argument does not fit the contract (names the field)
-    │   └── PayloadTooLarge         body over the configured limit
+    │   ├── PayloadTooLarge         body over the configured limit
+    │   └── MethodNotAllowed        the endpoint exists but not for this method
     ├── NotFound                    unknown model, version, alias, deployment or key
     ├── Conflict                    the thing exists already, or an immutable thing would change
     ├── AuthError                   missing or wrong API key
@@ -43,6 +44,10 @@ class InvalidInput(AiscaleError):
 
 class PayloadTooLarge(InvalidInput):
     """A request body is larger than the configured maximum."""
+
+
+class MethodNotAllowed(InvalidInput):
+    """The endpoint exists, but not for this method."""
 
 
 class NotFound(AiscaleError):

@@ -1,0 +1,464 @@
+"""The ``aiscale`` command: one Typer app whose subcommands are thin calls into the parts.
+
+Every command turns an ``AiscaleError`` (or an OS error) into one line on stderr and exit
+status 1; usage errors exit 2. This is the only module that prints or exits the process.
+
+Settings: ``--data-dir`` (env ``AISCALE_DATA_DIR``, else ``~/.aiscale``) holds the SQLite
+registry ``registry.db`` and the artifact store ``artifacts/``; ``--registry-url`` (env
+``AISCALE_REGISTRY_URL``) points the registry at another database, e.g. PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from aiscale.config import DeploymentConfig, load_config, parse_config
+from aiscale.errors import AiscaleError, InvalidInput
+from aiscale.registry import FsspecArtifactStore, SqlRegistry, register_with_artifact
+
+app = typer.Typer(
+    name="aiscale",
+    help="Serve AI models fast, release them safely, scale them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+models_app = typer.Typer(help="Register and inspect models, versions and aliases.",
+                         no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(keys_app, name="keys")
+
+
+def main() -> None:
+    """Entry point of the ``aiscale`` script."""
+    app()
+
+
+# --------------------------------------------------------------- shared settings
+
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option("--data-dir", envvar="AISCALE_DATA_DIR",
+                 help="Folder for the registry and artifacts [default: ~/.aiscale]."),
+]
+RegistryUrlOption = Annotated[
+    str | None,
+    typer.Option("--registry-url", envvar="AISCALE_REGISTRY_URL",
+                 help="SQLAlchemy URL of the registry [default: sqlite:///<data-dir>/registry.db]."),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class CliPaths:
+    """Where the CLI keeps its state, resolved from flags, environment and defaults."""
+
+    data_dir: Path
+    registry_url: str
+
+    @property
+    def artifacts_root(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+
+def resolve_paths(data_dir: Path | None, registry_url: str | None) -> CliPaths:
+    """Apply the defaults: ``~/.aiscale`` and a SQLite file inside it."""
+    folder = (data_dir or Path.home() / ".aiscale").expanduser().resolve()
+    return CliPaths(data_dir=folder, registry_url=registry_url or f"sqlite:///{folder}/registry.db")
+
+
+@contextmanager
+def open_registry(paths: CliPaths) -> Iterator[SqlRegistry]:
+    """The registry for one command, closed when the command ends."""
+    paths.data_dir.mkdir(parents=True, exist_ok=True)
+    registry = SqlRegistry.open(paths.registry_url)
+    try:
+        yield registry
+    finally:
+        registry.close()
+
+
+def open_artifacts(paths: CliPaths) -> FsspecArtifactStore:
+    return FsspecArtifactStore(paths.artifacts_root, cache_dir=paths.cache_dir)
+
+
+def _stdout() -> Console:
+    return Console()
+
+
+def _stderr() -> Console:
+    # One line per error, however narrow the terminal: soft wrap, no markup or highlighting.
+    return Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """Turn expected failures into one clear line on stderr and exit status 1."""
+    try:
+        yield
+    except AiscaleError as exc:
+        where = f" [{exc.field}]" if exc.field else ""
+        _stderr().print(f"error: {exc.message}{where}")
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        _stderr().print(f"error: {exc}")
+        raise typer.Exit(1) from None
+
+
+def _json_option(text: str | None, field: str) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"--{field} is not valid JSON: {exc.msg}", field=field) from None
+    if not isinstance(value, dict):
+        raise InvalidInput(f"--{field} must be a JSON object", field=field)
+    return value
+
+
+def _when(value: Any) -> str:
+    return "" if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ------------------------------------------------------------------------ models
+
+
+class RuntimeName(StrEnum):
+    """How a version is loaded (see aiscale.runtimes)."""
+
+    python = "python"
+    sklearn = "sklearn"
+    onnx = "onnx"
+    sentence_transformers = "sentence-transformers"
+    minilm = "minilm"
+
+
+@models_app.command("register")
+def models_register(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    runtime: Annotated[RuntimeName, typer.Option("--runtime", help="How the model is loaded.")],
+    uri: Annotated[
+        str | None,
+        typer.Option("--uri", help="pkg.module:Class, a model file or folder "
+                                   "[minilm default: bundled]."),
+    ] = None,
+    config: Annotated[str | None, typer.Option("--config", help="Runtime config, JSON.")] = None,
+    metadata: Annotated[str | None, typer.Option("--metadata", help="Free metadata, JSON.")] = None,
+    version: Annotated[str | None, typer.Option("--version", help="[default: next number]")] = None,
+    alias: Annotated[str | None, typer.Option("--alias", help="Point this alias at it.")] = None,
+    data_dir: DataDirOption = None,
+    registry_url: RegistryUrlOption = None,
+) -> None:
+    """Register a new version; model files and folders are copied into the artifact store."""
+    with reported_errors():
+        if uri is None:
+            if runtime is not RuntimeName.minilm:
+                raise InvalidInput(
+                    f"--uri is required for the {runtime.value} runtime", field="uri"
+                )
+            uri = "bundled"
+        paths = resolve_paths(data_dir, registry_url)
+        parsed_config = _json_option(config, "config")
+        parsed_metadata = _json_option(metadata, "metadata")
+        with open_registry(paths) as registry:
+            record = register_with_artifact(
+                registry, open_artifacts(paths), name, runtime=runtime.value, uri=uri,
+                config=parsed_config, metadata=parsed_metadata, version=version, alias=alias,
+            )
+        out = _stdout()
+        out.print(f"registered {record.model} version {record.version} ({record.runtime})",
+                  markup=False, highlight=False)
+        out.print(f"uri: {record.uri}", markup=False, highlight=False, soft_wrap=True)
+        if record.artifact_digest:
+            out.print(f"digest: sha256:{record.artifact_digest}", markup=False, soft_wrap=True)
+        if alias:
+            out.print(f"alias {alias} -> {record.version}", markup=False, highlight=False)
+
+
+@models_app.command("list")
+def models_list(data_dir: DataDirOption = None, registry_url: RegistryUrlOption = None) -> None:
+    """List models with their latest version and aliases."""
+    with reported_errors(), open_registry(resolve_paths(data_dir, registry_url)) as registry:
+        table = Table("model", "versions", "latest", "aliases", "description")
+        for model in registry.list_models():
+            versions = registry.list_versions(model.name)
+            aliases = registry.list_aliases(model.name)
+            table.add_row(
+                model.name, str(len(versions)), versions[-1].version if versions else "",
+                ", ".join(f"{a}->{v}" for a, v in aliases.items()), model.description,
+            )
+        _stdout().print(table)
+
+
+@models_app.command("show")
+def models_show(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    data_dir: DataDirOption = None,
+    registry_url: RegistryUrlOption = None,
+) -> None:
+    """Show a model's versions and aliases."""
+    with reported_errors(), open_registry(resolve_paths(data_dir, registry_url)) as registry:
+        versions = registry.list_versions(name)
+        aliases = registry.list_aliases(name)
+        by_version: dict[str, list[str]] = {}
+        for alias, version in aliases.items():
+            by_version.setdefault(version, []).append(alias)
+        table = Table("version", "runtime", "uri", "digest", "created (UTC)", "aliases",
+                      title=f"model {name}")
+        for record in versions:
+            table.add_row(
+                record.version, record.runtime, record.uri,
+                (record.artifact_digest or "")[:12], _when(record.created_at),
+                ", ".join(by_version.get(record.version, [])),
+            )
+        alias_table = Table("alias", "version", title="aliases")
+        for alias, version in aliases.items():
+            alias_table.add_row(alias, version)
+        out = _stdout()
+        out.print(table)
+        out.print(alias_table)
+
+
+@models_app.command("alias")
+def models_alias(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    alias: Annotated[str, typer.Argument(help="Alias to set or move.")],
+    version: Annotated[str, typer.Argument(help="Version it points at.")],
+    data_dir: DataDirOption = None,
+    registry_url: RegistryUrlOption = None,
+) -> None:
+    """Point ALIAS of model NAME at VERSION (moving it if it exists)."""
+    with reported_errors(), open_registry(resolve_paths(data_dir, registry_url)) as registry:
+        registry.set_alias(name, alias, version)
+        _stdout().print(f"{name}: alias {alias} -> {version}", markup=False, highlight=False)
+
+
+# -------------------------------------------------------------------------- keys
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="Who or what the key is for.")],
+    scope: Annotated[
+        list[str], typer.Option("--scope", help="admin and/or inference; repeat the option.")
+    ],
+    rate_limit: Annotated[
+        float | None, typer.Option("--rate-limit", help="Requests per second for this key.")
+    ] = None,
+    data_dir: DataDirOption = None,
+    registry_url: RegistryUrlOption = None,
+) -> None:
+    """Create an API key and print it once; only its hash is stored."""
+    with reported_errors(), open_registry(resolve_paths(data_dir, registry_url)) as registry:
+        plaintext, record = registry.create_key(name, frozenset(scope), rate_limit)
+        out = _stdout()
+        out.print(f"key id: {record.key_id}  scopes: {','.join(sorted(record.scopes))}",
+                  markup=False, highlight=False)
+        out.print("API key (shown once, store it now):", markup=False, highlight=False)
+        out.print(plaintext, markup=False, highlight=False, soft_wrap=True)
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDirOption = None, registry_url: RegistryUrlOption = None) -> None:
+    """List API keys (never their plaintext)."""
+    with reported_errors(), open_registry(resolve_paths(data_dir, registry_url)) as registry:
+        table = Table("key id", "name", "scopes", "rate/s", "created (UTC)", "revoked (UTC)")
+        for key in registry.list_keys():
+            table.add_row(
+                key.key_id, key.name, ",".join(sorted(key.scopes)),
+                "" if key.rate_limit_per_s is None else f"{key.rate_limit_per_s:g}",
+                _when(key.created_at), _when(key.revoked_at),
+            )
+        _stdout().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id shown by `keys list`.")],
+    data_dir: DataDirOption = None,
+    registry_url: RegistryUrlOption = None,
+) -> None:
+    """Revoke an API key; a running gateway refuses it once it reloads its keys."""
+    with reported_errors(), open_registry(resolve_paths(data_dir, registry_url)) as registry:
+        record = registry.revoke_key(key_id)
+        _stdout().print(f"revoked {record.key_id} ({record.name})", markup=False, highlight=False)
+
+
+if __name__ == "__main__":
+    main()
+
+
+# --------------------------------------------------------------- serving
+
+UrlOption = Annotated[
+    str,
+    typer.Option("--url", envvar="AISCALE_URL", help="Base URL of a running aiscale server."),
+]
+KeyOption = Annotated[
+    str | None,
+    typer.Option("--key", envvar="AISCALE_API_KEY", help="API key with the admin scope."),
+]
+
+
+def _deployment_flags(
+    name: str, model: str, version: str | None, replicas: int | None, max_batch_size: int | None,
+    max_batch_delay_ms: float | None, timeout_ms: float | None, num_threads: int | None,
+    cache_mb: float | None,
+) -> DeploymentConfig:
+    """A deployment config from command-line flags; unset flags keep the defaults."""
+    batching: dict[str, Any] = {}
+    if max_batch_size is not None:
+        batching["max_batch_size"] = max_batch_size
+    if max_batch_delay_ms is not None:
+        batching["max_batch_delay_ms"] = max_batch_delay_ms
+    data: dict[str, Any] = {"name": name, "model": model, "version": version, "batching": batching}
+    if replicas is not None:
+        data["replicas"] = replicas
+    if timeout_ms is not None:
+        data["timeout_ms"] = timeout_ms
+    if num_threads is not None:
+        data["num_threads"] = num_threads
+    if cache_mb:
+        data["cache"] = {"enabled": True, "max_bytes": int(cache_mb * 1024 * 1024)}
+    return parse_config({"deployments": [data]}).deployments[0]
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Argument(help="Registered model, 'minilm', pkg.module:Class, or a model file.")] = "minilm",
+    host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind; 0 picks a free one [default: 8000].")] = None,
+    name: Annotated[str | None, typer.Option(help="Deployment name [default: the model's name].")] = None,
+    version: Annotated[str | None, typer.Option(help="Version or alias [default: newest].")] = None,
+    replicas: Annotated[int | None, typer.Option(help="Replica processes [default: 1].")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Largest batch [default: 64].")] = None,
+    max_batch_delay_ms: Annotated[float | None, typer.Option(help="Longest wait for a batch to fill [default: 10].")] = None,
+    timeout_ms: Annotated[float | None, typer.Option(help="Per-request deadline [default: 30000].")] = None,
+    num_threads: Annotated[int | None, typer.Option(help="Torch threads per replica [default: cores / replicas].")] = None,
+    cache_mb: Annotated[float | None, typer.Option(help="Response cache size in MiB [default: off].")] = None,
+    config_file: Annotated[Path | None, typer.Option("--config", help="aiscale.yaml with server and deployments.")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback address without API keys.")] = False,
+    data_dir: DataDirOption = None,
+    registry_url: RegistryUrlOption = None,
+) -> None:
+    """Serve MODEL (default: the bundled minilm) over OIP v2 and OpenAI-compatible HTTP."""
+    from aiscale.serving.launch import build_gateway, ensure_registered
+    from aiscale.serving.server import bind_socket, is_loopback, make_uvicorn, url_of
+    from aiscale.serving.app import GatewayApp
+
+    with reported_errors():
+        paths = resolve_paths(data_dir, registry_url)
+        config = load_config(config_file, server_overrides={
+            "host": host, "port": port, "insecure": insecure or None,
+            "data_dir": str(paths.data_dir), "registry_url": paths.registry_url,
+        })
+        paths.data_dir.mkdir(parents=True, exist_ok=True)
+        registry = SqlRegistry.open(paths.registry_url)
+        artifacts = open_artifacts(paths)
+        choice = ensure_registered(registry, artifacts, model)
+        flags = _deployment_flags(
+            name or choice.model, choice.model, version or choice.version, replicas,
+            max_batch_size, max_batch_delay_ms, timeout_ms, num_threads, cache_mb,
+        )
+        server = config.server
+        if not is_loopback(server.host) and not registry.active_keys() and not server.is_insecure:
+            raise InvalidInput(
+                f"refusing to serve on {server.host} without API keys: create one with "
+                "'aiscale keys create' or pass --insecure", field="host",
+            )
+        gateway = build_gateway(config, registry, artifacts, [flags])
+        sock = bind_socket(server.host, server.port)
+    url = url_of(sock)
+    console = _stdout()
+
+    def announce() -> None:
+        names = ", ".join(gateway.deployments)
+        console.print(f"aiscale serving on {url} (deployments: {names})", highlight=False)
+        console.print(f"  metrics: {url}/metrics   OpenAI: {url}/v1   OIP v2: {url}/v2", highlight=False)
+        console.file.flush()
+
+    try:
+        make_uvicorn(GatewayApp(gateway, on_ready=announce), graceful_timeout_s=server.drain_timeout_s).run(
+            sockets=[sock]
+        )
+    finally:
+        registry.close()
+
+
+def _admin_call(method: str, url: str, path: str, key: str | None, body: Any = None) -> Any:
+    import httpx
+
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = httpx.request(method, f"{url.rstrip('/')}{path}", json=body, headers=headers, timeout=300)
+    except httpx.TransportError as exc:
+        raise AiscaleError(f"cannot reach {url}: {exc}") from None
+    if response.status_code >= 400:
+        try:
+            error = response.json()["error"]
+            message, field = error["message"], error.get("field")
+        except (ValueError, KeyError, TypeError):
+            message, field = response.text[:200], None
+        raise AiscaleError(f"server answered {response.status_code}: {message}", field=field)
+    return response.json()
+
+
+def _print_deployment(info: dict[str, Any]) -> None:
+    replicas = info["replicas"]
+    _stdout().print(
+        f"{info['name']}: model {info['model']} version {info['version']} ({info['runtime']}), "
+        f"replicas ready {replicas['ready']} / wanted {replicas['wanted']}, queue {info['queue_depth']}",
+        highlight=False,
+    )
+
+
+@app.command()
+def deploy(
+    name: Annotated[str, typer.Argument(help="Deployment name.")],
+    model: Annotated[str, typer.Option(help="Registered model name.")],
+    version: Annotated[str | None, typer.Option(help="Version or alias [default: newest].")] = None,
+    replicas: Annotated[int | None, typer.Option(help="Replica processes.")] = None,
+    max_batch_size: Annotated[int | None, typer.Option()] = None,
+    max_batch_delay_ms: Annotated[float | None, typer.Option()] = None,
+    timeout_ms: Annotated[float | None, typer.Option()] = None,
+    num_threads: Annotated[int | None, typer.Option()] = None,
+    cache_mb: Annotated[float | None, typer.Option()] = None,
+    url: UrlOption = "http://127.0.0.1:8000",
+    key: KeyOption = None,
+) -> None:
+    """Create or replace a deployment on a running server (zero downtime)."""
+    with reported_errors():
+        config = _deployment_flags(name, model, version, replicas, max_batch_size,
+                                   max_batch_delay_ms, timeout_ms, num_threads, cache_mb)
+        body = config.model_dump(mode="json", by_alias=True)
+        _print_deployment(_admin_call("POST", url, "/admin/deployments", key, body))
+
+
+@app.command()
+def scale(
+    deployment: Annotated[str, typer.Argument(help="Deployment name.")],
+    replicas: Annotated[int, typer.Argument(help="Wanted number of replicas.")],
+    url: UrlOption = "http://127.0.0.1:8000",
+    key: KeyOption = None,
+) -> None:
+    """Change the replica count of a running deployment without failing a request."""
+    with reported_errors():
+        if replicas < 0:
+            raise InvalidInput("replicas must be >= 0", field="replicas")
+        info = _admin_call("POST", url, f"/admin/deployments/{deployment}/scale", key, {"replicas": replicas})
+        _print_deployment(info)

@@ -1,0 +1,132 @@
+"""The one configuration tree: the ``aiscale.yaml`` file, then ``AISCALE_*`` variables, then flags.
+
+Loaded once into frozen pydantic models with ``extra="forbid"``: an unknown key or a bad
+value rejects the whole file with the dotted path of the field. Components receive their
+slice through their constructors; nothing reads the environment at import time and
+nothing changes the tree after loading.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from aiscale.errors import ConfigError
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_by_name=True, validate_by_alias=True
+    )
+
+
+class BatchingConfig(_Frozen):
+    max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
+    max_batch_delay_ms: Annotated[float, Field(ge=0, le=10_000)] = 10.0
+    max_queue: Annotated[int, Field(ge=1, le=1_000_000)] = 2048
+    #: A batch whose replica died is sent again this many times before it fails with 503.
+    max_retries: Annotated[int, Field(ge=0, le=3)] = 1
+
+
+class CacheConfig(_Frozen):
+    is_enabled: bool = Field(default=False, alias="enabled")
+    max_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
+
+
+class DeploymentConfig(_Frozen):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    model: Annotated[str, Field(pattern=NAME_PATTERN)]
+    #: A version number or an alias; ``None`` takes the newest version.
+    version: str | None = None
+    replicas: Annotated[int, Field(ge=0, le=256)] = 1
+    num_threads: Annotated[int, Field(ge=1, le=256)] | None = None
+    timeout_ms: Annotated[float, Field(gt=0, le=3_600_000)] = 30_000.0
+    max_inflight_batches: Annotated[int, Field(ge=1, le=8)] = 1
+    batching: BatchingConfig = BatchingConfig()
+    cache: CacheConfig = CacheConfig()
+
+
+class ServerConfig(_Frozen):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    data_dir: Path = Path("~/.aiscale")
+    registry_url: str | None = None
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    is_insecure: bool = Field(default=False, alias="insecure")
+    drain_timeout_s: Annotated[float, Field(ge=0)] = 30.0
+    key_refresh_s: Annotated[float, Field(gt=0)] = 2.0
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser()
+
+    @property
+    def resolved_registry_url(self) -> str:
+        return self.registry_url or f"sqlite:///{self.resolved_data_dir / 'registry.db'}"
+
+
+class AiscaleConfig(_Frozen):
+    server: ServerConfig = ServerConfig()
+    deployments: tuple[DeploymentConfig, ...] = ()
+
+
+#: ``AISCALE_*`` variables and the server field each one sets.
+ENVIRONMENT_FIELDS = {
+    "AISCALE_HOST": "host",
+    "AISCALE_PORT": "port",
+    "AISCALE_DATA_DIR": "data_dir",
+    "AISCALE_REGISTRY_URL": "registry_url",
+    "AISCALE_MAX_BODY_BYTES": "max_body_bytes",
+    "AISCALE_INSECURE": "insecure",
+}
+
+
+def _dotted(location: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in location)
+
+
+def parse_config(data: Mapping[str, Any]) -> AiscaleConfig:
+    """Validate a whole configuration; the first error names its dotted field path."""
+    try:
+        return AiscaleConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = _dotted(first["loc"])
+        raise ConfigError(f"{path}: {first['msg']}", field=path) from None
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    server_overrides: Mapping[str, Any] | None = None,
+) -> AiscaleConfig:
+    """File, then environment, then flags (``server_overrides``, ``None`` values ignored)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping at the top level")
+        data = dict(loaded or {})
+    server = dict(data.get("server") or {})
+    env = os.environ if environ is None else environ
+    for variable, field_name in ENVIRONMENT_FIELDS.items():
+        if variable in env:
+            server[field_name] = env[variable]
+    for field_name, value in (server_overrides or {}).items():
+        if value is not None:
+            server[field_name] = value
+    data["server"] = server
+    return parse_config(data)

@@ -1,0 +1,80 @@
+"""The registry's SQL schema as SQLAlchemy Core tables (SQLite and PostgreSQL alike).
+
+This module only describes tables; it never connects. The tables carry no schema name: a
+store placed in a PostgreSQL schema maps them there with ``schema_translate_map``. Every
+change here needs a new Alembic revision in ``migrations/versions`` (a test compares the two).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+#: Constraint names are fixed so that migrations can refer to them on every database.
+NAMING_CONVENTION: dict[str, str] = {
+    "pk": "pk_%(table_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+NAME = sa.String(63)
+TIMESTAMP = sa.DateTime(timezone=True)
+
+models = sa.Table(
+    "models",
+    metadata,
+    sa.Column("name", NAME, primary_key=True),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("created_at", TIMESTAMP, nullable=False),
+)
+
+versions = sa.Table(
+    "versions",
+    metadata,
+    sa.Column("model", NAME, sa.ForeignKey("models.name"), primary_key=True),
+    sa.Column("version", NAME, primary_key=True),
+    sa.Column("runtime", sa.String(64), nullable=False),
+    sa.Column("uri", sa.Text, nullable=False),
+    sa.Column("artifact_digest", sa.String(64), nullable=True),
+    sa.Column("config", sa.JSON, nullable=False),
+    sa.Column("metadata", sa.JSON, nullable=False),
+    sa.Column("schema", sa.JSON, nullable=True),
+    sa.Column("created_at", TIMESTAMP, nullable=False),
+)
+
+aliases = sa.Table(
+    "aliases",
+    metadata,
+    sa.Column("model", NAME, primary_key=True),
+    sa.Column("alias", NAME, primary_key=True),
+    sa.Column("version", NAME, nullable=False),
+    sa.ForeignKeyConstraint(["model", "version"], ["versions.model", "versions.version"]),
+)
+
+deployments = sa.Table(
+    "deployments",
+    metadata,
+    sa.Column("name", NAME, primary_key=True),
+    sa.Column("model", NAME, nullable=False),
+    sa.Column("version", NAME, nullable=False),
+    sa.Column("replicas", sa.Integer, nullable=False),
+    sa.Column("config", sa.JSON, nullable=False),
+    sa.Column("created_at", TIMESTAMP, nullable=False),
+    sa.Column("updated_at", TIMESTAMP, nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    # sha256 hex of the plaintext; the plaintext itself is never stored.
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    # sorted comma-separated list, e.g. "admin,inference"
+    sa.Column("scopes", sa.String(255), nullable=False),
+    sa.Column("rate_limit_per_s", sa.Float, nullable=True),
+    sa.Column("created_at", TIMESTAMP, nullable=False),
+    sa.Column("revoked_at", TIMESTAMP, nullable=True),
+)

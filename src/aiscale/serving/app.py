@@ -1,0 +1,341 @@
+"""The gateway as a plain ASGI app: routing, body limits, auth, and the protocol endpoints.
+
+A hand-written ASGI callable rather than a framework router: the hot path is the product,
+and each request here costs a dict lookup and a few function calls before the batcher.
+Every domain error becomes a JSON error body through ``serving/errors.py``; anything
+unexpected is logged with the request id and answered with a 500 JSON body.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from aiscale.errors import (
+    AiscaleError,
+    InvalidInput,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ReplicaUnavailable,
+)
+from aiscale.serving import oip_v2, openai_api
+from aiscale.serving.admin import AdminApi
+from aiscale.serving.errors import error_body, render_error
+from aiscale.serving.gateway import Gateway
+
+logger = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Response = tuple[int, bytes, list[tuple[bytes, bytes]]]
+
+_JSON = (b"content-type", b"application/json")
+
+
+class Request:
+    """What handlers need of one HTTP request; the body is read on demand, with the size limit."""
+
+    __slots__ = ("scope", "receive", "headers", "request_id", "_max_body_bytes")
+
+    def __init__(self, scope: Scope, receive: Receive, max_body_bytes: int) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.headers: dict[bytes, bytes] = dict(scope["headers"])
+        incoming = self.headers.get(b"x-request-id")
+        self.request_id = incoming.decode("latin-1")[:128] if incoming else uuid.uuid4().hex
+        self._max_body_bytes = max_body_bytes
+
+    def header(self, name: bytes) -> str | None:
+        value = self.headers.get(name)
+        return value.decode("latin-1") if value is not None else None
+
+    async def body(self) -> bytes:
+        limit = self._max_body_bytes
+        declared = self.headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(
+                f"body of {int(declared)} bytes exceeds the {limit}-byte limit", field="body"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise InvalidInput("client disconnected before the body was sent", field="body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"body exceeds the {limit}-byte limit", field="body")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _json(status: int, payload: Any) -> Response:
+    return status, orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), [_JSON]
+
+
+class GatewayApp:
+    """ASGI entry point; ``gateway`` holds all state, this class only speaks HTTP."""
+
+    def __init__(self, gateway: Gateway, *, on_ready: Callable[[], None] | None = None) -> None:
+        self.gateway = gateway
+        self.admin = AdminApi(gateway)
+        self._on_ready = on_ready
+        self._request_counters: dict[tuple[str, str, int], Any] = {}
+        self._request_seconds: dict[tuple[str, str], Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.gateway.start()
+                except Exception as exc:  # startup boundary: report and refuse to start
+                    logger.exception("gateway failed to start")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+                if self._on_ready is not None:
+                    self._on_ready()
+            elif message["type"] == "lifespan.shutdown":
+                await self.gateway.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive, self.gateway.settings.max_body_bytes)
+        try:
+            status, body, headers = await self._route(request, scope["method"], scope["path"])
+        except AiscaleError as exc:
+            status, body, headers = render_error(exc)
+            headers.append(_JSON)
+        except Exception:  # the request boundary: log with context, answer 500 JSON
+            logger.exception("unhandled error", extra={"request_id": request.request_id})
+            status, body, headers = (
+                500,
+                error_body("InternalError", "internal server error"),
+                [_JSON],
+            )
+        headers.append((b"content-length", str(len(body)).encode()))
+        headers.append((b"x-request-id", request.request_id.encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _route(self, request: Request, method: str, path: str) -> Response:
+        parts = path.strip("/").split("/")
+        head = parts[0]
+        if head == "v2":
+            return await self._v2(request, method, parts[1:])
+        if head == "v1":
+            return await self._v1(request, method, parts[1:])
+        if path == "/metrics":
+            _expect(method, "GET")
+            return (
+                200,
+                generate_latest(self.gateway.metrics_registry),
+                [(b"content-type", CONTENT_TYPE_LATEST.encode())],
+            )
+        if head == "admin":
+            caller = self.gateway.keyring.authenticate(request.header(b"authorization"), "admin")
+            del caller
+            return await self.admin.handle(request, method, parts[1:])
+        raise NotFound(f"no endpoint at {path}", field="path")
+
+    # ----- OIP v2 ------------------------------------------------------------------------
+    async def _v2(self, request: Request, method: str, parts: list[str]) -> Response:
+        if parts == ["health", "live"]:
+            _expect(method, "GET")
+            return _json(200, {"live": True})
+        if parts == ["health", "ready"]:
+            _expect(method, "GET")
+            is_ready = (
+                self.gateway.is_ready
+                and not self.gateway.is_draining
+                and all(d.is_ready for d in self.gateway.deployments.values())
+            )
+            return _json(200 if is_ready else 503, {"ready": is_ready})
+        self.gateway.keyring.authenticate(request.header(b"authorization"), "inference")
+        if not parts or parts == [""]:
+            _expect(method, "GET")
+            return _json(
+                200,
+                {
+                    "name": self.gateway.settings.server_name,
+                    "version": self.gateway.settings.server_version,
+                    "extensions": ["binary_tensor_data"],
+                },
+            )
+        if parts[0] != "models" or len(parts) < 2:
+            raise NotFound(f"no endpoint at /v2/{'/'.join(parts)}", field="path")
+        name, rest = parts[1], parts[2:]
+        version: str | None = None
+        if len(rest) >= 2 and rest[0] == "versions":
+            version, rest = rest[1], rest[2:]
+        deployment = self.gateway.deployment(name)
+        if version is not None and version != deployment.spec.version:
+            raise NotFound(
+                f"version {version!r} of {name!r} is not deployed (serving {deployment.spec.version!r})",
+                field="version",
+            )
+        if not rest:
+            _expect(method, "GET")
+            schema = deployment.schema
+            return _json(
+                200,
+                {
+                    "name": name,
+                    "versions": [deployment.spec.version],
+                    "platform": f"aiscale-{deployment.spec.runtime}",
+                    "inputs": schema.to_json()["inputs"] if schema else [],
+                    "outputs": schema.to_json()["outputs"] if schema else [],
+                },
+            )
+        if rest == ["ready"]:
+            _expect(method, "GET")
+            return _json(
+                200 if deployment.is_ready else 503, {"name": name, "ready": deployment.is_ready}
+            )
+        if rest == ["infer"]:
+            _expect(method, "POST")
+            return await self._infer_v2(request, deployment)
+        raise NotFound(f"no endpoint at /v2/{'/'.join(parts)}", field="path")
+
+    async def _infer_v2(self, request: Request, deployment: Any) -> Response:
+        started = time.perf_counter()
+        status = 500
+        try:
+            caller = self.gateway.keyring.authenticate(
+                request.header(b"authorization"), "inference"
+            )
+            self.gateway.admit(caller)
+            body = await request.body()
+            schema = _schema_of(deployment)
+            length = request.header(b"inference-header-content-length")
+            if length is not None and not length.isdigit():
+                raise InvalidInput(
+                    "Inference-Header-Content-Length must be an integer", field="headers"
+                )
+            parsed = oip_v2.parse_infer_request(body, int(length) if length else None, schema)
+            outputs = await deployment.infer(parsed.items)
+            payload, header_length = oip_v2.render_infer_response(
+                deployment.spec.name,
+                deployment.spec.version,
+                parsed.request_id,
+                outputs,
+                schema,
+                is_binary_output=parsed.is_binary_output,
+            )
+            headers = [
+                (
+                    b"content-type",
+                    b"application/octet-stream" if header_length else b"application/json",
+                )
+            ]
+            if header_length is not None:
+                headers.append((b"inference-header-content-length", str(header_length).encode()))
+            status = 200
+            return status, payload, headers
+        except AiscaleError as exc:
+            status = render_error(exc)[0]
+            raise
+        finally:
+            self._count(deployment.spec.name, deployment.spec.version, status, started)
+
+    # ----- OpenAI ------------------------------------------------------------------------
+    async def _v1(self, request: Request, method: str, parts: list[str]) -> Response:
+        caller = self.gateway.keyring.authenticate(request.header(b"authorization"), "inference")
+        if parts == ["models"]:
+            _expect(method, "GET")
+            return _json(
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": name, "object": "model", "created": 0, "owned_by": "aiscale"}
+                        for name in self.gateway.deployments
+                    ],
+                },
+            )
+        if parts == ["embeddings"]:
+            _expect(method, "POST")
+            return await self._embeddings(request, caller)
+        raise NotFound(f"no endpoint at /v1/{'/'.join(parts)}", field="path")
+
+    async def _embeddings(self, request: Request, caller: Any) -> Response:
+        started = time.perf_counter()
+        name, version, status = "", "", 500
+        try:
+            self.gateway.admit(caller)
+            parsed = openai_api.parse_embeddings_request(await request.body())
+            deployment = self.gateway.deployment(parsed.model)
+            name, version = deployment.spec.name, deployment.spec.version
+            schema = _schema_of(deployment)
+            if (
+                len(schema.inputs) != 1
+                or schema.inputs[0].datatype != "BYTES"
+                or len(schema.outputs) != 1
+            ):
+                raise InvalidInput(
+                    f"deployment {name!r} does not produce embeddings from text", field="model"
+                )
+            dimensions = schema.outputs[0].shape[0] if schema.outputs[0].shape else None
+            if parsed.dimensions is not None and parsed.dimensions != dimensions:
+                raise InvalidInput(f"{name!r} gives {dimensions} dimensions", field="dimensions")
+            outputs = await deployment.infer(parsed.texts)
+            payload = openai_api.render_embeddings_response(
+                name,
+                outputs,
+                is_base64=parsed.is_base64,
+                num_tokens=openai_api.count_tokens(parsed.texts),
+            )
+            status = 200
+            return status, payload, [_JSON]
+        except AiscaleError as exc:
+            status = render_error(exc)[0]
+            raise
+        finally:
+            if name:
+                self._count(name, version, status, started)
+
+    def _count(self, name: str, version: str, status: int, started: float) -> None:
+        key = (name, version, status)
+        counter = self._request_counters.get(key)
+        if counter is None:
+            counter = self._request_counters[key] = self.gateway.metrics.requests.labels(
+                name, version, str(status)
+            )
+        counter.inc()
+        if status == 200:
+            histogram = self._request_seconds.get(key[:2])
+            if histogram is None:
+                histogram = self._request_seconds[key[:2]] = (
+                    self.gateway.metrics.request_seconds.labels(name, version)
+                )
+            histogram.observe(time.perf_counter() - started)
+
+
+def _expect(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise MethodNotAllowed(f"method {method} not allowed here; use {allowed}", field="method")
+
+
+def _schema_of(deployment: Any) -> Any:
+    if deployment.schema is None:
+        raise ReplicaUnavailable(f"deployment {deployment.spec.name!r} has no ready replica yet")
+    return deployment.schema

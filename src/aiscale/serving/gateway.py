@@ -1,0 +1,211 @@
+"""The gateway's state: running deployments, keys, limits and metrics, and the admin actions.
+
+The ASGI app (``app.py``) translates HTTP into calls on this object. Registry calls are
+synchronous SQL, so they run in a worker thread (``anyio.to_thread``) and never on the
+hot path: keys are refreshed in the background, deployments resolved only by admin actions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+from prometheus_client import CollectorRegistry
+
+from aiscale.config import DeploymentConfig
+from aiscale.errors import InvalidInput, NotFound, RateLimited
+from aiscale.serving.auth import Caller, KeyRing
+from aiscale.serving.batcher import BatchingSettings
+from aiscale.serving.deployment import Deployment, DeploymentSpec
+from aiscale.serving.limits import RateLimiter
+from aiscale.serving.metrics import GatewayMetrics
+
+logger = logging.getLogger(__name__)
+
+
+class ControlStore(Protocol):
+    """The registry as the gateway needs it; every method is called from a worker thread."""
+
+    def active_keys(self) -> list[Any]:
+        """Records with ``key_id``, ``key_hash``, ``scopes`` and ``rate_limit_per_s``."""
+        ...
+
+    def resolve_version(self, model: str, version: str | None) -> Any:
+        """The version record for a version number or alias (``None``: the newest)."""
+        ...
+
+    def save_deployment(self, config: DeploymentConfig) -> None:
+        """Persist a deployment's wanted state, so a restarted server comes back the same."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    max_body_bytes: int = 4 * 1024 * 1024
+    drain_timeout_s: float = 30.0
+    key_refresh_s: float = 2.0
+    server_name: str = "aiscale"
+    server_version: str = "0.1.0"
+
+
+def spec_from_config(config: DeploymentConfig, version: Any) -> DeploymentSpec:
+    """A runnable spec from a deployment's config and its registry version record."""
+    batching = config.batching
+    return DeploymentSpec(
+        name=config.name,
+        model=config.model,
+        version=str(version.version),
+        runtime=str(version.runtime),
+        uri=str(version.uri),
+        model_config=dict(version.config or {}),
+        replicas=config.replicas,
+        batching=BatchingSettings(
+            max_batch_size=batching.max_batch_size,
+            max_batch_delay_s=batching.max_batch_delay_ms / 1000.0,
+            max_queue=batching.max_queue,
+            max_retries=batching.max_retries,
+        ),
+        timeout_s=config.timeout_ms / 1000.0,
+        cache_max_bytes=config.cache.max_bytes if config.cache.is_enabled else 0,
+        num_threads=config.num_threads,
+        max_inflight_batches=config.max_inflight_batches,
+    )
+
+
+class Gateway:
+    """Owns every deployment and background task of one server process."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        specs: list[DeploymentSpec],
+        *,
+        metrics_registry: CollectorRegistry | None = None,
+        control: ControlStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics_registry = metrics_registry or CollectorRegistry()
+        self.metrics = GatewayMetrics(self.metrics_registry)
+        self.keyring = KeyRing()
+        self.limiter = RateLimiter()
+        self.control = control
+        self._initial_specs = list(specs)
+        self.deployments: dict[str, Deployment] = {}
+        #: The config each deployment was made from, kept to persist later changes.
+        self.configs: dict[str, DeploymentConfig] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._admin_lock = asyncio.Lock()
+        self.is_ready = False
+        self.is_draining = False
+
+    async def start(self) -> None:
+        await self.refresh_keys()
+        started = [Deployment(spec, self.metrics) for spec in self._initial_specs]
+        results = await asyncio.gather(*(d.start() for d in started), return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            # Leave no orphan replica behind when one deployment cannot start.
+            await asyncio.gather(*(d.stop(0.0) for d in started), return_exceptions=True)
+            raise failures[0]
+        self.deployments = {d.spec.name: d for d in started}
+        if self.control is not None:
+            self._spawn(self._refresh_keys_forever(), "key-refresh")
+        self.is_ready = True
+
+    async def stop(self) -> None:
+        """Drain in-flight work with a deadline, then stop replicas and background tasks."""
+        self.is_draining = True
+        await asyncio.gather(
+            *(d.stop(self.settings.drain_timeout_s) for d in self.deployments.values())
+        )
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coroutine: Any, name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ----- requests --------------------------------------------------------------------
+    def deployment(self, name: str) -> Deployment:
+        found = self.deployments.get(name)
+        if found is None:
+            raise NotFound(f"no deployment named {name!r}", field="model")
+        return found
+
+    def admit(self, caller: Caller) -> None:
+        """Apply the caller's rate limit; raises ``RateLimited`` with the wait in seconds."""
+        if caller.rate_limit_per_s is None:
+            return
+        wait_s = self.limiter.try_take(caller.key_id, caller.rate_limit_per_s, time.monotonic())
+        if wait_s > 0:
+            raise RateLimited(
+                f"rate limit of {caller.rate_limit_per_s:g} requests/s exceeded",
+                retry_after_s=wait_s,
+            )
+
+    # ----- admin -----------------------------------------------------------------------
+    async def deploy(self, spec: DeploymentSpec) -> Deployment:
+        """Create or replace a deployment with zero downtime: the new one is ready before the swap."""
+        async with self._admin_lock:
+            fresh = Deployment(spec, self.metrics)
+            await fresh.start()
+            old = self.deployments.get(spec.name)
+            self.deployments = {**self.deployments, spec.name: fresh}
+            if old is not None:
+                await old.stop(self.settings.drain_timeout_s)
+            logger.info("deployed %s: model %s version %s", spec.name, spec.model, spec.version)
+            return fresh
+
+    async def deploy_config(self, config: DeploymentConfig) -> Deployment:
+        """Resolve the version in the registry, deploy it, and persist the wanted state."""
+        if self.control is None:
+            raise InvalidInput("this server has no registry to deploy from", field="model")
+        version = await anyio.to_thread.run_sync(
+            self.control.resolve_version, config.model, config.version
+        )
+        deployment = await self.deploy(spec_from_config(config, version))
+        self.configs[config.name] = config
+        await anyio.to_thread.run_sync(self.control.save_deployment, config)
+        return deployment
+
+    async def scale(self, name: str, num_replicas: int) -> Deployment:
+        if num_replicas < 0:
+            raise InvalidInput("replicas must be >= 0", field="replicas")
+        async with self._admin_lock:
+            deployment = self.deployment(name)
+            await deployment.scale(num_replicas, self.settings.drain_timeout_s)
+            logger.info("scaled %s to %d replicas", name, num_replicas)
+        config = self.configs.get(name)
+        if config is not None and self.control is not None:
+            config = config.model_copy(update={"replicas": num_replicas})
+            self.configs[name] = config
+            await anyio.to_thread.run_sync(self.control.save_deployment, config)
+        return deployment
+
+    async def undeploy(self, name: str) -> None:
+        async with self._admin_lock:
+            deployment = self.deployment(name)
+            self.deployments = {k: v for k, v in self.deployments.items() if k != name}
+            await deployment.stop(self.settings.drain_timeout_s)
+
+    async def refresh_keys(self) -> None:
+        if self.control is None:
+            return
+        records = await anyio.to_thread.run_sync(self.control.active_keys)
+        self.keyring.replace(
+            (r.key_id, r.key_hash, frozenset(r.scopes), r.rate_limit_per_s) for r in records
+        )
+
+    async def _refresh_keys_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.key_refresh_s)
+            try:
+                await self.refresh_keys()
+            except Exception:  # a task boundary: keep the last good keys and say so
+                logger.exception("refreshing API keys failed; keeping the previous set")

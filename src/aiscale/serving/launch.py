@@ -1,0 +1,111 @@
+"""From configuration to a runnable gateway: resolve models in the registry, build specs.
+
+Used by ``aiscale serve`` and ``aiscale demo``. A model argument may be a registered model
+name, ``minilm`` (registered on first use), an import path ``pkg.module:Class``, or a local
+model file or folder (``.onnx``, ``.joblib``/``.pkl``, a sentence-transformers folder).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiscale.config import AiscaleConfig, DeploymentConfig
+from aiscale.errors import InvalidInput, NotFound
+from aiscale.registry import FsspecArtifactStore, SqlRegistry, register_with_artifact
+from aiscale.serving.control import RegistryControl
+from aiscale.serving.gateway import Gateway, GatewaySettings, spec_from_config
+
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelChoice:
+    """A model argument resolved to a registered model name (and version, if pinned)."""
+
+    model: str
+    version: str | None
+
+
+def _name_from(text: str) -> str:
+    name = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")
+    return (name or "model")[:63]
+
+
+def ensure_registered(
+    registry: SqlRegistry, artifacts: FsspecArtifactStore, model_arg: str
+) -> ModelChoice:
+    """Register what ``model_arg`` points at unless it is already a registered model."""
+    try:
+        registry.get_model(model_arg)
+        return ModelChoice(model_arg, None)
+    except (NotFound, InvalidInput):
+        pass
+    if model_arg == "minilm":
+        record = register_with_artifact(registry, artifacts, "minilm", runtime="minilm", uri="bundled")
+        return ModelChoice(record.model, record.version)
+    if _IMPORT_PATH.match(model_arg):
+        name = _name_from(model_arg.rsplit(":", 1)[1])
+        return _register_once(registry, artifacts, name, "python", model_arg)
+    path = Path(model_arg).expanduser()
+    if path.is_dir():
+        return _register_once(registry, artifacts, _name_from(path.name), "sentence-transformers", str(path))
+    if path.is_file():
+        runtime = {".onnx": "onnx", ".joblib": "sklearn", ".pkl": "sklearn"}.get(path.suffix.lower())
+        if runtime is None:
+            raise InvalidInput(f"cannot tell the runtime of {model_arg!r} from its suffix", field="model")
+        return _register_once(registry, artifacts, _name_from(path.stem), runtime, str(path))
+    raise NotFound(
+        f"{model_arg!r} is not a registered model, 'minilm', an import path or a model file",
+        field="model",
+    )
+
+
+def _register_once(
+    registry: SqlRegistry, artifacts: FsspecArtifactStore, name: str, runtime: str, uri: str
+) -> ModelChoice:
+    """Reuse the newest version when it came from the same source; register otherwise."""
+    try:
+        versions = registry.list_versions(name)
+    except NotFound:
+        versions = []
+    for record in reversed(versions):
+        if record.runtime == runtime and record.metadata.get("source") == uri:
+            return ModelChoice(name, record.version)
+    record = register_with_artifact(
+        registry, artifacts, name, runtime=runtime, uri=uri, metadata={"source": uri}
+    )
+    return ModelChoice(record.model, record.version)
+
+
+def build_gateway(
+    config: AiscaleConfig,
+    registry: SqlRegistry,
+    artifacts: FsspecArtifactStore,
+    extra: list[DeploymentConfig],
+) -> Gateway:
+    """The gateway for the file's deployments, the ones saved by earlier runs, and ``extra``
+    (from command-line flags); a later source replaces an earlier one of the same name."""
+    control = RegistryControl(registry, artifacts)
+    by_name: dict[str, DeploymentConfig] = {}
+    for deployment in [*control.saved_deployments(), *config.deployments, *extra]:
+        by_name[deployment.name] = deployment
+    specs = []
+    for deployment in by_name.values():
+        version = control.resolve_version(deployment.model, deployment.version)
+        specs.append(spec_from_config(deployment, version))
+    server = config.server
+    gateway = Gateway(
+        GatewaySettings(
+            max_body_bytes=server.max_body_bytes,
+            drain_timeout_s=server.drain_timeout_s,
+            key_refresh_s=server.key_refresh_s,
+        ),
+        specs,
+        control=control,
+    )
+    gateway.configs.update(by_name)
+    for deployment in by_name.values():
+        control.save_deployment(deployment)
+    return gateway
