@@ -299,9 +299,6 @@ def keys_revoke(
         _stdout().print(f"revoked {record.key_id} ({record.name})", markup=False, highlight=False)
 
 
-if __name__ == "__main__":
-    main()
-
 
 # --------------------------------------------------------------- serving
 
@@ -384,7 +381,7 @@ def serve(
         gateway = build_gateway(config, registry, artifacts, [flags])
         sock = bind_socket(server.host, server.port)
     url = url_of(sock)
-    console = _stdout()
+    console = Console(soft_wrap=True)
 
     def announce() -> None:
         names = ", ".join(gateway.deployments)
@@ -462,3 +459,45 @@ def scale(
             raise InvalidInput("replicas must be >= 0", field="replicas")
         info = _admin_call("POST", url, f"/admin/deployments/{deployment}/scale", key, {"replicas": replicas})
         _print_deployment(info)
+
+
+@app.command()
+def bench(
+    url: Annotated[str, typer.Argument(help="Endpoint to load, e.g. http://127.0.0.1:8000/v1/embeddings.")],
+    concurrency: Annotated[int, typer.Option(help="Closed loop: clients each waiting for their answer.")] = 1,
+    rate: Annotated[float | None, typer.Option(help="Open loop: Poisson arrivals per second.")] = None,
+    trace: Annotated[Path | None, typer.Option(help="Open loop: replay a CSV trace's TIMESTAMP column.")] = None,
+    rate_scale: Annotated[float, typer.Option(help="Multiply the trace's arrival rate.")] = 1.0,
+    time_scale: Annotated[float, typer.Option(help="Stretch the trace's time axis.")] = 1.0,
+    requests: Annotated[int | None, typer.Option(help="Stop after this many counted requests.")] = None,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds (after warm-up).")] = None,
+    warmup: Annotated[float, typer.Option(help="Seconds of requests sent but not counted.")] = 0.0,
+    body: Annotated[str | None, typer.Option(help="Request body (JSON); default: derived from the URL.")] = None,
+    body_file: Annotated[Path | None, typer.Option(help="File holding the request body.")] = None,
+    model: Annotated[str, typer.Option(help="Deployment named in derived bodies.")] = "minilm",
+    header: Annotated[list[str] | None, typer.Option(help="Extra header 'Name: value' (repeatable).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for arrivals and sentences.")] = 0,
+    timeout: Annotated[float, typer.Option(help="Per-request timeout in seconds.")] = 30.0,
+    max_outstanding: Annotated[int, typer.Option(help="Open loop: cap on requests in flight.")] = 1024,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+) -> None:
+    """Load a running server (closed or open loop, or a trace) and report throughput and latency."""
+    from aiscale.bench import bench_command, bench_progress, render_result
+
+    with reported_errors():
+        console = Console(stderr=as_json)
+        with bench_progress(console) as on_progress:
+            result = bench_command(
+                url, on_progress=on_progress, concurrency=concurrency, rate=rate, trace=trace,
+                rate_scale=rate_scale, time_scale=time_scale, requests=requests, duration=duration,
+                warmup=warmup, body=body, body_file=body_file, model=model, headers=header or (),
+                seed=seed, timeout=timeout, max_outstanding=max_outstanding,
+            )
+    if as_json:
+        print(json.dumps(result.to_json()))
+    else:
+        _stdout().print(render_result(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -29,6 +29,13 @@ def python_spec(name: str, cls: str, **kwargs: Any) -> DeploymentSpec:
     )
 
 
+def start_gateway(
+    *specs: DeploymentSpec, settings: GatewaySettings | None = None, control: Any = None
+) -> ThreadedServer:
+    gateway = Gateway(settings or GatewaySettings(drain_timeout_s=5.0), list(specs), control=control)
+    return start_in_thread(GatewayApp(gateway))
+
+
 @pytest.fixture
 def serve() -> Iterator[ServerFactory]:
     """Start gateways on demand; every one is stopped (drained) when the test ends."""
@@ -36,8 +43,7 @@ def serve() -> Iterator[ServerFactory]:
 
     def factory(*specs: DeploymentSpec, settings: GatewaySettings | None = None,
                 control: Any = None) -> ThreadedServer:
-        gateway = Gateway(settings or GatewaySettings(drain_timeout_s=5.0), list(specs), control=control)
-        server = start_in_thread(GatewayApp(gateway))
+        server = start_gateway(*specs, settings=settings, control=control)
         started.append(server)
         return server
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from aiscale.serving import BatchingSettings, GatewaySettings
-from tests.serving.conftest import ServerFactory, python_spec
+from tests.serving.conftest import ServerFactory, python_spec, start_gateway
 
 
 def error_of(response: httpx.Response) -> dict[str, object]:
@@ -18,15 +19,17 @@ def error_of(response: httpx.Response) -> dict[str, object]:
     return dict(body["error"])
 
 
-@pytest.fixture
-def url(serve: ServerFactory) -> str:
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
     settings = GatewaySettings(max_body_bytes=4096, drain_timeout_s=5.0)
-    return serve(
+    server = start_gateway(
         python_spec("sum", "Sum"),
         python_spec("fail", "Fail"),
         python_spec("short", "WrongCount"),
         settings=settings,
-    ).url
+    )
+    yield server.url
+    server.stop()
 
 
 def sum_body(**override: object) -> dict[str, object]:

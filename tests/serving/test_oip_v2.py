@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from tests.serving.conftest import ServerFactory, python_spec
+from tests.serving.conftest import python_spec, start_gateway
 
 
-@pytest.fixture
-def echo_and_sum(serve: ServerFactory) -> str:
-    return serve(python_spec("echo", "Echo"), python_spec("sum", "Sum")).url
+@pytest.fixture(scope="module")
+def echo_and_sum() -> Iterator[str]:
+    server = start_gateway(python_spec("echo", "Echo"), python_spec("sum", "Sum"))
+    yield server.url
+    server.stop()
 
 
 def test_health_and_metadata(echo_and_sum: str) -> None:

@@ -286,15 +286,11 @@ class GatewayApp:
             deployment = self.gateway.deployment(parsed.model)
             name, version = deployment.spec.name, deployment.spec.version
             schema = _schema_of(deployment)
-            if (
-                len(schema.inputs) != 1
-                or schema.inputs[0].datatype != "BYTES"
-                or len(schema.outputs) != 1
-            ):
+            if not _is_text_embedding(schema):
                 raise InvalidInput(
                     f"deployment {name!r} does not produce embeddings from text", field="model"
                 )
-            dimensions = schema.outputs[0].shape[0] if schema.outputs[0].shape else None
+            dimensions = schema.outputs[0].shape[0]
             if parsed.dimensions is not None and parsed.dimensions != dimensions:
                 raise InvalidInput(f"{name!r} gives {dimensions} dimensions", field="dimensions")
             outputs = await deployment.infer(parsed.texts)
@@ -339,3 +335,16 @@ def _schema_of(deployment: Any) -> Any:
     if deployment.schema is None:
         raise ReplicaUnavailable(f"deployment {deployment.spec.name!r} has no ready replica yet")
     return deployment.schema
+
+
+def _is_text_embedding(schema: Any) -> bool:
+    """Text in, one fixed-length float vector out: what ``/v1/embeddings`` can serve."""
+    if len(schema.inputs) != 1 or len(schema.outputs) != 1:
+        return False
+    source, target = schema.inputs[0], schema.outputs[0]
+    return bool(
+        source.datatype == "BYTES"
+        and source.shape == ()
+        and target.datatype in ("FP16", "FP32", "FP64")
+        and len(target.shape) == 1
+    )
