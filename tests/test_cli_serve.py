@@ -21,7 +21,10 @@ AISCALE = [sys.executable, "-m", "aiscale.cli"]
 def start_serve(*args: str, data_dir: Path) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
         [*AISCALE, "serve", *args, "--port", "0", "--data-dir", str(data_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
     )
     assert process.stdout is not None
     deadline = time.monotonic() + 60
@@ -48,15 +51,22 @@ def echo_server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, Pa
 
 def run_cli(*args: str, data_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
     extra = ["--data-dir", str(data_dir)] if data_dir else []
-    return subprocess.run([*AISCALE, *args, *extra], capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).parent.parent)
+    return subprocess.run(
+        [*AISCALE, *args, *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parent.parent,
+    )
 
 
 def test_serve_scale_deploy_and_stop(echo_server: tuple[subprocess.Popen[str], str, Path]) -> None:
     """serve registers and serves an import path; scale and deploy change it live; SIGTERM
     drains and stops every replica with exit status 0."""
     process, url, data_dir = echo_server
-    assert httpx.post(f"{url}/v2/models/echo/infer", json=TEXT).json()["outputs"][0]["data"] == ["hi"]
+    assert httpx.post(f"{url}/v2/models/echo/infer", json=TEXT).json()["outputs"][0]["data"] == [
+        "hi"
+    ]
 
     scaled = run_cli("scale", "echo", "2", "--url", url)
     assert scaled.returncode == 0, scaled.stderr
@@ -94,6 +104,8 @@ def test_cli_errors_are_one_line(echo_server: tuple[subprocess.Popen[str], str, 
 
 def test_refuses_public_address_without_keys(tmp_path: Path) -> None:
     """Bound to a non-loopback address with no API keys, serve refuses unless --insecure."""
-    result = run_cli("serve", "tests.models:Echo", "--host", "0.0.0.0", "--port", "0", data_dir=tmp_path)
+    result = run_cli(
+        "serve", "tests.models:Echo", "--host", "0.0.0.0", "--port", "0", data_dir=tmp_path
+    )
     assert result.returncode == 1
     assert "without API keys" in result.stderr and "Traceback" not in result.stderr

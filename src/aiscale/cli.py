@@ -33,8 +33,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-models_app = typer.Typer(help="Register and inspect models, versions and aliases.",
-                         no_args_is_help=True)
+models_app = typer.Typer(
+    help="Register and inspect models, versions and aliases.", no_args_is_help=True
+)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
@@ -49,13 +50,19 @@ def main() -> None:
 
 DataDirOption = Annotated[
     Path | None,
-    typer.Option("--data-dir", envvar="AISCALE_DATA_DIR",
-                 help="Folder for the registry and artifacts [default: ~/.aiscale]."),
+    typer.Option(
+        "--data-dir",
+        envvar="AISCALE_DATA_DIR",
+        help="Folder for the registry and artifacts [default: ~/.aiscale].",
+    ),
 ]
 RegistryUrlOption = Annotated[
     str | None,
-    typer.Option("--registry-url", envvar="AISCALE_REGISTRY_URL",
-                 help="SQLAlchemy URL of the registry [default: sqlite:///<data-dir>/registry.db]."),
+    typer.Option(
+        "--registry-url",
+        envvar="AISCALE_REGISTRY_URL",
+        help="SQLAlchemy URL of the registry [default: sqlite:///<data-dir>/registry.db].",
+    ),
 ]
 
 
@@ -154,8 +161,9 @@ def models_register(
     runtime: Annotated[RuntimeName, typer.Option("--runtime", help="How the model is loaded.")],
     uri: Annotated[
         str | None,
-        typer.Option("--uri", help="pkg.module:Class, a model file or folder "
-                                   "[minilm default: bundled]."),
+        typer.Option(
+            "--uri", help="pkg.module:Class, a model file or folder [minilm default: bundled]."
+        ),
     ] = None,
     config: Annotated[str | None, typer.Option("--config", help="Runtime config, JSON.")] = None,
     metadata: Annotated[str | None, typer.Option("--metadata", help="Free metadata, JSON.")] = None,
@@ -177,12 +185,22 @@ def models_register(
         parsed_metadata = _json_option(metadata, "metadata")
         with open_registry(paths) as registry:
             record = register_with_artifact(
-                registry, open_artifacts(paths), name, runtime=runtime.value, uri=uri,
-                config=parsed_config, metadata=parsed_metadata, version=version, alias=alias,
+                registry,
+                open_artifacts(paths),
+                name,
+                runtime=runtime.value,
+                uri=uri,
+                config=parsed_config,
+                metadata=parsed_metadata,
+                version=version,
+                alias=alias,
             )
         out = _stdout()
-        out.print(f"registered {record.model} version {record.version} ({record.runtime})",
-                  markup=False, highlight=False)
+        out.print(
+            f"registered {record.model} version {record.version} ({record.runtime})",
+            markup=False,
+            highlight=False,
+        )
         out.print(f"uri: {record.uri}", markup=False, highlight=False, soft_wrap=True)
         if record.artifact_digest:
             out.print(f"digest: sha256:{record.artifact_digest}", markup=False, soft_wrap=True)
@@ -199,8 +217,11 @@ def models_list(data_dir: DataDirOption = None, registry_url: RegistryUrlOption 
             versions = registry.list_versions(model.name)
             aliases = registry.list_aliases(model.name)
             table.add_row(
-                model.name, str(len(versions)), versions[-1].version if versions else "",
-                ", ".join(f"{a}->{v}" for a, v in aliases.items()), model.description,
+                model.name,
+                str(len(versions)),
+                versions[-1].version if versions else "",
+                ", ".join(f"{a}->{v}" for a, v in aliases.items()),
+                model.description,
             )
         _stdout().print(table)
 
@@ -218,12 +239,16 @@ def models_show(
         by_version: dict[str, list[str]] = {}
         for alias, version in aliases.items():
             by_version.setdefault(version, []).append(alias)
-        table = Table("version", "runtime", "uri", "digest", "created (UTC)", "aliases",
-                      title=f"model {name}")
+        table = Table(
+            "version", "runtime", "uri", "digest", "created (UTC)", "aliases", title=f"model {name}"
+        )
         for record in versions:
             table.add_row(
-                record.version, record.runtime, record.uri,
-                (record.artifact_digest or "")[:12], _when(record.created_at),
+                record.version,
+                record.runtime,
+                record.uri,
+                (record.artifact_digest or "")[:12],
+                _when(record.created_at),
                 ", ".join(by_version.get(record.version, [])),
             )
         alias_table = Table("alias", "version", title="aliases")
@@ -267,8 +292,11 @@ def keys_create(
     with reported_errors(), open_registry(resolve_paths(data_dir, registry_url)) as registry:
         plaintext, record = registry.create_key(name, frozenset(scope), rate_limit)
         out = _stdout()
-        out.print(f"key id: {record.key_id}  scopes: {','.join(sorted(record.scopes))}",
-                  markup=False, highlight=False)
+        out.print(
+            f"key id: {record.key_id}  scopes: {','.join(sorted(record.scopes))}",
+            markup=False,
+            highlight=False,
+        )
         out.print("API key (shown once, store it now):", markup=False, highlight=False)
         out.print(plaintext, markup=False, highlight=False, soft_wrap=True)
 
@@ -280,9 +308,12 @@ def keys_list(data_dir: DataDirOption = None, registry_url: RegistryUrlOption = 
         table = Table("key id", "name", "scopes", "rate/s", "created (UTC)", "revoked (UTC)")
         for key in registry.list_keys():
             table.add_row(
-                key.key_id, key.name, ",".join(sorted(key.scopes)),
+                key.key_id,
+                key.name,
+                ",".join(sorted(key.scopes)),
                 "" if key.rate_limit_per_s is None else f"{key.rate_limit_per_s:g}",
-                _when(key.created_at), _when(key.revoked_at),
+                _when(key.created_at),
+                _when(key.revoked_at),
             )
         _stdout().print(table)
 
@@ -299,7 +330,6 @@ def keys_revoke(
         _stdout().print(f"revoked {record.key_id} ({record.name})", markup=False, highlight=False)
 
 
-
 # --------------------------------------------------------------- serving
 
 UrlOption = Annotated[
@@ -313,8 +343,14 @@ KeyOption = Annotated[
 
 
 def _deployment_flags(
-    name: str, model: str, version: str | None, replicas: int | None, max_batch_size: int | None,
-    max_batch_delay_ms: float | None, timeout_ms: float | None, num_threads: int | None,
+    name: str,
+    model: str,
+    version: str | None,
+    replicas: int | None,
+    max_batch_size: int | None,
+    max_batch_delay_ms: float | None,
+    timeout_ms: float | None,
+    num_threads: int | None,
     cache_mb: float | None,
 ) -> DeploymentConfig:
     """A deployment config from command-line flags; unset flags keep the defaults."""
@@ -337,46 +373,78 @@ def _deployment_flags(
 
 @app.command()
 def serve(
-    model: Annotated[str, typer.Argument(help="Registered model, 'minilm', pkg.module:Class, or a model file.")] = "minilm",
+    model: Annotated[
+        str, typer.Argument(help="Registered model, 'minilm', pkg.module:Class, or a model file.")
+    ] = "minilm",
     host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1].")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to bind; 0 picks a free one [default: 8000].")] = None,
-    name: Annotated[str | None, typer.Option(help="Deployment name [default: the model's name].")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to bind; 0 picks a free one [default: 8000].")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Deployment name [default: the model's name].")
+    ] = None,
     version: Annotated[str | None, typer.Option(help="Version or alias [default: newest].")] = None,
     replicas: Annotated[int | None, typer.Option(help="Replica processes [default: 1].")] = None,
     max_batch_size: Annotated[int | None, typer.Option(help="Largest batch [default: 64].")] = None,
-    max_batch_delay_ms: Annotated[float | None, typer.Option(help="Longest wait for a batch to fill [default: 10].")] = None,
-    timeout_ms: Annotated[float | None, typer.Option(help="Per-request deadline [default: 30000].")] = None,
-    num_threads: Annotated[int | None, typer.Option(help="Torch threads per replica [default: cores / replicas].")] = None,
-    cache_mb: Annotated[float | None, typer.Option(help="Response cache size in MiB [default: off].")] = None,
-    config_file: Annotated[Path | None, typer.Option("--config", help="aiscale.yaml with server and deployments.")] = None,
-    insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback address without API keys.")] = False,
+    max_batch_delay_ms: Annotated[
+        float | None, typer.Option(help="Longest wait for a batch to fill [default: 10].")
+    ] = None,
+    timeout_ms: Annotated[
+        float | None, typer.Option(help="Per-request deadline [default: 30000].")
+    ] = None,
+    num_threads: Annotated[
+        int | None, typer.Option(help="Torch threads per replica [default: cores / replicas].")
+    ] = None,
+    cache_mb: Annotated[
+        float | None, typer.Option(help="Response cache size in MiB [default: off].")
+    ] = None,
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="aiscale.yaml with server and deployments.")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow a non-loopback address without API keys.")
+    ] = False,
     data_dir: DataDirOption = None,
     registry_url: RegistryUrlOption = None,
 ) -> None:
     """Serve MODEL (default: the bundled minilm) over OIP v2 and OpenAI-compatible HTTP."""
+    from aiscale.serving.app import GatewayApp
     from aiscale.serving.launch import build_gateway, ensure_registered
     from aiscale.serving.server import bind_socket, is_loopback, make_uvicorn, url_of
-    from aiscale.serving.app import GatewayApp
 
     with reported_errors():
         paths = resolve_paths(data_dir, registry_url)
-        config = load_config(config_file, server_overrides={
-            "host": host, "port": port, "insecure": insecure or None,
-            "data_dir": str(paths.data_dir), "registry_url": paths.registry_url,
-        })
+        config = load_config(
+            config_file,
+            server_overrides={
+                "host": host,
+                "port": port,
+                "insecure": insecure or None,
+                "data_dir": str(paths.data_dir),
+                "registry_url": paths.registry_url,
+            },
+        )
         paths.data_dir.mkdir(parents=True, exist_ok=True)
         registry = SqlRegistry.open(paths.registry_url)
         artifacts = open_artifacts(paths)
         choice = ensure_registered(registry, artifacts, model)
         flags = _deployment_flags(
-            name or choice.model, choice.model, version or choice.version, replicas,
-            max_batch_size, max_batch_delay_ms, timeout_ms, num_threads, cache_mb,
+            name or choice.model,
+            choice.model,
+            version or choice.version,
+            replicas,
+            max_batch_size,
+            max_batch_delay_ms,
+            timeout_ms,
+            num_threads,
+            cache_mb,
         )
         server = config.server
         if not is_loopback(server.host) and not registry.active_keys() and not server.is_insecure:
             raise InvalidInput(
                 f"refusing to serve on {server.host} without API keys: create one with "
-                "'aiscale keys create' or pass --insecure", field="host",
+                "'aiscale keys create' or pass --insecure",
+                field="host",
             )
         gateway = build_gateway(config, registry, artifacts, [flags])
         sock = bind_socket(server.host, server.port)
@@ -386,13 +454,15 @@ def serve(
     def announce() -> None:
         names = ", ".join(gateway.deployments)
         console.print(f"aiscale serving on {url} (deployments: {names})", highlight=False)
-        console.print(f"  metrics: {url}/metrics   OpenAI: {url}/v1   OIP v2: {url}/v2", highlight=False)
+        console.print(
+            f"  metrics: {url}/metrics   OpenAI: {url}/v1   OIP v2: {url}/v2", highlight=False
+        )
         console.file.flush()
 
     try:
-        make_uvicorn(GatewayApp(gateway, on_ready=announce), graceful_timeout_s=server.drain_timeout_s).run(
-            sockets=[sock]
-        )
+        make_uvicorn(
+            GatewayApp(gateway, on_ready=announce), graceful_timeout_s=server.drain_timeout_s
+        ).run(sockets=[sock])
     finally:
         registry.close()
 
@@ -402,7 +472,9 @@ def _admin_call(method: str, url: str, path: str, key: str | None, body: Any = N
 
     headers = {"authorization": f"Bearer {key}"} if key else {}
     try:
-        response = httpx.request(method, f"{url.rstrip('/')}{path}", json=body, headers=headers, timeout=300)
+        response = httpx.request(
+            method, f"{url.rstrip('/')}{path}", json=body, headers=headers, timeout=300
+        )
     except httpx.TransportError as exc:
         raise AiscaleError(f"cannot reach {url}: {exc}") from None
     if response.status_code >= 400:
@@ -440,8 +512,17 @@ def deploy(
 ) -> None:
     """Create or replace a deployment on a running server (zero downtime)."""
     with reported_errors():
-        config = _deployment_flags(name, model, version, replicas, max_batch_size,
-                                   max_batch_delay_ms, timeout_ms, num_threads, cache_mb)
+        config = _deployment_flags(
+            name,
+            model,
+            version,
+            replicas,
+            max_batch_size,
+            max_batch_delay_ms,
+            timeout_ms,
+            num_threads,
+            cache_mb,
+        )
         body = config.model_dump(mode="json", by_alias=True)
         _print_deployment(_admin_call("POST", url, "/admin/deployments", key, body))
 
@@ -457,29 +538,51 @@ def scale(
     with reported_errors():
         if replicas < 0:
             raise InvalidInput("replicas must be >= 0", field="replicas")
-        info = _admin_call("POST", url, f"/admin/deployments/{deployment}/scale", key, {"replicas": replicas})
+        info = _admin_call(
+            "POST", url, f"/admin/deployments/{deployment}/scale", key, {"replicas": replicas}
+        )
         _print_deployment(info)
 
 
 @app.command()
 def bench(
-    url: Annotated[str, typer.Argument(help="Endpoint to load, e.g. http://127.0.0.1:8000/v1/embeddings.")],
-    concurrency: Annotated[int, typer.Option(help="Closed loop: clients each waiting for their answer.")] = 1,
-    rate: Annotated[float | None, typer.Option(help="Open loop: Poisson arrivals per second.")] = None,
-    trace: Annotated[Path | None, typer.Option(help="Open loop: replay a CSV trace's TIMESTAMP column.")] = None,
+    url: Annotated[
+        str, typer.Argument(help="Endpoint to load, e.g. http://127.0.0.1:8000/v1/embeddings.")
+    ],
+    concurrency: Annotated[
+        int, typer.Option(help="Closed loop: clients each waiting for their answer.")
+    ] = 1,
+    rate: Annotated[
+        float | None, typer.Option(help="Open loop: Poisson arrivals per second.")
+    ] = None,
+    trace: Annotated[
+        Path | None, typer.Option(help="Open loop: replay a CSV trace's TIMESTAMP column.")
+    ] = None,
     rate_scale: Annotated[float, typer.Option(help="Multiply the trace's arrival rate.")] = 1.0,
     time_scale: Annotated[float, typer.Option(help="Stretch the trace's time axis.")] = 1.0,
-    requests: Annotated[int | None, typer.Option(help="Stop after this many counted requests.")] = None,
-    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds (after warm-up).")] = None,
+    requests: Annotated[
+        int | None, typer.Option(help="Stop after this many counted requests.")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (after warm-up).")
+    ] = None,
     warmup: Annotated[float, typer.Option(help="Seconds of requests sent but not counted.")] = 0.0,
-    body: Annotated[str | None, typer.Option(help="Request body (JSON); default: derived from the URL.")] = None,
+    body: Annotated[
+        str | None, typer.Option(help="Request body (JSON); default: derived from the URL.")
+    ] = None,
     body_file: Annotated[Path | None, typer.Option(help="File holding the request body.")] = None,
     model: Annotated[str, typer.Option(help="Deployment named in derived bodies.")] = "minilm",
-    header: Annotated[list[str] | None, typer.Option(help="Extra header 'Name: value' (repeatable).")] = None,
+    header: Annotated[
+        list[str] | None, typer.Option(help="Extra header 'Name: value' (repeatable).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for arrivals and sentences.")] = 0,
     timeout: Annotated[float, typer.Option(help="Per-request timeout in seconds.")] = 30.0,
-    max_outstanding: Annotated[int, typer.Option(help="Open loop: cap on requests in flight.")] = 1024,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    max_outstanding: Annotated[
+        int, typer.Option(help="Open loop: cap on requests in flight.")
+    ] = 1024,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of a table.")
+    ] = False,
 ) -> None:
     """Load a running server (closed or open loop, or a trace) and report throughput and latency."""
     from aiscale.bench import bench_command, bench_progress, render_result
@@ -488,10 +591,23 @@ def bench(
         console = Console(stderr=as_json)
         with bench_progress(console) as on_progress:
             result = bench_command(
-                url, on_progress=on_progress, concurrency=concurrency, rate=rate, trace=trace,
-                rate_scale=rate_scale, time_scale=time_scale, requests=requests, duration=duration,
-                warmup=warmup, body=body, body_file=body_file, model=model, headers=header or (),
-                seed=seed, timeout=timeout, max_outstanding=max_outstanding,
+                url,
+                on_progress=on_progress,
+                concurrency=concurrency,
+                rate=rate,
+                trace=trace,
+                rate_scale=rate_scale,
+                time_scale=time_scale,
+                requests=requests,
+                duration=duration,
+                warmup=warmup,
+                body=body,
+                body_file=body_file,
+                model=model,
+                headers=header or (),
+                seed=seed,
+                timeout=timeout,
+                max_outstanding=max_outstanding,
             )
     if as_json:
         print(json.dumps(result.to_json()))

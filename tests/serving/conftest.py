@@ -24,15 +24,23 @@ def python_spec(name: str, cls: str, **kwargs: Any) -> DeploymentSpec:
     """A deployment of one of the tiny models in tests/models.py."""
     batching = kwargs.pop("batching", BatchingSettings())
     return DeploymentSpec(
-        name=name, model=name, version="1", runtime="python", uri=f"tests.models:{cls}",
-        batching=batching, num_threads=1, **kwargs,
+        name=name,
+        model=name,
+        version="1",
+        runtime="python",
+        uri=f"tests.models:{cls}",
+        batching=batching,
+        num_threads=1,
+        **kwargs,
     )
 
 
 def start_gateway(
     *specs: DeploymentSpec, settings: GatewaySettings | None = None, control: Any = None
 ) -> ThreadedServer:
-    gateway = Gateway(settings or GatewaySettings(drain_timeout_s=5.0), list(specs), control=control)
+    gateway = Gateway(
+        settings or GatewaySettings(drain_timeout_s=5.0), list(specs), control=control
+    )
     return start_in_thread(GatewayApp(gateway))
 
 
@@ -41,8 +49,9 @@ def serve() -> Iterator[ServerFactory]:
     """Start gateways on demand; every one is stopped (drained) when the test ends."""
     started: list[ThreadedServer] = []
 
-    def factory(*specs: DeploymentSpec, settings: GatewaySettings | None = None,
-                control: Any = None) -> ThreadedServer:
+    def factory(
+        *specs: DeploymentSpec, settings: GatewaySettings | None = None, control: Any = None
+    ) -> ThreadedServer:
         server = start_gateway(*specs, settings=settings, control=control)
         started.append(server)
         return server

@@ -17,13 +17,17 @@ TEXT = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, SqlRegistry, dict[str, str]]]:
+def setup(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[str, SqlRegistry, dict[str, str]]]:
     folder: Path = tmp_path_factory.mktemp("auth")
     registry = SqlRegistry.open(f"sqlite:///{folder / 'registry.db'}")
     keys = {
         "admin": registry.create_key("ops", frozenset({"admin"}))[0],
         "inference": registry.create_key("app", frozenset({"inference"}))[0],
-        "limited": registry.create_key("batch-job", frozenset({"inference"}), rate_limit_per_s=5)[0],
+        "limited": registry.create_key("batch-job", frozenset({"inference"}), rate_limit_per_s=5)[
+            0
+        ],
     }
     control = RegistryControl(registry, FsspecArtifactStore(folder / "artifacts"))
     server = start_gateway(
@@ -49,8 +53,11 @@ def test_missing_and_wrong_keys(setup: tuple[str, SqlRegistry, dict[str, str]]) 
     assert response.headers["www-authenticate"] == "Bearer"
     response = httpx.post(f"{url}/v2/models/echo/infer", json=TEXT, headers=bearer("ask_wrong"))
     assert response.status_code == 401 and "unknown" in response.json()["error"]["message"]
-    response = httpx.post(f"{url}/v1/embeddings", json={"model": "echo", "input": "x"},
-                          headers={"authorization": "Basic abc"})
+    response = httpx.post(
+        f"{url}/v1/embeddings",
+        json={"model": "echo", "input": "x"},
+        headers={"authorization": "Basic abc"},
+    )
     assert response.status_code == 401
     assert httpx.get(f"{url}/v2/health/ready").status_code == 200
     ok = httpx.post(f"{url}/v2/models/echo/infer", json=TEXT, headers=bearer(keys["inference"]))
@@ -87,7 +94,13 @@ def test_new_and_revoked_keys_take_effect(setup: tuple[str, SqlRegistry, dict[st
     url, registry, keys = setup
     plaintext, record = registry.create_key("late", frozenset({"inference"}))
     assert httpx.post(f"{url}/admin/keys/refresh", headers=bearer(keys["admin"])).status_code == 200
-    assert httpx.post(f"{url}/v2/models/echo/infer", json=TEXT, headers=bearer(plaintext)).status_code == 200
+    assert (
+        httpx.post(f"{url}/v2/models/echo/infer", json=TEXT, headers=bearer(plaintext)).status_code
+        == 200
+    )
     registry.revoke_key(record.key_id)
     assert httpx.post(f"{url}/admin/keys/refresh", headers=bearer(keys["admin"])).status_code == 200
-    assert httpx.post(f"{url}/v2/models/echo/infer", json=TEXT, headers=bearer(plaintext)).status_code == 401
+    assert (
+        httpx.post(f"{url}/v2/models/echo/infer", json=TEXT, headers=bearer(plaintext)).status_code
+        == 401
+    )

@@ -41,7 +41,9 @@ def test_batch_size_rule() -> None:
 
 def test_lone_client_does_not_wait_for_the_batch_delay(serve: ServerFactory) -> None:
     """With a 1 s max batch delay, a single sequential client is still answered at once."""
-    spec = python_spec("echo", "Echo", batching=BatchingSettings(max_batch_size=64, max_batch_delay_s=1.0))
+    spec = python_spec(
+        "echo", "Echo", batching=BatchingSettings(max_batch_size=64, max_batch_delay_s=1.0)
+    )
     url = serve(spec).url
     with httpx.Client() as client:
         for _ in range(5):
@@ -53,12 +55,20 @@ def test_lone_client_does_not_wait_for_the_batch_delay(serve: ServerFactory) -> 
 
 def test_concurrent_requests_share_batches(serve: ServerFactory) -> None:
     """32 concurrent requests to a busy replica are answered in far fewer than 32 batches."""
-    spec = python_spec("slow", "Slow", model_config={"delay_ms": 100},
-                       batching=BatchingSettings(max_batch_size=16, max_batch_delay_s=0.02))
+    spec = python_spec(
+        "slow",
+        "Slow",
+        model_config={"delay_ms": 100},
+        batching=BatchingSettings(max_batch_size=16, max_batch_delay_s=0.02),
+    )
     url = serve(spec).url
     with httpx.Client(timeout=30) as client, concurrent.futures.ThreadPoolExecutor(32) as pool:
-        statuses = list(pool.map(lambda _: client.post(f"{url}/v2/models/slow/infer", json=TEXT).status_code,
-                                 range(32)))
+        statuses = list(
+            pool.map(
+                lambda _: client.post(f"{url}/v2/models/slow/infer", json=TEXT).status_code,
+                range(32),
+            )
+        )
     assert statuses == [200] * 32
     batches, items = batch_histogram(url, "slow")
     assert items == 32

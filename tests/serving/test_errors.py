@@ -78,7 +78,9 @@ def test_unknown_model_version_and_path(url: str) -> None:
 
 def test_body_too_large(url: str) -> None:
     """A body over the limit is refused with 413 before it is parsed."""
-    big = {"inputs": [{"name": "input", "shape": [1, 2000], "datatype": "FP64", "data": [1.0] * 2000}]}
+    big = {
+        "inputs": [{"name": "input", "shape": [1, 2000], "datatype": "FP64", "data": [1.0] * 2000}]
+    }
     response = httpx.post(f"{url}/v2/models/sum/infer", json=big)
     assert response.status_code == 413
     assert error_of(response)["type"] == "PayloadTooLarge"
@@ -93,19 +95,25 @@ def test_model_errors_reach_every_caller(url: str) -> None:
     response = httpx.post(f"{url}/v2/models/short/infer", json=text)
     assert response.status_code == 500
     error = error_of(response)
-    assert error["type"] == "OutputCountMismatch" and "1 outputs for 2 inputs" in str(error["message"])
+    assert error["type"] == "OutputCountMismatch" and "1 outputs for 2 inputs" in str(
+        error["message"]
+    )
 
 
 def test_queue_full_answers_503_with_retry_after(serve: ServerFactory) -> None:
     """When the bounded queue is full, extra requests get 503 + Retry-After, the rest succeed."""
     spec = python_spec(
-        "slow", "Slow", model_config={"delay_ms": 300},
+        "slow",
+        "Slow",
+        model_config={"delay_ms": 300},
         batching=BatchingSettings(max_batch_size=1, max_queue=2, max_batch_delay_s=0.0),
     )
     url = serve(spec).url
     body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}
     with httpx.Client(timeout=30) as client, concurrent.futures.ThreadPoolExecutor(8) as pool:
-        responses = list(pool.map(lambda _: client.post(f"{url}/v2/models/slow/infer", json=body), range(8)))
+        responses = list(
+            pool.map(lambda _: client.post(f"{url}/v2/models/slow/infer", json=body), range(8))
+        )
     statuses = sorted(r.status_code for r in responses)
     assert statuses.count(200) >= 3 and 503 in statuses
     rejected = [r for r in responses if r.status_code == 503]

@@ -38,15 +38,22 @@ def test_kill_replica_under_load(serve: ServerFactory, max_retries: int) -> None
     """kill -9 of one replica: the server keeps serving, only that replica's in-flight requests
     fail (503 naming the exit) — or none when a retry is allowed — and a new replica takes its place."""
     batching = BatchingSettings(max_batch_size=4, max_batch_delay_s=0.005, max_retries=max_retries)
-    spec = python_spec("slow", "Slow", model_config={"delay_ms": 100}, replicas=2, batching=batching)
+    spec = python_spec(
+        "slow", "Slow", model_config={"delay_ms": 100}, replicas=2, batching=batching
+    )
     url = serve(spec).url
     with SteadyLoad(f"{url}/v2/models/slow/infer", TEXT, num_threads=8) as load:
         wait_requests(load, 20)
         before = replicas_of(url, "slow")
         victim = int(before["pids"][0])  # type: ignore[index]
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: replicas_of(url, "slow")["ready"] == 2
-                 and victim not in replicas_of(url, "slow")["pids"], 30)  # type: ignore[operator]
+        wait_for(
+            lambda: (
+                replicas_of(url, "slow")["ready"] == 2
+                and victim not in replicas_of(url, "slow")["pids"]
+            ),
+            30,
+        )  # type: ignore[operator]
         served_after = sum(load.statuses.values())
         wait_requests(load, served_after + 20)
     assert set(load.statuses) <= {200, 503}, load.statuses

@@ -39,17 +39,27 @@ def test_infer_json_tensors(echo_and_sum: str) -> None:
     url = echo_and_sum
     body = {
         "id": "req-1",
-        "inputs": [{"name": "input", "shape": [2, 3], "datatype": "FP64", "data": [1, 2, 3, 4, 5, 6]}],
+        "inputs": [
+            {"name": "input", "shape": [2, 3], "datatype": "FP64", "data": [1, 2, 3, 4, 5, 6]}
+        ],
     }
     response = httpx.post(f"{url}/v2/models/sum/infer", json=body)
     assert response.status_code == 200, response.text
     result = response.json()
-    assert result["id"] == "req-1" and result["model_name"] == "sum" and result["model_version"] == "1"
-    assert result["outputs"] == [{"name": "sum", "datatype": "FP64", "shape": [2], "data": [6.0, 15.0]}]
+    assert (
+        result["id"] == "req-1" and result["model_name"] == "sum" and result["model_version"] == "1"
+    )
+    assert result["outputs"] == [
+        {"name": "sum", "datatype": "FP64", "shape": [2], "data": [6.0, 15.0]}
+    ]
     assert response.headers["x-request-id"]
 
-    nested = {"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP64", "data": [[1.5, 2.5]]}]}
-    assert httpx.post(f"{url}/v2/models/sum/versions/1/infer", json=nested).json()["outputs"][0]["data"] == [4.0]
+    nested = {
+        "inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP64", "data": [[1.5, 2.5]]}]
+    }
+    assert httpx.post(f"{url}/v2/models/sum/versions/1/infer", json=nested).json()["outputs"][0][
+        "data"
+    ] == [4.0]
 
     text = {"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["a", "b"]}]}
     echoed = httpx.post(f"{url}/v2/models/echo/infer", json=text).json()
@@ -74,6 +84,8 @@ def test_tritonclient_binary_and_json(echo_and_sum: str) -> None:
     texts = np.array([b"hello", "wörld".encode()], dtype=np.object_)
     tensor = triton.InferInput("text", [2], "BYTES")
     tensor.set_data_from_numpy(texts, binary_data=True)
-    out = client.infer("echo", [tensor], outputs=[triton.InferRequestedOutput("text", binary_data=True)])
+    out = client.infer(
+        "echo", [tensor], outputs=[triton.InferRequestedOutput("text", binary_data=True)]
+    )
     assert [v.decode() for v in out.as_numpy("text")] == ["hello", "wörld"]
     client.close()

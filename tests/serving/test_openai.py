@@ -34,7 +34,9 @@ def check_embeddings(client: openai.OpenAI) -> None:
     texts = ["first sentence", "second one", "third"]
     result = client.embeddings.create(model="embed", input=texts)
     assert result.model == "embed" and [d.index for d in result.data] == [0, 1, 2]
-    np.testing.assert_allclose(np.array([d.embedding for d in result.data]), expected(texts), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.array([d.embedding for d in result.data]), expected(texts), rtol=1e-6
+    )
     single = client.embeddings.create(model="embed", input="solo", encoding_format="float")
     np.testing.assert_allclose(single.data[0].embedding, expected(["solo"])[0], rtol=1e-6)
     assert [m.id for m in client.models.list()] == ["embed", "echo"]

@@ -80,7 +80,8 @@ def recv_message(sock: socket.socket) -> object | None:
     body = _recv_exactly(sock, decode_length(header))
     if body is None:
         return None
-    return pickle.loads(body)
+    message: object = pickle.loads(body)
+    return message
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes | None:

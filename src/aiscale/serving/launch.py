@@ -43,18 +43,26 @@ def ensure_registered(
     except (NotFound, InvalidInput):
         pass
     if model_arg == "minilm":
-        record = register_with_artifact(registry, artifacts, "minilm", runtime="minilm", uri="bundled")
+        record = register_with_artifact(
+            registry, artifacts, "minilm", runtime="minilm", uri="bundled"
+        )
         return ModelChoice(record.model, record.version)
     if _IMPORT_PATH.match(model_arg):
         name = _name_from(model_arg.rsplit(":", 1)[1])
         return _register_once(registry, artifacts, name, "python", model_arg)
     path = Path(model_arg).expanduser()
     if path.is_dir():
-        return _register_once(registry, artifacts, _name_from(path.name), "sentence-transformers", str(path))
+        return _register_once(
+            registry, artifacts, _name_from(path.name), "sentence-transformers", str(path)
+        )
     if path.is_file():
-        runtime = {".onnx": "onnx", ".joblib": "sklearn", ".pkl": "sklearn"}.get(path.suffix.lower())
+        runtime = {".onnx": "onnx", ".joblib": "sklearn", ".pkl": "sklearn"}.get(
+            path.suffix.lower()
+        )
         if runtime is None:
-            raise InvalidInput(f"cannot tell the runtime of {model_arg!r} from its suffix", field="model")
+            raise InvalidInput(
+                f"cannot tell the runtime of {model_arg!r} from its suffix", field="model"
+            )
         return _register_once(registry, artifacts, _name_from(path.stem), runtime, str(path))
     raise NotFound(
         f"{model_arg!r} is not a registered model, 'minilm', an import path or a model file",
