@@ -148,3 +148,17 @@ def test_registry_url_overrides_the_data_dir_database(data_dir: Path, tmp_path: 
        "--registry-url", f"sqlite:///{other}")
     assert "m" in ok("models", "list", "--registry-url", f"sqlite:///{other}")
     assert "│ m " not in ok("models", "list")
+
+
+def test_detect_command(tmp_path: Path) -> None:
+    """`aiscale detect` writes one scored row per input row; a missing file is a one-line error."""
+    source = tmp_path / "series.csv"
+    rows = [f"2024-01-01 00:{m:02d}:00,{10 + (50 if m == 40 else 0)}" for m in range(60)]
+    source.write_text("timestamp,value\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "scored.csv"
+    result = run("detect", str(source), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    lines = out.read_text().splitlines()
+    assert lines[0] == "timestamp,value,anomaly_score" and len(lines) == 61
+    missing = run("detect", str(tmp_path / "none.csv"), "--out", str(out))
+    assert missing.exit_code == 1 and "Traceback" not in missing.output

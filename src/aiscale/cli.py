@@ -615,5 +615,18 @@ def bench(
         _stdout().print(render_result(result))
 
 
+@app.command()
+def detect(
+    source: Annotated[Path, typer.Argument(help="CSV with timestamp,value columns.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write timestamp,value,anomaly_score.")],
+) -> None:
+    """Score every point of a metric series for anomalies (the live monitor's detector)."""
+    from aiscale.monitor import detect_csv
+
+    with reported_errors():
+        rows = detect_csv(source, out)
+    _stdout().print(f"scored {rows} rows into {out}", highlight=False)
+
+
 if __name__ == "__main__":
     main()

@@ -48,9 +48,6 @@ def _normalise_outputs(outputs: Any) -> Any:
 
 def serve_batches(sock: socket.socket, runtime: str, uri: str, config: dict[str, Any]) -> int:
     """Load the model, announce readiness, then answer batches until told to stop."""
-    num_threads = config.get("num_threads")
-    if num_threads:
-        os.environ.setdefault("OMP_NUM_THREADS", str(num_threads))
     started = time.monotonic()
     try:
         from aiscale.runtimes import load_model

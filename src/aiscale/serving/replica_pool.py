@@ -35,6 +35,10 @@ from aiscale.serving.ipc import (
 logger = logging.getLogger(__name__)
 
 
+#: Runtimes whose model config takes ``num_threads``; others get the thread count by environment.
+THREADED_RUNTIMES = frozenset({"minilm", "sentence-transformers", "onnx"})
+
+
 @dataclass(frozen=True, slots=True)
 class ReplicaSpec:
     """What every replica of this pool loads, and how it is run."""
@@ -228,9 +232,12 @@ class LocalReplicaPool:
     async def _spawn(self) -> Replica:
         parent, child = socket.socketpair()
         config = dict(self.spec.config)
-        config.setdefault("num_threads", self._threads_per_replica())
+        num_threads = int(config.get("num_threads") or self._threads_per_replica())
+        if self.spec.runtime in THREADED_RUNTIMES:
+            config.setdefault("num_threads", num_threads)
         env = dict(os.environ)
-        env["OMP_NUM_THREADS"] = str(config["num_threads"])
+        # Read by torch/OpenMP/BLAS at import in the replica, for runtimes without the knob too.
+        env["OMP_NUM_THREADS"] = str(num_threads)
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("TRANSFORMERS_OFFLINE", "1")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,100 @@
+"""Trace loading and scaling, and the synthetic user model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aiscale.errors import InvalidInput
+from aiscale.plan import SyntheticTraffic, load_trace, read_trace_times, scale_times
+
+TRACES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "traces"
+CONV = TRACES / "AzureLLMInferenceTrace_conv.csv"
+CODE = TRACES / "AzureLLMInferenceTrace_code.csv"
+
+
+def test_trace_times_match_the_published_counts() -> None:
+    """The Azure traces load with the documented request counts and spans, sorted from 0."""
+    conv, code = read_trace_times(CONV), read_trace_times(CODE)
+    assert conv.size == 19_366 and code.size == 8_819
+    assert conv[0] == 0.0 and np.all(np.diff(conv) >= 0)
+    assert conv[-1] / 60 == pytest.approx(58.4, abs=0.1)
+    assert code[-1] / 60 == pytest.approx(57.3, abs=0.1)
+
+
+def test_rate_scale_thins_and_multiplies() -> None:
+    """rate_scale 0.5 keeps about half, 2.5 gives about 2.5 times, seeded and sorted."""
+    base = read_trace_times(CONV)
+    half = load_trace(CONV, rate_scale=0.5, seed=1)
+    assert abs(half.num_requests - base.size / 2) < 4 * np.sqrt(base.size / 4)
+    more = load_trace(CONV, rate_scale=2.5, seed=1)
+    assert abs(more.num_requests - 2.5 * base.size) < 4 * np.sqrt(base.size / 4)
+    assert np.all(np.diff(more.times_s) >= 0)
+    again = load_trace(CONV, rate_scale=2.5, seed=1)
+    assert np.array_equal(more.times_s, again.times_s)
+
+
+def test_time_scale_stretches_and_duration_tiles() -> None:
+    """time_scale stretches the span; duration_s cuts or repeats the pattern."""
+    stretched = load_trace(CODE, time_scale=24.0)
+    assert stretched.num_requests == 8_819
+    assert stretched.duration_s / 3600 == pytest.approx(57.3 * 24 / 60, rel=0.01)
+    day = load_trace(CONV, duration_s=86_400.0)
+    assert day.duration_s == 86_400.0
+    assert day.num_requests == pytest.approx(19_366 * 86_400 / 3505, rel=0.02)
+    cut = load_trace(CONV, duration_s=600.0)
+    assert cut.times_s.max() < 600.0
+    counts = cut.counts(60.0)
+    assert counts.counts.size == 10 and counts.num_requests == cut.num_requests
+
+
+def test_a_trace_without_timestamps_is_refused(tmp_path: Path) -> None:
+    """A CSV without a TIMESTAMP column raises InvalidInput naming the column."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("time,x\n1,2\n")
+    with pytest.raises(InvalidInput) as error:
+        read_trace_times(bad)
+    assert error.value.field == "TIMESTAMP"
+
+
+def test_scale_times_handles_empty_input() -> None:
+    """An empty trace scales to an empty one."""
+    assert scale_times(np.empty(0), rate_scale=2.0).num_requests == 0
+
+
+def test_synthetic_users_give_the_expected_volume_and_shape() -> None:
+    """N users x R a day: a week holds 7*N*R requests on average; the daily peak is at
+    peak_hour, weekends are lighter, and the same seed gives the same counts."""
+    traffic = SyntheticTraffic(num_users=100_000, requests_per_user_per_day=10,
+                               bursts_per_day=0.0)
+    week = traffic.counts(7 * 86_400, step_s=60.0)
+    assert week.num_requests == pytest.approx(7 * 1_000_000, rel=0.01)
+    per_hour = week.counts.reshape(7, 24, 60).sum(axis=2)
+    assert int(np.argmax(per_hour[0])) == 14 - 1 or int(np.argmax(per_hour[0])) == 14
+    assert per_hour[5].sum() < 0.8 * per_hour[0].sum()
+    assert per_hour[0].max() / per_hour[0].min() == pytest.approx(4.0, rel=0.15)
+    assert np.array_equal(week.counts, traffic.counts(7 * 86_400, step_s=60.0).counts)
+
+
+def test_bursts_raise_the_rate_for_their_duration() -> None:
+    """Inside a burst the rate is burst_multiplier times the base rate."""
+    traffic = SyntheticTraffic(num_users=1000, requests_per_user_per_day=86.4,
+                               peak_to_trough=1.0, weekend_factor=1.0, bursts_per_day=20.0,
+                               burst_multiplier=5.0, burst_duration_s=100.0, seed=3)
+    bursts = traffic.bursts(86_400.0)
+    assert bursts.size > 0
+    inside = traffic.rate_per_s(bursts + 50.0, bursts)
+    base = traffic.rate_per_s(bursts + 50.0, None)
+    assert np.allclose(inside, 5.0 * base)
+
+
+def test_arrival_times_spread_inside_steps() -> None:
+    """Times drawn from counts are sorted, inside the duration, and keep the counts."""
+    traffic = SyntheticTraffic(num_users=10_000, requests_per_user_per_day=20, seed=5)
+    counts = traffic.counts(3600.0, step_s=1.0)
+    arrivals = counts.to_arrivals(seed=5)
+    assert arrivals.num_requests == counts.num_requests
+    assert np.all(np.diff(arrivals.times_s) >= 0) and arrivals.times_s.max() < 3600.0
+    assert np.array_equal(arrivals.counts(1.0).counts, counts.counts)

@@ -1,0 +1,186 @@
+"""``aiscale demo``: the real minilm model served on loopback and driven by a short user ramp."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from rich.console import Console
+
+from aiscale.demo import run_demo, stage_users
+from aiscale.demo_scrape import GatewayReading, mean_batch_size, parse_reading
+from aiscale.errors import InvalidInput
+
+ROOT = Path(__file__).parent.parent
+
+
+def _replica_children() -> list[int]:
+    """Pids of replica processes whose parent is this process (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == os.getpid() and b"aiscale.serving.replica" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_demo_ramps_users_reports_stages_and_stops(tmp_path: Path) -> None:
+    """Every stage of the ramp gets answers without errors, a lone user's batches hold one
+    item and more users make bigger batches; afterwards the server refuses connections, no
+    replica is left, and the plain output names the endpoints and the data dir."""
+    output = io.StringIO()
+    data_dir = tmp_path / "data"
+    summary = run_demo(
+        data_dir=data_dir, duration_s=6.0, max_users=8, console=Console(file=output, width=200)
+    )
+    text = output.getvalue()
+
+    assert not summary.is_interrupted
+    assert [s.num_users for s in summary.stages] == [1, 4, 8]
+    for stage in summary.stages:
+        assert stage.num_requests > 0
+        assert stage.num_errors == 0
+        assert stage.throughput_rps > 0
+        assert stage.p50_ms is not None and stage.p99_ms is not None
+        assert stage.p50_ms <= stage.p99_ms
+        assert stage.mean_batch_size is not None and stage.mean_batch_size >= 1.0
+    first, last = summary.stages[0], summary.stages[-1]
+    assert first.mean_batch_size == 1.0
+    assert last.mean_batch_size is not None and last.mean_batch_size > first.mean_batch_size
+    assert summary.num_requests == sum(s.num_requests for s in summary.stages)
+    assert summary.num_errors == 0
+    assert summary.cold_start_s is not None and summary.cold_start_s > 0
+
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{summary.url}/v2/health/live", timeout=5)
+    assert _replica_children() == []
+
+    assert f"metrics: {summary.url}/metrics" in text
+    assert f"OpenAI: {summary.url}/v1/embeddings" in text
+    assert f"OIP v2: {summary.url}/v2/models/minilm/infer" in text
+    assert f"curl -s {summary.url}/v1/embeddings" in text
+    assert "stage 3/3 done: 8 users" in text
+    assert f"data dir: {data_dir}" in text and "(temporary" not in text
+    assert (data_dir / "registry.db").exists()
+
+
+def test_ctrl_c_stops_the_load_and_the_server_without_traceback() -> None:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during the load
+    stops the demo with exit status 0 and no traceback, stops every replica, refuses
+    connections afterwards, and removes the temporary data dir."""
+    code = "from aiscale.demo import run_demo; run_demo(duration_s=120.0, max_users=4)"
+    process = subprocess.Popen(
+        [sys.executable, "-u", "-c", code],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout is not None
+        url, pids = "", []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            found = re.search(r"serving on (http://\S+);", line)
+            if found:
+                url = found.group(1)
+                info = httpx.get(f"{url}/admin/deployments", timeout=10).json()
+                pids = info["deployments"][0]["replicas"]["pids"]
+            if line.startswith("stage 1/"):
+                break
+        assert url and pids, "the demo did not start its load"
+        os.killpg(process.pid, signal.SIGINT)
+        rest, errors = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=30)
+
+    assert process.returncode == 0, errors
+    assert "Traceback" not in errors
+    assert "interrupted: the load and the server were stopped" in rest
+    assert not any(_is_alive(pid) for pid in pids)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/v2/health/live", timeout=5)
+    kept = re.search(r"data dir: (\S+) \(temporary, removed\)", rest)
+    assert kept is not None and not Path(kept.group(1)).exists()
+
+
+@pytest.mark.parametrize(
+    ("max_users", "expected"),
+    [(1, (1,)), (2, (1, 2)), (4, (1, 4)), (8, (1, 4, 8)), (16, (1, 4, 16)),
+     (64, (1, 4, 16, 64)), (100, (1, 4, 16, 100))],
+)
+def test_stage_users_ramp_from_one_to_max(max_users: int, expected: tuple[int, ...]) -> None:
+    """The ramp is 1, 4, 16 (those below the maximum), then the maximum, strictly rising."""
+    assert stage_users(max_users) == expected
+
+
+def test_bad_arguments_are_rejected_before_anything_starts(tmp_path: Path) -> None:
+    """Zero users, a non-positive duration or zero replicas raise InvalidInput naming the
+    option, and nothing is written to the data dir."""
+    console = Console(file=io.StringIO())
+    data_dir = tmp_path / "data"
+    with pytest.raises(InvalidInput) as caught:
+        run_demo(data_dir=data_dir, max_users=0, console=console)
+    assert caught.value.field == "users"
+    with pytest.raises(InvalidInput) as caught:
+        run_demo(data_dir=data_dir, duration_s=0.0, console=console)
+    assert caught.value.field == "duration"
+    with pytest.raises(InvalidInput) as caught:
+        run_demo(data_dir=data_dir, replicas=0, console=console)
+    assert caught.value.field == "replicas"
+    assert not (tmp_path / "data").exists()
+
+
+METRICS = """\
+# HELP aiscale_batcher_batch_size Items per batch sent to a replica.
+aiscale_batcher_batch_size_bucket{deployment="minilm",version="1",le="1.0"} 3.0
+aiscale_batcher_batch_size_count{deployment="minilm",version="1"} 10.0
+aiscale_batcher_batch_size_sum{deployment="minilm",version="1"} 25.0
+aiscale_batcher_batch_size_count{deployment="other",version="1"} 99.0
+aiscale_batcher_queue_depth{deployment="minilm",version="1"} 3.0
+aiscale_replicas{deployment="minilm",version="1",state="ready"} 2.0
+aiscale_replicas{deployment="minilm",version="1",state="starting"} 1.0
+aiscale_replicas{deployment="minilm",version="1",state="wanted"} 3.0
+aiscale_gateway_requests_total{deployment="minilm",version="1",status="200"} 40.0
+"""
+
+
+def test_metrics_reading_sums_one_deployment_and_mean_batch_uses_deltas() -> None:
+    """A reading sums only the named deployment's samples; the mean batch size between two
+    readings is items over batches sent in between, None when no batch was sent."""
+    reading = parse_reading(METRICS, "minilm")
+    assert reading == GatewayReading(
+        num_batch_items=25.0, num_batches=10.0, queue_depth=3.0,
+        num_replicas_ready=2.0, num_replicas_wanted=3.0,
+    )
+    later = GatewayReading(45.0, 14.0, 0.0, 2.0, 2.0)
+    assert mean_batch_size(reading, later) == 5.0
+    assert mean_batch_size(reading, reading) is None
+    assert mean_batch_size(None, later) is None
+    assert parse_reading("", "minilm") == GatewayReading(0.0, 0.0, 0.0, 0.0, 0.0)
