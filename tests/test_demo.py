@@ -15,9 +15,11 @@ import httpx
 import pytest
 from rich.console import Console
 
-from aiscale.demo import run_demo, stage_users
+from aiscale.demo import DemoFrame, StageResult, run_demo, stage_users
 from aiscale.demo_scrape import GatewayReading, mean_batch_size, parse_reading
+from aiscale.demo_view import LiveView, PlainView, open_view, sparkline
 from aiscale.errors import InvalidInput
+from aiscale.registry import SqlRegistry
 
 ROOT = Path(__file__).parent.parent
 
@@ -50,9 +52,16 @@ def _is_alive(pid: int) -> bool:
 def test_demo_ramps_users_reports_stages_and_stops(tmp_path: Path) -> None:
     """Every stage of the ramp gets answers without errors, a lone user's batches hold one
     item and more users make bigger batches; afterwards the server refuses connections, no
-    replica is left, and the plain output names the endpoints and the data dir."""
+    replica is left, and the plain output names the endpoints and the data dir. A data dir
+    whose registry holds API keys works too: the demo's own key is revoked at the end."""
     output = io.StringIO()
     data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    registry = SqlRegistry.open(f"sqlite:///{data_dir / 'registry.db'}")
+    try:
+        _, owner_key = registry.create_key("owner", frozenset({"admin", "inference"}))
+    finally:
+        registry.close()
     summary = run_demo(
         data_dir=data_dir, duration_s=6.0, max_users=8, console=Console(file=output, width=200)
     )
@@ -84,7 +93,12 @@ def test_demo_ramps_users_reports_stages_and_stops(tmp_path: Path) -> None:
     assert f"curl -s {summary.url}/v1/embeddings" in text
     assert "stage 3/3 done: 8 users" in text
     assert f"data dir: {data_dir}" in text and "(temporary" not in text
-    assert (data_dir / "registry.db").exists()
+    registry = SqlRegistry.open(f"sqlite:///{data_dir / 'registry.db'}")
+    try:
+        assert [k.key_id for k in registry.active_keys()] == [owner_key.key_id]
+        assert len(registry.list_keys()) == 2
+    finally:
+        registry.close()
 
 
 def test_ctrl_c_stops_the_load_and_the_server_without_traceback() -> None:
@@ -184,3 +198,43 @@ def test_metrics_reading_sums_one_deployment_and_mean_batch_uses_deltas() -> Non
     assert mean_batch_size(reading, reading) is None
     assert mean_batch_size(None, later) is None
     assert parse_reading("", "minilm") == GatewayReading(0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def _frame(elapsed_s: float, rps: float) -> DemoFrame:
+    return DemoFrame(
+        stage_index=1, num_stages=4, num_users=4, elapsed_s=elapsed_s, total_s=40.0,
+        throughput_rps=rps, p50_ms=12.5, p99_ms=40.0, num_requests=120, num_errors=0,
+        mean_batch_size=3.5, queue_depth=2.0, num_replicas_ready=1.0, num_replicas_wanted=1.0,
+    )
+
+
+def test_live_view_on_a_terminal_shows_figures_sparkline_and_finished_stages() -> None:
+    """On a terminal the view is a live panel with the stage, throughput, latency, gateway
+    gauges, a throughput sparkline and the table of finished stages; elsewhere plain lines."""
+    output = io.StringIO()
+    console = Console(file=output, force_terminal=True, width=100, color_system=None)
+    view = open_view(console)
+    assert isinstance(view, LiveView)
+    view.stage_started(1, 4, 4, 10.0)
+    for step, rps in enumerate((10.0, 80.0, 160.0)):
+        view.progress(_frame(10.5 + step * 0.5, rps))
+    view.stage_finished(
+        StageResult(index=1, num_users=4, duration_s=10.0, num_requests=1234, num_errors=0,
+                    throughput_rps=123.4, p50_ms=12.5, p99_ms=40.0, mean_batch_size=3.5), 4,
+    )
+    view.close()
+    text = output.getvalue()
+    assert "stage 2/4: 4 simulated users" in text
+    assert "160.0 req/s" in text and "p99 40.0 ms" in text
+    assert "mean batch 3.5" in text and "replicas ready 1/1" in text
+    assert sparkline([10.0, 80.0, 160.0]) in text
+    assert "1,234" in text
+
+    assert isinstance(open_view(Console(file=io.StringIO())), PlainView)
+
+
+def test_sparkline_scales_to_the_largest_value() -> None:
+    """One block per value, the largest the tallest; all-zero history stays flat."""
+    assert sparkline([0.0, 50.0, 100.0]) == "▁▅█"
+    assert sparkline([0.0, 0.0]) == "▁▁"
+    assert sparkline([]) == ""

@@ -628,5 +628,25 @@ def detect(
     _stdout().print(f"scored {rows} rows into {out}", highlight=False)
 
 
+@app.command()
+def demo(
+    duration: Annotated[float, typer.Option(help="Seconds of load, split over the ramp's stages.")] = 40.0,
+    users: Annotated[int, typer.Option(help="Simulated users at the top of the ramp.")] = 64,
+    replicas: Annotated[int, typer.Option(help="Replica processes of minilm.")] = 1,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Keep state here [default: a temporary folder].")
+    ] = None,
+) -> None:
+    """Serve the bundled minilm and drive a ramp of simulated users at it, with a live view."""
+    from aiscale.demo import run_demo
+
+    with reported_errors():
+        summary = run_demo(
+            data_dir=data_dir, duration_s=duration, max_users=users, replicas=replicas, console=Console()
+        )
+    if summary.is_interrupted:
+        raise typer.Exit(130)
+
+
 if __name__ == "__main__":
     main()
