@@ -30,16 +30,30 @@ def test_profile_round_trips_through_json(tmp_path: Path) -> None:
     path = tmp_path / "p.json"
     save_profile(profile, path)
     data = json.loads(path.read_text())
-    assert set(data) == {"model", "hardware", "batch_sizes", "latency_ms", "throughput_per_s",
-                         "memory_bytes", "startup_s", "estimated"}
+    assert set(data) == {
+        "model",
+        "hardware",
+        "batch_sizes",
+        "latency_ms",
+        "throughput_per_s",
+        "memory_bytes",
+        "startup_s",
+        "estimated",
+    }
     assert load_profile(path) == profile
     assert data["throughput_per_s"][0] == pytest.approx(125.0)
 
 
 @pytest.mark.parametrize(
     ("batch", "expected_ms"),
-    [(1, 8.0), (8, 30.0), (4, 8.0 + 22.0 * 3 / 7), (36, 30.0 + 190.0 * 28 / 56), (64, 220.0),
-     (128, 220.0 + 190.0 * 64 / 56)],
+    [
+        (1, 8.0),
+        (8, 30.0),
+        (4, 8.0 + 22.0 * 3 / 7),
+        (36, 30.0 + 190.0 * 28 / 56),
+        (64, 220.0),
+        (128, 220.0 + 190.0 * 64 / 56),
+    ],
 )
 def test_latency_interpolates_between_measured_sizes(batch: int, expected_ms: float) -> None:
     """latency_s is linear between measured batch sizes and extends the last segment."""
@@ -48,9 +62,12 @@ def test_latency_interpolates_between_measured_sizes(batch: int, expected_ms: fl
 
 @pytest.mark.parametrize(
     ("change", "field"),
-    [({"colour": "red"}, "colour"), ({"latency_ms": [1.0]}, "latency_ms"),
-     ({"batch_sizes": [8, 1, 64]}, "batch_sizes"), ({"latency_ms": [0.0, 1.0, 2.0]},
-                                                     "latency_ms")],
+    [
+        ({"colour": "red"}, "colour"),
+        ({"latency_ms": [1.0]}, "latency_ms"),
+        ({"batch_sizes": [8, 1, 64]}, "batch_sizes"),
+        ({"latency_ms": [0.0, 1.0, 2.0]}, "latency_ms"),
+    ],
 )
 def test_bad_profiles_are_rejected_with_the_field(change: dict[str, object], field: str) -> None:
     """A malformed profile raises ConfigError naming the bad field."""

@@ -67,8 +67,7 @@ def test_scale_times_handles_empty_input() -> None:
 def test_synthetic_users_give_the_expected_volume_and_shape() -> None:
     """N users x R a day: a week holds 7*N*R requests on average; the daily peak is at
     peak_hour, weekends are lighter, and the same seed gives the same counts."""
-    traffic = SyntheticTraffic(num_users=100_000, requests_per_user_per_day=10,
-                               bursts_per_day=0.0)
+    traffic = SyntheticTraffic(num_users=100_000, requests_per_user_per_day=10, bursts_per_day=0.0)
     week = traffic.counts(7 * 86_400, step_s=60.0)
     assert week.num_requests == pytest.approx(7 * 1_000_000, rel=0.01)
     per_hour = week.counts.reshape(7, 24, 60).sum(axis=2)
@@ -80,9 +79,16 @@ def test_synthetic_users_give_the_expected_volume_and_shape() -> None:
 
 def test_bursts_raise_the_rate_for_their_duration() -> None:
     """Inside a burst the rate is burst_multiplier times the base rate."""
-    traffic = SyntheticTraffic(num_users=1000, requests_per_user_per_day=86.4,
-                               peak_to_trough=1.0, weekend_factor=1.0, bursts_per_day=20.0,
-                               burst_multiplier=5.0, burst_duration_s=100.0, seed=3)
+    traffic = SyntheticTraffic(
+        num_users=1000,
+        requests_per_user_per_day=86.4,
+        peak_to_trough=1.0,
+        weekend_factor=1.0,
+        bursts_per_day=20.0,
+        burst_multiplier=5.0,
+        burst_duration_s=100.0,
+        seed=3,
+    )
     bursts = traffic.bursts(86_400.0)
     assert bursts.size > 0
     inside = traffic.rate_per_s(bursts + 50.0, bursts)

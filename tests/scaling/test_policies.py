@@ -120,9 +120,14 @@ def test_target_stays_within_bounds(
     """min_replicas <= target <= max_replicas for any observation sequence."""
     max_replicas = min_replicas + extra
     policy = make_policy(
-        kind, min_replicas=min_replicas, max_replicas=max_replicas,
-        **({"upscale_delay_s": 5.0, "downscale_delay_s": 20.0} if kind == "reactive" else
-           {"target_concurrency": 10.0}),
+        kind,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        **(
+            {"upscale_delay_s": 5.0, "downscale_delay_s": 20.0}
+            if kind == "reactive"
+            else {"target_concurrency": 10.0}
+        ),
     )
     state = policy.initial_state()
     for i, (ongoing, replicas) in enumerate(seq):
@@ -133,14 +138,25 @@ def test_target_stays_within_bounds(
 @pytest.mark.parametrize("kind", ["reactive", "kpa", "predictive"])
 def test_no_flapping_on_steady_load(kind: str) -> None:
     """Under constant load, once settled, the target does not change."""
-    knobs: dict[str, Any] = {
-        "reactive": {"target_ongoing_requests": 4.0, "upscale_delay_s": 10.0,
-                     "downscale_delay_s": 60.0, "max_replicas": 50},
+    all_knobs: dict[str, dict[str, Any]] = {
+        "reactive": {
+            "target_ongoing_requests": 4.0,
+            "upscale_delay_s": 10.0,
+            "downscale_delay_s": 60.0,
+            "max_replicas": 50,
+        },
         "kpa": {"target_concurrency": 4.0, "target_utilization": 1.0, "max_replicas": 50},
-        "predictive": {"reactive": {"target_ongoing_requests": 4.0, "upscale_delay_s": 10.0,
-                                    "downscale_delay_s": 60.0, "max_replicas": 50},
-                       "capacity_per_replica_per_s": 10.0},
-    }[kind]
+        "predictive": {
+            "reactive": {
+                "target_ongoing_requests": 4.0,
+                "upscale_delay_s": 10.0,
+                "downscale_delay_s": 60.0,
+                "max_replicas": 50,
+            },
+            "capacity_per_replica_per_s": 10.0,
+        },
+    }
+    knobs = all_knobs[kind]
     targets = run_closed_loop(make_policy(kind, **knobs), [37] * 360, 2.0, 1)
     settled = targets[60:]
     assert len(set(settled)) == 1
@@ -149,8 +165,9 @@ def test_no_flapping_on_steady_load(kind: str) -> None:
 
 def test_reactive_scales_up_after_the_delay_and_not_before() -> None:
     """A load step is acted on once it has held for upscale_delay_s, not earlier."""
-    policy = ReactivePolicy(ReactiveConfig(target_ongoing_requests=2.0, upscale_delay_s=30.0,
-                                           downscale_delay_s=600.0))
+    policy = ReactivePolicy(
+        ReactiveConfig(target_ongoing_requests=2.0, upscale_delay_s=30.0, downscale_delay_s=600.0)
+    )
     load = [2] * 50 + [20] * 50  # the step comes at t = 100 s (interval 2 s)
     targets = run_closed_loop(policy, load, 2.0, 1)
     first_up = next(i for i, n in enumerate(targets) if n > 1) * 2.0
@@ -160,8 +177,9 @@ def test_reactive_scales_up_after_the_delay_and_not_before() -> None:
 
 def test_reactive_downscale_waits_for_its_delay() -> None:
     """Load that drops is followed down only after downscale_delay_s."""
-    policy = ReactivePolicy(ReactiveConfig(target_ongoing_requests=2.0, upscale_delay_s=0.0,
-                                           downscale_delay_s=60.0))
+    policy = ReactivePolicy(
+        ReactiveConfig(target_ongoing_requests=2.0, upscale_delay_s=0.0, downscale_delay_s=60.0)
+    )
     targets = run_closed_loop(policy, [20] * 10 + [2] * 40, 2.0, 10)
     first_down = next(i for i, n in enumerate(targets) if n < 10) * 2.0
     assert 20.0 + 60.0 <= first_down <= 20.0 + 62.0
@@ -170,8 +188,14 @@ def test_reactive_downscale_waits_for_its_delay() -> None:
 def test_reactive_scale_to_zero_and_activation() -> None:
     """min_replicas=0: one idle replica goes to zero after the idle timeout; a request at zero
     activates the deployment at once."""
-    policy = ReactivePolicy(ReactiveConfig(min_replicas=0, downscale_delay_s=60.0,
-                                           scale_to_zero_delay_s=120.0, upscale_delay_s=30.0))
+    policy = ReactivePolicy(
+        ReactiveConfig(
+            min_replicas=0,
+            downscale_delay_s=60.0,
+            scale_to_zero_delay_s=120.0,
+            upscale_delay_s=30.0,
+        )
+    )
     targets = run_closed_loop(policy, [0] * 100, 2.0, 1)
     first_zero = targets.index(0) * 2.0
     assert 120.0 <= first_zero <= 122.0
@@ -215,8 +239,9 @@ def test_kpa_scales_to_zero_after_grace_and_activates() -> None:
     targets = run_closed_loop(policy, [5] * 10 + [0] * 80, 2.0, 1)
     first_zero = targets.index(0) * 2.0
     assert first_zero == 18.0 + 60.0  # the last busy sample (t=18) left the stable window
-    patient = KpaPolicy(KpaConfig(target_concurrency=10.0, min_replicas=0,
-                                  scale_to_zero_grace_s=90.0))
+    patient = KpaPolicy(
+        KpaConfig(target_concurrency=10.0, min_replicas=0, scale_to_zero_grace_s=90.0)
+    )
     targets = run_closed_loop(patient, [5] * 10 + [0] * 80, 2.0, 1)
     assert targets.index(0) * 2.0 == 20.0 + 90.0  # idle since t=20, plus the grace
     decision, _ = policy.decide(observe(1000.0, 0, 3), policy.initial_state())
@@ -240,12 +265,16 @@ def test_predictive_scales_before_a_known_daily_ramp() -> None:
     now = 2 * 86_400 + 8 * 3600 + 58 * 60 + 30
     history = tuple(b for b in daily_history(3) if b[0] + 60 <= now)
     reactive = ReactiveConfig(target_ongoing_requests=4.0, max_replicas=100)
-    policy = PredictivePolicy(PredictiveConfig(reactive=reactive, capacity_per_replica_per_s=10.0,
-                                               startup_s=120.0, lookahead_s=60.0))
+    policy = PredictivePolicy(
+        PredictiveConfig(
+            reactive=reactive, capacity_per_replica_per_s=10.0, startup_s=120.0, lookahead_s=60.0
+        )
+    )
     obs = observe(now, 1, 4, history=history, rate=10.0)
     decision, _ = policy.decide(obs, policy.initial_state())
-    reactive_decision, _ = ReactivePolicy(reactive).decide(obs, ReactivePolicy(reactive)
-                                                           .initial_state())
+    reactive_decision, _ = ReactivePolicy(reactive).decide(
+        obs, ReactivePolicy(reactive).initial_state()
+    )
     assert reactive_decision.target_replicas == 1
     assert decision.target_replicas == 10
     assert "daily" in decision.reason
@@ -264,8 +293,9 @@ def test_predictive_never_below_reactive(ongoing: int, replicas: int, minute: in
     policy = PredictivePolicy(PredictiveConfig(reactive=reactive, capacity_per_replica_per_s=10.0))
     obs = observe(now, replicas, ongoing, history=history)
     decision, _ = policy.decide(obs, policy.initial_state())
-    reactive_decision, _ = ReactivePolicy(reactive).decide(obs, ReactivePolicy(reactive)
-                                                           .initial_state())
+    reactive_decision, _ = ReactivePolicy(reactive).decide(
+        obs, ReactivePolicy(reactive).initial_state()
+    )
     assert decision.target_replicas >= reactive_decision.target_replicas
 
 
@@ -273,8 +303,11 @@ def test_predictive_falls_back_to_reactive_when_the_forecast_is_wrong() -> None:
     """When today does not look like yesterday, the scored error switches the forecast off."""
     history = daily_history(1) + [(86_400 + m * 60.0, 600.0) for m in range(9 * 60 - 11)]
     reactive = ReactiveConfig(target_ongoing_requests=4.0, max_replicas=100)
-    policy = PredictivePolicy(PredictiveConfig(reactive=reactive, capacity_per_replica_per_s=10.0,
-                                               startup_s=60.0, level_window_s=600.0))
+    policy = PredictivePolicy(
+        PredictiveConfig(
+            reactive=reactive, capacity_per_replica_per_s=10.0, startup_s=60.0, level_window_s=600.0
+        )
+    )
     state = policy.initial_state()
     decision = None
     for minute in range(9 * 60 - 10, 9 * 60 + 60):  # today: the 09:00 ramp never comes
@@ -296,10 +329,17 @@ def test_oracle_schedule_starts_replicas_one_startup_ahead() -> None:
 
 def test_oracle_decides_from_its_schedule() -> None:
     """The oracle's decision is its schedule's value at now_s."""
-    policy = OraclePolicy(OracleConfig(rates_per_s=(0.0, 20.0, 0.0), step_s=10.0,
-                                       capacity_per_replica_per_s=10.0, startup_s=0.0))
-    assert [policy.decide(observe(t, 1, 0), None)[0].target_replicas
-            for t in (5.0, 15.0, 25.0, 99.0)] == [0, 2, 0, 0]
+    policy = OraclePolicy(
+        OracleConfig(
+            rates_per_s=(0.0, 20.0, 0.0),
+            step_s=10.0,
+            capacity_per_replica_per_s=10.0,
+            startup_s=0.0,
+        )
+    )
+    assert [
+        policy.decide(observe(t, 1, 0), None)[0].target_replicas for t in (5.0, 15.0, 25.0, 99.0)
+    ] == [0, 2, 0, 0]
 
 
 def test_make_policy_names_and_errors() -> None:
@@ -326,6 +366,21 @@ def test_policies_import_nothing_heavy() -> None:
         " if m in sys.modules]\n"
         "print(','.join(bad))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_oracle_covers_the_busiest_step_until_the_next_decision() -> None:
+    """With a decision interval longer than its step, the oracle provisions for the busiest
+    step before its next decision."""
+    policy = OraclePolicy(
+        OracleConfig(
+            rates_per_s=(0.0, 0.0, 30.0, 0.0),
+            step_s=1.0,
+            capacity_per_replica_per_s=10.0,
+            startup_s=0.0,
+            decision_interval_s=3.0,
+        )
+    )
+    assert policy.target_at(0.0) == 3
+    assert policy.target_at(3.0) == 0

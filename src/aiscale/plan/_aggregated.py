@@ -1,0 +1,273 @@
+"""The aggregated simulator: per time step and per batch size, not per request.
+
+Each step of ``step_s`` carries a count of arrivals. The fleet (starting and ready replicas)
+and the policy calls are simulated step by step, exactly as in the exact mode; the queue is a
+fluid: a step serves at most ``ready * max_batch_size / latency(max_batch_size) * step_s``
+requests, and what is left waits, in FIFO order, for later steps (dropped past ``max_queue``).
+
+Latency per step is then computed for all steps at once (numpy): the fluid wait (from the
+cumulative arrival and service curves) plus a queueing term for the randomness inside a step.
+For that term a replica is a server of batches: the batch size ``b`` solves
+``b = clip(rate_per_replica * latency(b), 1, max_batch_size)`` (requests that arrive while a
+batch runs form the next one); the chance to wait is Erlang C with ``ready`` servers at the
+busy share ``rate * latency(b) / (ready * b)``; a wait is exponential with the Allen-Cunneen
+M/D/c mean ``latency(b) / (2 * ready * (1 - rate / max_throughput))``. With batch size 1 this
+is the M/D/c approximation; with batching it is a heuristic whose error against the exact
+mode ``plan.simulator.compare_modes`` reports.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from aiscale.errors import ConfigError
+from aiscale.plan._simcore import SimulationConfig, SimulationResult, make_history
+from aiscale.plan.traffic import ArrivalCounts, Arrivals, FloatArray
+from aiscale.scaling.policies.base import ScalingObservation, ScalingPolicy
+
+#: Seconds over which arrival rates are averaged for the queueing term, and how many Poisson
+#: standard deviations a step's count must exceed that average by to count as a burst.
+RATE_WINDOW_S = 10.0
+BURST_SIGMAS = 1.0
+
+
+def _erlang_c(servers: FloatArray, offered: FloatArray) -> FloatArray:
+    """P(wait) in M/M/c for ``servers`` (integers >= 1) and ``offered`` load (< servers)."""
+    n = servers.astype(np.int64)
+    erlang_b = np.ones_like(offered)
+    for k in range(1, int(n.max(initial=1)) + 1):
+        active = k <= n
+        updated = offered * erlang_b / (k + offered * erlang_b)
+        erlang_b = np.where(active, updated, erlang_b)
+    rho = np.minimum(offered / np.maximum(n, 1), 0.999999)
+    return np.clip(erlang_b / (1 - rho * (1 - erlang_b)), 0.0, 1.0)
+
+
+class _StepModel:
+    """Batch size, wait chance and wait mean for given rates and ready counts (vectorised)."""
+
+    def __init__(self, config: SimulationConfig) -> None:
+        self.table = np.asarray(config.latency_table())
+        self.max_batch = config.max_batch_size
+        self.max_delay_s = config.max_batch_delay_s
+        self.sizes = np.arange(1, self.max_batch + 1, dtype=np.float64)
+        self.max_rate = self.max_batch / self.table[self.max_batch]
+
+    def latency(self, batch: FloatArray) -> FloatArray:
+        result: FloatArray = np.interp(batch, self.sizes, self.table[1:])
+        return result
+
+    def stats(
+        self, rate: FloatArray, ready: FloatArray, is_overloaded: FloatArray
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
+        """``(no-wait latency, batch latency, P(wait), mean wait, batch size)``; seconds."""
+        servers = np.maximum(ready, 1.0)
+        per_replica = rate / servers
+        # The batcher waits (up to max_batch_delay_s) for as many as the last batch had, so
+        # batches hold at least what arrives in that delay; the rest is what arrives while
+        # a batch runs.
+        # That only happens when a request finds every replica busy (else an idle replica
+        # takes it alone and the last batch size stays 1), hence the Erlang C weight.
+        batch = np.ones_like(rate)
+        for _ in range(30):
+            batch = np.clip(per_replica * self.latency(batch), 1.0, self.max_batch)
+        all_busy = _erlang_c(
+            servers, np.minimum(per_replica * self.latency(batch) / batch, 0.99) * servers
+        )
+        gathered = np.clip(
+            1.0 + np.maximum(rate * self.max_delay_s - 1.0, 0.0) * all_busy, 1.0, self.max_batch
+        )
+        for _ in range(30):
+            batch = np.clip(
+                np.maximum(per_replica * self.latency(batch), gathered), 1.0, self.max_batch
+            )
+        load_max = np.minimum(per_replica / self.max_rate, 0.99)
+        overloaded = (per_replica >= self.max_rate) | is_overloaded
+        batch = np.where(overloaded, float(self.max_batch), batch)
+        batch_latency = self.latency(batch)
+        busy = np.minimum(per_replica * batch_latency / batch, 0.99)
+        p_wait = np.where(overloaded, 1.0, _erlang_c(servers, busy * servers))
+        # Past saturation the fluid backlog carries the queueing; only a batch residual is left.
+        mean_wait = np.where(
+            overloaded,
+            batch_latency / (2 * servers),
+            batch_latency / (2 * servers * (1 - load_max)),
+        )
+        # A request that finds a replica idle still waits, on average half the time the
+        # batch takes to fill to its target (capped by the delay).
+        gather_s = np.minimum(self.max_delay_s, (batch - 1) / np.maximum(rate, 1e-9)) / 2
+        no_wait = gather_s + batch_latency
+        return no_wait, batch_latency, p_wait, mean_wait, batch
+
+
+def run_aggregated(
+    arrivals: Arrivals | ArrivalCounts, policy: ScalingPolicy[Any], config: SimulationConfig
+) -> SimulationResult:
+    dt = config.step_s
+    if isinstance(arrivals, Arrivals):
+        counts = arrivals.counts(dt)
+        end_s = arrivals.duration_s
+    else:
+        if not math.isclose(arrivals.step_s, dt):
+            raise ConfigError("counts must use the simulation step", field="step_s")
+        counts, end_s = arrivals, arrivals.duration_s
+    given = counts.counts.astype(np.float64)
+    num_given = given.size
+    max_steps = num_given + math.ceil(config.drain_timeout_s / dt)
+    history = make_history(config, counts)
+    model = _StepModel(config)
+    capacity_per_replica = model.max_rate * dt
+    interval_steps = max(1, round(config.decision_interval_s / dt))
+    startup = config.replica_startup_s
+
+    ready = config.initial_replicas
+    starting: deque[float] = deque()
+    backlog = 0.0
+    ready_per_step: list[int] = []
+    paid_per_step: list[int] = []
+    served_per_step: list[float] = []
+    dropped_per_step: list[float] = []
+    timeline: list[tuple[float, int, int]] = []
+    policy_state = policy.initial_state()
+    arrived_since = served_since = 0.0
+    num_decisions = 0
+
+    k = 0
+    while k < max_steps:
+        t = k * dt
+        while starting and starting[0] <= t + 1e-9:
+            starting.popleft()
+            ready += 1
+        if k and k % interval_steps == 0:
+            interval = interval_steps * dt
+            rate = arrived_since / interval
+            _, batch_latency, p_wait, mean_wait, batch = model.stats(
+                np.array([rate]), np.array([float(ready)]), np.array([backlog > 0])
+            )
+            # Little's law for the requests inside the step model, plus the fluid backlog.
+            in_flight = min(rate * float(batch_latency[0]), ready * config.max_batch_size)
+            # The steady-state wait explodes near saturation, but a queue cannot build for
+            # longer than the interval the rate was measured over: cap it there.
+            queued = rate * float(p_wait[0]) * min(float(mean_wait[0]), interval) + backlog
+            history.advance(t)
+            observation = ScalingObservation(
+                now_s=t,
+                num_replicas=ready + len(starting),
+                num_ready=ready,
+                num_starting=len(starting),
+                num_in_flight=round(in_flight),
+                num_queued=round(queued),
+                arrival_rate_per_s=rate,
+                completed_rate_per_s=served_since / interval,
+                mean_service_time_s=(float(batch_latency[0] / batch[0]) if served_since else None),
+                arrival_history=history,
+            )
+            decision, policy_state = policy.decide(observation, policy_state)
+            change = decision.target_replicas - observation.num_replicas
+            for _ in range(max(change, 0)):
+                starting.append(t + startup)
+            for _ in range(max(-change, 0)):
+                if starting:
+                    starting.pop()
+                else:
+                    ready -= 1
+            timeline.append((t, ready + len(starting), ready))
+            arrived_since = served_since = 0.0
+            num_decisions += 1
+        arriving = given[k] if k < num_given else 0.0
+        total = backlog + arriving
+        served = min(total, ready * capacity_per_replica)
+        backlog = total - served
+        if backlog < 1e-9:
+            backlog = 0.0
+        dropped = max(0.0, backlog - config.max_queue)
+        backlog -= dropped
+        ready_per_step.append(ready)
+        paid_per_step.append(ready + len(starting))
+        served_per_step.append(served)
+        dropped_per_step.append(dropped)
+        arrived_since += arriving
+        served_since += served
+        k += 1
+        if k >= num_given and backlog == 0.0 and k * dt >= end_s:
+            break
+
+    num_steps = k
+    arrived = np.zeros(num_steps)
+    arrived[: min(num_given, num_steps)] = given[:num_steps]
+    ready_arr = np.asarray(ready_per_step, dtype=np.float64)
+    served_arr = np.asarray(served_per_step)
+    admitted = arrived - np.asarray(dropped_per_step)
+    cum_admitted = np.cumsum(admitted)
+    cum_served = np.cumsum(served_arr)
+    total_served = float(cum_served[-1]) if num_steps else 0.0
+    # FIFO fluid: the middle request of step i leaves when cumulative service reaches it.
+    position = cum_admitted - admitted / 2
+    j = np.minimum(np.searchsorted(cum_served, position - 1e-9), num_steps - 1)
+    before = np.where(j > 0, cum_served[np.maximum(j - 1, 0)], 0.0)
+    fraction = np.clip((position - before) / np.maximum(served_arr[j], 1e-12), 0.0, 1.0)
+    departure = (j + fraction) * dt
+    fluid_wait = np.maximum(departure - (np.arange(num_steps) + 0.5) * dt, 0.0)
+    completed = np.clip(total_served - (cum_admitted - admitted), 0.0, admitted)
+
+    # The queueing term already holds Poisson randomness, so it is fed a smoothed rate plus
+    # only the part of each step's count that lies beyond Poisson noise (a real burst).
+    window = max(1, round(RATE_WINDOW_S / dt))
+    smooth = np.convolve(arrived, np.ones(window) / window, mode="same")
+    excess = np.maximum(arrived - smooth - BURST_SIGMAS * np.sqrt(smooth), 0.0)
+    rates = (smooth + excess) / dt
+    ready_at_departure = np.maximum(ready_arr[j], 1.0)
+    no_wait, batch_latency, p_wait, mean_wait, _ = model.stats(
+        rates, ready_at_departure, fluid_wait > dt
+    )
+    low = fluid_wait + no_wait
+    high = fluid_wait + batch_latency
+    weights = completed
+    total_completed = float(weights.sum())
+    num_requests = int(round(float(arrived.sum())))
+
+    def cdf(x: float) -> float:
+        if total_completed <= 0:
+            return 0.0
+        part_low = (1 - p_wait) * (low <= x)
+        tail = 1 - np.exp(-np.maximum(x - high, 0.0) / np.maximum(mean_wait, 1e-12))
+        return float(np.sum(weights * (part_low + p_wait * tail))) / total_completed
+
+    def quantile(q: float) -> float:
+        lo, hi = 0.0, float(np.max(np.maximum(low, high + 40 * mean_wait), initial=0.0))
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if cdf(mid) < q else (lo, mid)
+        return hi
+
+    if total_completed > 0:
+        p50, p99 = quantile(0.5), quantile(0.99)
+        mean = float(
+            np.sum(weights * ((1 - p_wait) * low + p_wait * (high + mean_wait))) / total_completed
+        )
+        within = cdf(config.slo_p99_ms / 1000.0) * total_completed
+    else:
+        p50 = p99 = mean = math.nan
+        within = 0.0
+    num_completed = int(round(total_completed))
+    hours = float(np.sum(paid_per_step)) * dt / 3600.0
+    return SimulationResult(
+        mode="aggregated",
+        requests=num_requests,
+        completed=num_completed,
+        dropped=num_requests - num_completed,
+        p50_ms=p50 * 1000,
+        p99_ms=p99 * 1000,
+        mean_ms=mean * 1000,
+        slo_p99_ms=config.slo_p99_ms,
+        slo_attainment=within / num_requests if num_requests else 1.0,
+        replica_hours=hours,
+        cost_usd=hours * config.price_per_replica_hour,
+        num_events=num_steps + num_decisions,
+        duration_s=max(end_s, num_steps * dt),
+        timeline=tuple(timeline),
+    )

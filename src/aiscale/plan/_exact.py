@@ -1,0 +1,234 @@
+"""The exact simulator: every request, every batch, every replica start, on an event heap.
+
+Arrivals are read in time order from the sorted array (they are not pushed on the heap);
+everything else (replica ready, batch done, batch-delay timeout, decision tick) is a heap
+event ``(time, insertion counter, kind, replica)``. The counter breaks ties, so the same
+input gives the same event order and count (SimPy's rule); at equal times an arrival goes
+before heap events.
+
+Routing: one deployment queue, as in the live batcher; an idle ready replica takes up to
+``max_batch_size`` by the batcher's rule, and the idle replica chosen is the lowest-numbered
+(all idle replicas are equally, i.e. least, loaded). Scaling down cancels starting replicas
+first (newest first), then stops idle ones, then drains busy ones (they finish their batch).
+A replica is paid for from its launch to its removal.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from aiscale.plan._simcore import (
+    SimulationConfig,
+    SimulationResult,
+    batch_size_to_take,
+    make_history,
+    summarize,
+)
+from aiscale.plan.traffic import Arrivals
+from aiscale.scaling.policies.base import ScalingObservation, ScalingPolicy
+
+_READY, _DONE, _TIMEOUT, _TICK = 0, 1, 2, 3
+_STARTING, _IDLE, _BUSY, _DRAINING, _GONE = 0, 1, 2, 3, 4
+
+
+def run_exact(
+    arrivals: Arrivals, policy: ScalingPolicy[Any], config: SimulationConfig
+) -> SimulationResult:
+    times = arrivals.times_s
+    num_requests = int(times.size)
+    latencies = np.full(num_requests, np.nan)
+    lat_table = config.latency_table()
+    max_batch = config.max_batch_size
+    max_delay = config.max_batch_delay_s
+    startup = config.replica_startup_s
+    history = make_history(config, arrivals.counts(config.history_bin_s))
+
+    heap: list[tuple[float, int, int, int]] = []
+    seq = 0
+
+    def push(t: float, kind: int, rid: int) -> None:
+        nonlocal seq
+        heapq.heappush(heap, (t, seq, kind, rid))
+        seq += 1
+
+    state: list[int] = []
+    launched_s: list[float] = []
+    batches: list[list[int]] = []
+    idle: list[int] = []  # heap of replica ids, lazily cleaned
+    replica_seconds = 0.0
+
+    def launch(now: float, is_ready: bool) -> None:
+        rid = len(state)
+        state.append(_IDLE if is_ready else _STARTING)
+        launched_s.append(now)
+        batches.append([])
+        if is_ready:
+            heapq.heappush(idle, rid)
+        else:
+            push(now + startup, _READY, rid)
+
+    def remove(rid: int, now: float) -> None:
+        nonlocal replica_seconds
+        state[rid] = _GONE
+        replica_seconds += now - launched_s[rid]
+
+    for _ in range(config.initial_replicas):
+        launch(0.0, True)
+
+    queue: deque[int] = deque()
+    target_size = 1
+    is_timeout_pending = False
+    dropped = 0
+    num_events = 0
+    arrived_since = completed_since = 0
+    busy_seconds_since = 0.0
+
+    def dispatch(now: float) -> None:
+        nonlocal target_size, is_timeout_pending
+        while queue and idle:
+            oldest = times[queue[0]]
+            # The 1 ns slack: a timeout set at ``oldest + delay`` must see the full delay
+            # despite float rounding, or it would re-arm itself forever.
+            waited = now - oldest + 1e-9
+            take = batch_size_to_take(len(queue), target_size, max_batch, waited, max_delay)
+            if take == 0:
+                if not is_timeout_pending:
+                    push(oldest + max_delay, _TIMEOUT, -1)
+                    is_timeout_pending = True
+                return
+            rid = heapq.heappop(idle)
+            if state[rid] != _IDLE:
+                continue
+            batch = [queue.popleft() for _ in range(take)]
+            batches[rid] = batch
+            state[rid] = _BUSY
+            target_size = take
+            push(now + lat_table[take], _DONE, rid)
+
+    policy_state = policy.initial_state()
+    timeline: list[tuple[float, int, int]] = []
+    end_s = arrivals.duration_s
+    deadline_s = end_s + config.drain_timeout_s
+    interval = config.decision_interval_s
+    push(interval, _TICK, -1)
+    index = 0
+    now = last_activity_s = 0.0
+
+    while True:
+        next_arrival = times[index] if index < num_requests else math.inf
+        if heap and heap[0][0] < next_arrival:
+            now, _, kind, rid = heapq.heappop(heap)
+        elif index < num_requests:
+            now, kind, rid = float(next_arrival), -1, -1
+        else:
+            break
+        if now > deadline_s:
+            break
+        num_events += 1
+        if kind != _TICK:
+            last_activity_s = now
+        if kind == -1:  # an arrival
+            arrived_since += 1
+            if len(queue) >= config.max_queue:
+                dropped += 1
+            else:
+                queue.append(index)
+                dispatch(now)
+            index += 1
+        elif kind == _DONE:
+            batch = batches[rid]
+            for request in batch:
+                latencies[request] = now - times[request]
+            completed_since += len(batch)
+            busy_seconds_since += lat_table[len(batch)]
+            batches[rid] = []
+            if state[rid] == _DRAINING:
+                remove(rid, now)
+            else:
+                state[rid] = _IDLE
+                heapq.heappush(idle, rid)
+                dispatch(now)
+        elif kind == _READY:
+            if state[rid] == _STARTING:
+                state[rid] = _IDLE
+                heapq.heappush(idle, rid)
+                dispatch(now)
+        elif kind == _TIMEOUT:
+            is_timeout_pending = False
+            dispatch(now)
+        else:  # a decision tick
+            num_starting = state.count(_STARTING)
+            num_ready = state.count(_IDLE) + state.count(_BUSY)
+            in_flight = sum(
+                len(batches[r]) for r in range(len(state)) if state[r] in (_BUSY, _DRAINING)
+            )
+            history.advance(now)
+            observation = ScalingObservation(
+                now_s=now,
+                num_replicas=num_starting + num_ready,
+                num_ready=num_ready,
+                num_starting=num_starting,
+                num_in_flight=in_flight,
+                num_queued=len(queue),
+                arrival_rate_per_s=arrived_since / interval,
+                completed_rate_per_s=completed_since / interval,
+                mean_service_time_s=(
+                    busy_seconds_since / completed_since if completed_since else None
+                ),
+                arrival_history=history,
+            )
+            decision, policy_state = policy.decide(observation, policy_state)
+            _apply(decision.target_replicas - observation.num_replicas, now, state, launch, remove)
+            arrived_since = completed_since = 0
+            busy_seconds_since = 0.0
+            num_paid = sum(1 for s in state if s != _GONE)
+            timeline.append((now, num_paid, state.count(_IDLE) + state.count(_BUSY)))
+            dispatch(now)
+            is_work_left = index < num_requests or queue or any(s == _BUSY for s in state)
+            if is_work_left or now + interval <= end_s:
+                push(now + interval, _TICK, -1)
+
+    sim_end = max(end_s, min(last_activity_s, deadline_s))
+    for rid, s in enumerate(state):
+        if s != _GONE:
+            remove(rid, sim_end)
+    completed = latencies[~np.isnan(latencies)]
+    unfinished = num_requests - int(completed.size) - dropped
+    return summarize(
+        config,
+        latencies_s=completed,
+        requests=num_requests,
+        dropped=dropped + unfinished,
+        replica_seconds=replica_seconds,
+        num_events=num_events,
+        duration_s=sim_end,
+        timeline=timeline,
+    )
+
+
+def _apply(change: int, now: float, state: list[int], launch: Any, remove: Any) -> None:
+    """Start ``change`` replicas, or stop ``-change`` (starting first, then idle, then busy)."""
+    if change > 0:
+        for rid, s in enumerate(state):  # a draining replica is the cheapest one to "add"
+            if change and s == _DRAINING:
+                state[rid] = _BUSY
+                change -= 1
+        for _ in range(change):
+            launch(now, False)
+        return
+    to_stop = -change
+    for wanted in (_STARTING, _IDLE, _BUSY):
+        for rid in range(len(state) - 1, -1, -1):
+            if to_stop == 0:
+                return
+            if state[rid] == wanted:
+                if wanted == _BUSY:
+                    state[rid] = _DRAINING
+                else:
+                    remove(rid, now)
+                to_stop -= 1
