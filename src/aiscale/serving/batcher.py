@@ -1,10 +1,14 @@
 """Dynamic batching for one model version: a bounded queue, and a loop that forms batches.
 
 Requests from all clients wait in one queue. Whenever a replica has a free slot, the loop
-takes up to ``max_batch_size`` items. It waits for more (at most ``max_batch_delay_s``
-after the oldest arrived) only while fewer are queued than the recent demand suggests will
-come — the size of the last batch. A lone client therefore never waits for a batch that
-will not fill, and under load batches grow to what the traffic gives.
+takes up to ``max_batch_size`` items. It waits for more only while fewer are queued than
+the recent demand suggests will come — the size of the last batch — and at most
+``max_batch_delay_s``, counted from when both a replica was free and an item was waiting.
+A lone client therefore never waits for a batch that will not fill, and under load batches
+grow to what the traffic gives. Counting the delay from the free replica (not from the
+oldest arrival) matters under closed-loop load: requests that queued behind a busy replica
+are not sent alone the moment it frees, which would split clients into two alternating
+groups and halve the batch size.
 
 Never blocks the event loop, never runs model code, never touches storage.
 """
@@ -55,17 +59,17 @@ class _Pending:
 
 
 def batch_size_to_take(
-    num_queued: int, target_size: int, max_batch_size: int, oldest_wait_s: float, max_delay_s: float
+    num_queued: int, target_size: int, max_batch_size: int, waited_s: float, max_delay_s: float
 ) -> int:
     """How many items to dispatch now; 0 means wait for more.
 
     Dispatch when the queue reached the target (recent demand, capped by the max batch
-    size) or when the oldest item has waited ``max_delay_s``.
+    size) or when a free replica has waited ``max_delay_s`` for it (``waited_s``).
     """
     if num_queued == 0:
         return 0
     target = max(1, min(target_size, max_batch_size))
-    if num_queued >= target or oldest_wait_s >= max_delay_s:
+    if num_queued >= target or waited_s >= max_delay_s:
         return min(num_queued, max_batch_size)
     return 0
 
@@ -135,7 +139,7 @@ class Batcher:
                     self._arrived.clear()
                     await self._arrived.wait()
                 replica = await self.pool.acquire()
-                batch = await self._form_batch()
+                batch = await self._form_batch(time.monotonic())
                 if batch:
                     self._dispatch(replica, batch)
         except asyncio.CancelledError:
@@ -148,13 +152,13 @@ class Batcher:
                     pending.future.set_exception(ReplicaUnavailable("batcher failed"))
             raise
 
-    async def _form_batch(self) -> list[_Pending]:
+    async def _form_batch(self, replica_free_s: float) -> list[_Pending]:
         settings = self.settings
         while True:
             self._drop_finished()
             if not self._queue:
                 return []
-            wait_s = time.monotonic() - self._queue[0].enqueued_s
+            wait_s = time.monotonic() - max(self._queue[0].enqueued_s, replica_free_s)
             take = batch_size_to_take(
                 len(self._queue),
                 self._target_size,
