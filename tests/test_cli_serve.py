@@ -109,3 +109,31 @@ def test_refuses_public_address_without_keys(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "without API keys" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
+    """Requests already being served when SIGTERM arrives are answered before the exit."""
+    import concurrent.futures
+
+    process, url = start_serve(
+        "tests.models:Slow", "--max-batch-size", "1", "--max-batch-delay-ms", "0", data_dir=tmp_path
+    )
+    try:
+        with httpx.Client(timeout=30) as client, concurrent.futures.ThreadPoolExecutor(4) as pool:
+            futures = [
+                pool.submit(client.post, f"{url}/v2/models/slow/infer", json=TEXT) for _ in range(4)
+            ]
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                depth = httpx.get(f"{url}/metrics").text
+                if 'aiscale_batcher_queue_depth{deployment="slow",version="1"} 3.0' in depth:
+                    break
+                time.sleep(0.01)
+            process.send_signal(signal.SIGTERM)
+            statuses = [f.result().status_code for f in futures]
+        assert statuses == [200, 200, 200, 200]
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=30)
