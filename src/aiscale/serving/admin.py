@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from aiscale.config import DeploymentConfig
 from aiscale.errors import InvalidInput, MethodNotAllowed, NotFound
 from aiscale.serving.gateway import Gateway
+from aiscale.serving.lane import VersionLane
 
 if TYPE_CHECKING:
     from aiscale.serving.app import Request, Response
@@ -37,24 +38,39 @@ def _validated(model: type[BaseModel], body: bytes) -> Any:
         raise InvalidInput(f"{path}: {first['msg']}", field=path) from None
 
 
-def describe(gateway: Gateway, name: str) -> dict[str, Any]:
-    deployment = gateway.deployment(name)
-    spec = deployment.spec
+def describe_lane(lane: VersionLane) -> dict[str, Any]:
+    spec = lane.spec
     return {
-        "name": spec.name,
-        "model": spec.model,
         "version": spec.version,
         "runtime": spec.runtime,
         "replicas": {
-            "ready": deployment.pool.num_ready,
-            "starting": deployment.pool.num_starting,
-            "wanted": deployment.pool.num_wanted,
-            "pids": [r.pid for r in deployment.pool.replicas() if not r.is_dead],
+            "ready": lane.pool.num_ready,
+            "starting": lane.pool.num_starting,
+            "wanted": lane.pool.num_wanted,
+            "pids": [r.pid for r in lane.pool.replicas() if not r.is_dead],
         },
-        "queue_depth": deployment.batcher.queue_depth,
+        "queue_depth": lane.batcher.queue_depth,
         "max_batch_size": spec.batching.max_batch_size,
         "max_batch_delay_ms": spec.batching.max_batch_delay_s * 1000.0,
+        "is_ready": lane.is_ready,
+    }
+
+
+def describe(gateway: Gateway, name: str) -> dict[str, Any]:
+    """The primary version's fields at the top level, every version under ``versions``."""
+    deployment = gateway.deployment(name)
+    split = deployment.split
+    return {
+        "name": deployment.name,
+        "model": deployment.spec.model,
+        **describe_lane(deployment.primary),
         "is_ready": deployment.is_ready,
+        "split": {
+            "weights": dict(split.weights),
+            "shadow_version": split.shadow_version,
+            "shadow_fraction": split.shadow_fraction,
+        },
+        "versions": {version: describe_lane(lane) for version, lane in deployment.lanes.items()},
     }
 
 

@@ -27,8 +27,10 @@ from aiscale.errors import (
 )
 from aiscale.serving import oip_v2, openai_api
 from aiscale.serving.admin import AdminApi
+from aiscale.serving.deployment import Deployment
 from aiscale.serving.errors import error_body, render_error
 from aiscale.serving.gateway import Gateway
+from aiscale.serving.lane import VersionLane
 
 logger = logging.getLogger(__name__)
 
@@ -188,35 +190,34 @@ class GatewayApp:
         if len(rest) >= 2 and rest[0] == "versions":
             version, rest = rest[1], rest[2:]
         deployment = self.gateway.deployment(name)
-        if version is not None and version != deployment.spec.version:
-            raise NotFound(
-                f"version {version!r} of {name!r} is not deployed (serving {deployment.spec.version!r})",
-                field="version",
-            )
+        if version is not None:
+            deployment.lane(version)  # 404 for a version this deployment does not serve
         if not rest:
             _expect(method, "GET")
-            schema = deployment.schema
+            lane = deployment.lane(version) if version else deployment.primary
+            schema = lane.schema
             return _json(
                 200,
                 {
                     "name": name,
-                    "versions": [deployment.spec.version],
-                    "platform": f"aiscale-{deployment.spec.runtime}",
+                    "versions": sorted(deployment.lanes),
+                    "platform": f"aiscale-{lane.spec.runtime}",
                     "inputs": schema.to_json()["inputs"] if schema else [],
                     "outputs": schema.to_json()["outputs"] if schema else [],
                 },
             )
         if rest == ["ready"]:
             _expect(method, "GET")
-            return _json(
-                200 if deployment.is_ready else 503, {"name": name, "ready": deployment.is_ready}
-            )
+            is_ready = deployment.lane(version).is_ready if version else deployment.is_ready
+            return _json(200 if is_ready else 503, {"name": name, "ready": is_ready})
         if rest == ["infer"]:
             _expect(method, "POST")
-            return await self._infer_v2(request, deployment)
+            forced = version or request.header(b"x-aiscale-version")
+            lane = deployment.route(request.header(b"x-user-id"), forced)
+            return await self._infer_v2(request, deployment, lane)
         raise NotFound(f"no endpoint at /v2/{'/'.join(parts)}", field="path")
 
-    async def _infer_v2(self, request: Request, deployment: Any) -> Response:
+    async def _infer_v2(self, request: Request, deployment: Deployment, lane: VersionLane) -> Response:
         started = time.perf_counter()
         status = 500
         try:
@@ -225,17 +226,18 @@ class GatewayApp:
             )
             self.gateway.admit(caller)
             body = await request.body()
-            schema = _schema_of(deployment)
+            schema = _schema_of(lane)
             length = request.header(b"inference-header-content-length")
             if length is not None and not length.isdigit():
                 raise InvalidInput(
                     "Inference-Header-Content-Length must be an integer", field="headers"
                 )
             parsed = oip_v2.parse_infer_request(body, int(length) if length else None, schema)
-            outputs = await deployment.infer(parsed.items)
+            outputs = await lane.infer(parsed.items)
+            deployment.mirror(lane, parsed.items, outputs)
             payload, header_length = oip_v2.render_infer_response(
-                deployment.spec.name,
-                deployment.spec.version,
+                deployment.name,
+                lane.version,
                 parsed.request_id,
                 outputs,
                 schema,
@@ -245,7 +247,8 @@ class GatewayApp:
                 (
                     b"content-type",
                     b"application/octet-stream" if header_length else b"application/json",
-                )
+                ),
+                (b"x-aiscale-version", lane.version.encode()),
             ]
             if header_length is not None:
                 headers.append((b"inference-header-content-length", str(header_length).encode()))
@@ -255,7 +258,7 @@ class GatewayApp:
             status = render_error(exc)[0]
             raise
         finally:
-            self._count(deployment.spec.name, deployment.spec.version, status, started)
+            self._count(deployment.name, lane, status, started)
 
     # ----- OpenAI ------------------------------------------------------------------------
     async def _v1(self, request: Request, method: str, parts: list[str]) -> Response:
@@ -279,13 +282,17 @@ class GatewayApp:
 
     async def _embeddings(self, request: Request, caller: Any) -> Response:
         started = time.perf_counter()
-        name, version, status = "", "", 500
+        status = 500
+        name = ""
+        lane: VersionLane | None = None
         try:
             self.gateway.admit(caller)
             parsed = openai_api.parse_embeddings_request(await request.body())
             deployment = self.gateway.deployment(parsed.model)
-            name, version = deployment.spec.name, deployment.spec.version
-            schema = _schema_of(deployment)
+            name = deployment.name
+            user_key = request.header(b"x-user-id") or parsed.user
+            lane = deployment.route(user_key, request.header(b"x-aiscale-version"))
+            schema = _schema_of(lane)
             if not _is_text_embedding(schema):
                 raise InvalidInput(
                     f"deployment {name!r} does not produce embeddings from text", field="model"
@@ -293,7 +300,8 @@ class GatewayApp:
             dimensions = schema.outputs[0].shape[0]
             if parsed.dimensions is not None and parsed.dimensions != dimensions:
                 raise InvalidInput(f"{name!r} gives {dimensions} dimensions", field="dimensions")
-            outputs = await deployment.infer(parsed.texts)
+            outputs = await lane.infer(parsed.texts)
+            deployment.mirror(lane, parsed.texts, outputs)
             payload = openai_api.render_embeddings_response(
                 name,
                 outputs,
@@ -301,15 +309,18 @@ class GatewayApp:
                 num_tokens=openai_api.count_tokens(parsed.texts),
             )
             status = 200
-            return status, payload, [_JSON]
+            return status, payload, [_JSON, (b"x-aiscale-version", lane.version.encode())]
         except AiscaleError as exc:
             status = render_error(exc)[0]
             raise
         finally:
-            if name:
-                self._count(name, version, status, started)
+            if lane is not None:
+                self._count(name, lane, status, started)
 
-    def _count(self, name: str, version: str, status: int, started: float) -> None:
+    def _count(self, name: str, lane: VersionLane, status: int, started: float) -> None:
+        elapsed_s = time.perf_counter() - started
+        lane.observe(status, elapsed_s)
+        version = lane.version
         key = (name, version, status)
         counter = self._request_counters.get(key)
         if counter is None:
@@ -323,7 +334,7 @@ class GatewayApp:
                 histogram = self._request_seconds[key[:2]] = (
                     self.gateway.metrics.request_seconds.labels(name, version)
                 )
-            histogram.observe(time.perf_counter() - started)
+            histogram.observe(elapsed_s)
 
 
 def _expect(method: str, allowed: str) -> None:

@@ -1,147 +1,170 @@
-"""One deployment as it runs in the gateway: replica pool, batcher and response cache.
+"""A deployment: the model versions (lanes) it serves and the traffic split between them.
 
-Knows nothing of HTTP and does no storage I/O; the gateway builds it from registry records.
+The split is an immutable ``TrafficSplit`` swapped in one assignment, so a change takes effect
+atomically between two requests. Routing is sticky by user key (``rollout/split.py``), a
+header can force a version or alias, and a share of traffic can be mirrored to a shadow
+version whose answers are compared and counted but never returned. Shadow work runs in
+tasks this object owns and never delays or fails the primary answer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import pickle
-from dataclasses import dataclass, field
+import logging
+import os
+import random
+import time
 from typing import Any
 
-import orjson
-from prometheus_client.metrics import Counter, Gauge, Histogram
+import numpy as np
 
+from aiscale.errors import AiscaleError, Conflict, InvalidInput, NotFound
 from aiscale.model import Schema
-from aiscale.serving.batcher import Batcher, BatchingSettings, BatchObservation
-from aiscale.serving.cache import ResponseCache, cache_key
+from aiscale.rollout.split import TrafficSplit, choose_version, should_shadow
+from aiscale.serving.errors import status_for
+from aiscale.serving.lane import DeploymentSpec, VersionLane
 from aiscale.serving.metrics import GatewayMetrics
-from aiscale.serving.replica_pool import LocalReplicaPool, ReplicaSpec
+
+logger = logging.getLogger(__name__)
+
+#: Shadow requests in flight per deployment; past this, mirroring is skipped (and counted).
+MAX_SHADOW_INFLIGHT = 64
+DIVERGENCE_METRIC = "shadow_divergence"
 
 
-@dataclass(frozen=True, slots=True)
-class DeploymentSpec:
-    """Everything needed to run one deployment of one model version."""
+def divergence(primary: Any, shadow: Any) -> float:
+    """How far two answers to the same input are apart, in [0, 2].
 
-    name: str
-    model: str
-    version: str
-    runtime: str
-    uri: str
-    model_config: dict[str, Any] = field(default_factory=dict)
-    replicas: int = 1
-    batching: BatchingSettings = BatchingSettings()
-    timeout_s: float = 30.0
-    #: 0 turns the response cache off.
-    cache_max_bytes: int = 0
-    num_threads: int | None = None
-    max_inflight_batches: int = 1
+    Vectors: cosine distance. Anything else: 0 when equal, 1 when not.
+    """
+    left = np.asarray(primary)
+    right = np.asarray(shadow)
+    if left.dtype.kind == "f" and right.dtype.kind == "f" and left.shape == right.shape and left.ndim == 1:
+        norms = float(np.linalg.norm(left) * np.linalg.norm(right))
+        if norms == 0.0:
+            return 0.0 if np.array_equal(left, right) else 1.0
+        return float(np.clip(1.0 - float(np.dot(left, right)) / norms, 0.0, 2.0))
+    return 0.0 if np.array_equal(left, right) else 1.0
 
 
 class Deployment:
-    """A running deployment: ``start`` before use, ``stop`` to drain and end it."""
+    """A named deployment; starts with one lane (``spec``) taking all traffic."""
 
     def __init__(self, spec: DeploymentSpec, metrics: GatewayMetrics) -> None:
-        self.spec = spec
+        self.name = spec.name
         self._metrics = metrics
-        labels = (spec.name, spec.version)
-        self._queue_seconds: Histogram = metrics.queue_seconds.labels(*labels)
-        self._model_seconds: Histogram = metrics.model_seconds.labels(*labels)
-        self._batch_size: Histogram = metrics.batch_size.labels(*labels)
-        self._queue_depth: Gauge = metrics.queue_depth.labels(*labels)
-        self._restarts: Counter = metrics.replica_restarts.labels(*labels)
-        self._cache_hits: Counter = metrics.cache_lookups.labels(spec.name, "hit")
-        self._cache_misses: Counter = metrics.cache_lookups.labels(spec.name, "miss")
-        self.pool = LocalReplicaPool(
-            ReplicaSpec(
-                spec.runtime,
-                spec.uri,
-                dict(spec.model_config),
-                max_inflight_batches=spec.max_inflight_batches,
-                num_threads=spec.num_threads,
-            ),
-            on_change=self._export_replicas,
-        )
-        self.batcher = Batcher(self.pool, spec.batching, on_batch=self._observe_batch)
-        self.cache = ResponseCache(spec.cache_max_bytes) if spec.cache_max_bytes > 0 else None
-        self._queue_depth.set_function(lambda: self.batcher.queue_depth)
-        self.schema: Schema | None = None
-        self._num_replaced_seen = 0
+        self.lanes: dict[str, VersionLane] = {spec.version: VersionLane(spec, metrics)}
+        self.primary_version = spec.version
+        self.split = TrafficSplit.of({spec.version: 100.0})
+        #: Alias name → version, for the ``x-aiscale-version`` header.
+        self.aliases: dict[str, str] = {}
+        # An instance of our own, seeded from the OS: never the global random state.
+        self._rng = random.Random(os.urandom(16))
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self.num_shadow_skipped = 0
+
+    # ----- the primary lane, for callers that see one version ---------------------------------
+    @property
+    def primary(self) -> VersionLane:
+        return self.lanes[self.primary_version]
+
+    @property
+    def spec(self) -> DeploymentSpec:
+        return self.primary.spec
+
+    @property
+    def schema(self) -> Schema | None:
+        return self.primary.schema
 
     @property
     def is_ready(self) -> bool:
-        return self.schema is not None and self.pool.num_ready > 0
+        return all(self.lanes[v].is_ready for v, w in self.split.weights if w > 0)
 
     async def start(self) -> None:
-        """Start the replicas and wait until all are loaded; raises ``ModelLoadError``."""
-        await self.pool.start(self.spec.replicas)
-        self.schema = Schema.from_json(self.pool.schema) if self.pool.schema else None
-        self.batcher.start()
-        self._export_replicas()
-
-    async def scale(self, num_replicas: int, drain_timeout_s: float = 30.0) -> None:
-        await self.pool.scale(num_replicas, drain_timeout_s=drain_timeout_s)
-        self._export_replicas()
+        await self.primary.start()
 
     async def stop(self, drain_timeout_s: float) -> None:
-        """Answer what is queued (up to the deadline), then stop the replicas."""
-        await self.batcher.wait_empty(drain_timeout_s)
-        await self.pool.stop(drain_timeout_s=drain_timeout_s)
-        await self.batcher.stop()
-        self._export_replicas()
+        for task in list(self._shadow_tasks):
+            task.cancel()
+        await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
+        await asyncio.gather(*(lane.stop(drain_timeout_s) for lane in self.lanes.values()))
 
-    async def infer(self, items: list[Any], timeout_s: float | None = None) -> list[Any]:
-        """One output per item, in order; items already validated against ``schema``."""
-        timeout = self.spec.timeout_s if timeout_s is None else timeout_s
-        if self.cache is None:
-            if len(items) == 1:
-                return [await self.batcher.submit(items[0], timeout)]
-            return list(await asyncio.gather(*(self.batcher.submit(i, timeout) for i in items)))
-        return await self._infer_cached(items, timeout)
+    async def scale(self, num_replicas: int, drain_timeout_s: float = 30.0, version: str | None = None) -> None:
+        await self.lane(version or self.primary_version).scale(num_replicas, drain_timeout_s)
 
-    async def _infer_cached(self, items: list[Any], timeout_s: float) -> list[Any]:
-        assert self.cache is not None
-        keys = [
-            cache_key(
-                self.spec.name,
-                self.spec.version,
-                orjson.dumps(item, option=orjson.OPT_SERIALIZE_NUMPY),
+    # ----- lanes and split --------------------------------------------------------------------
+    def lane(self, version: str) -> VersionLane:
+        found = self.lanes.get(version) or self.lanes.get(self.aliases.get(version, ""))
+        if found is None:
+            raise NotFound(
+                f"version {version!r} of {self.name!r} is not deployed (serving {sorted(self.lanes)})",
+                field="version",
             )
-            for item in items
-        ]
-        results: list[Any] = [None] * len(items)
-        missing: list[int] = []
-        for index, key in enumerate(keys):
-            cached = self.cache.get(key)
-            if cached is None:
-                missing.append(index)
-                self._cache_misses.inc()
-            else:
-                results[index] = pickle.loads(cached)
-                self._cache_hits.inc()
-        if missing:
-            outputs = await asyncio.gather(
-                *(self.batcher.submit(items[i], timeout_s) for i in missing)
-            )
-            for index, output in zip(missing, outputs, strict=True):
-                results[index] = output
-                self.cache.put(keys[index], pickle.dumps(output, protocol=5))
-            self._metrics.cache_bytes.labels(self.spec.name).set(self.cache.size_bytes)
-        return results
+        return found
 
-    def _observe_batch(self, observation: BatchObservation) -> None:
-        self._batch_size.observe(observation.size)
-        for waited in observation.queue_s:
-            self._queue_seconds.observe(waited)
-        if observation.is_ok:
-            self._model_seconds.observe(observation.model_s)
+    async def add_lane(self, spec: DeploymentSpec) -> VersionLane:
+        """Start a version's replicas; it takes traffic only once a split gives it a share."""
+        if spec.version in self.lanes:
+            raise Conflict(f"version {spec.version!r} is already deployed in {self.name!r}", field="version")
+        lane = VersionLane(spec, self._metrics)
+        await lane.start()
+        self.lanes[spec.version] = lane
+        return lane
 
-    def _export_replicas(self) -> None:
-        labels = (self.spec.name, self.spec.version)
-        self._metrics.replicas.labels(*labels, "ready").set(self.pool.num_ready)
-        self._metrics.replicas.labels(*labels, "starting").set(self.pool.num_starting)
-        self._metrics.replicas.labels(*labels, "wanted").set(self.pool.num_wanted)
-        if self.pool.num_replaced > self._num_replaced_seen:
-            self._restarts.inc(self.pool.num_replaced - self._num_replaced_seen)
-            self._num_replaced_seen = self.pool.num_replaced
+    async def remove_lane(self, version: str, drain_timeout_s: float) -> None:
+        """Drain and stop a version that no longer has a share of traffic."""
+        if any(v == version and w > 0 for v, w in self.split.weights) or version == self.split.shadow_version:
+            raise Conflict(f"version {version!r} still has traffic in {self.name!r}", field="version")
+        if version == self.primary_version:
+            raise Conflict("cannot remove the primary version", field="version")
+        lane = self.lanes.pop(version)
+        await lane.stop(drain_timeout_s)
+
+    def set_split(self, split: TrafficSplit) -> None:
+        """Swap in a new split atomically; every version in it must have a ready lane."""
+        for version in (*split.versions, *([split.shadow_version] if split.shadow_version else [])):
+            if version not in self.lanes:
+                raise InvalidInput(f"version {version!r} has no replicas in {self.name!r}", field="weights")
+        self.split = split
+
+    def make_primary(self, version: str) -> None:
+        self.lane(version)
+        self.primary_version = version
+
+    # ----- requests ---------------------------------------------------------------------------
+    def route(self, user_key: str | None, forced: str | None) -> VersionLane:
+        """The lane for one request: a forced version or alias, else the split (sticky by user)."""
+        if forced:
+            return self.lane(forced)
+        split = self.split
+        if len(split.weights) == 1:
+            return self.lanes[split.weights[0][0]]
+        return self.lanes[choose_version(split, user_key, self._rng)]
+
+    def mirror(self, lane: VersionLane, items: list[Any], outputs: list[Any]) -> None:
+        """Maybe send the same items to the shadow version, in the background."""
+        split = self.split
+        shadow = split.shadow_version
+        if shadow is None or shadow == lane.version or not should_shadow(split, self._rng):
+            return
+        if len(self._shadow_tasks) >= MAX_SHADOW_INFLIGHT:
+            self.num_shadow_skipped += 1
+            return
+        task = asyncio.get_running_loop().create_task(self._shadow(self.lanes[shadow], items, outputs))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow(self, lane: VersionLane, items: list[Any], primary_outputs: list[Any]) -> None:
+        started = time.perf_counter()
+        try:
+            outputs = await lane.infer(items)
+        except AiscaleError as exc:
+            lane.observe(status_for(exc), time.perf_counter() - started)
+            return
+        except Exception:  # a task boundary: a shadow failure is logged, never raised
+            logger.exception("shadow request to %s version %s failed", self.name, lane.version)
+            lane.observe(500, time.perf_counter() - started)
+            return
+        lane.observe(200, time.perf_counter() - started)
+        for primary, shadow in zip(primary_outputs, outputs, strict=True):
+            lane.observe_metric(DIVERGENCE_METRIC, divergence(primary, shadow))

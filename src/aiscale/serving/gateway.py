@@ -20,7 +20,8 @@ from aiscale.config import DeploymentConfig
 from aiscale.errors import InvalidInput, NotFound, RateLimited
 from aiscale.serving.auth import Caller, KeyRing
 from aiscale.serving.batcher import BatchingSettings
-from aiscale.serving.deployment import Deployment, DeploymentSpec
+from aiscale.serving.deployment import Deployment
+from aiscale.serving.lane import DeploymentSpec
 from aiscale.serving.limits import RateLimiter
 from aiscale.serving.metrics import GatewayMetrics
 

@@ -1,0 +1,214 @@
+"""One model version of a deployment as it runs in the gateway: replicas, batcher, cache, counts.
+
+A deployment holds one lane per version it serves (``deployment.py``); the traffic split
+decides which lane answers a request. Knows nothing of HTTP and does no storage I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import pickle
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from prometheus_client.metrics import Counter, Gauge
+from prometheus_client.metrics import Histogram as PromHistogram
+
+from aiscale.model import Schema
+from aiscale.rollout.histogram import Histogram, latency_histogram
+from aiscale.serving.batcher import Batcher, BatchingSettings, BatchObservation
+from aiscale.serving.cache import ResponseCache, cache_key
+from aiscale.serving.metrics import GatewayMetrics
+from aiscale.serving.replica_pool import LocalReplicaPool, ReplicaSpec
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentSpec:
+    """Everything needed to run one deployment of one model version."""
+
+    name: str
+    model: str
+    version: str
+    runtime: str
+    uri: str
+    model_config: dict[str, Any] = field(default_factory=dict)
+    replicas: int = 1
+    batching: BatchingSettings = BatchingSettings()
+    timeout_s: float = 30.0
+    #: 0 turns the response cache off.
+    cache_max_bytes: int = 0
+    num_threads: int | None = None
+    max_inflight_batches: int = 1
+
+
+class HistogramRecorder:
+    """A mutable, O(log buckets) per-sample counterpart of the immutable rollout ``Histogram``.
+
+    The hot path records here; ``snapshot()`` hands the analysis an immutable copy.
+    """
+
+    __slots__ = ("_bounds", "_counts", "_total")
+
+    def __init__(self, template: Histogram) -> None:
+        self._bounds = template.upper_bounds
+        self._counts = list(template.counts)
+        self._total = template.total
+
+    def record(self, value: float) -> None:
+        self._counts[bisect.bisect_left(self._bounds, value)] += 1
+        self._total += value
+
+    def snapshot(self) -> Histogram:
+        return Histogram(self._bounds, tuple(self._counts), self._total)
+
+
+@dataclass(frozen=True, slots=True)
+class LaneCounts:
+    """Cumulative outcome counts of one lane at one moment; the rollout controller diffs two."""
+
+    num_requests: int
+    num_errors: int
+    latency_s: Histogram
+    metrics: dict[str, Histogram]
+
+
+class VersionLane:
+    """A running model version: ``start`` before use, ``stop`` to drain and end it."""
+
+    def __init__(self, spec: DeploymentSpec, metrics: GatewayMetrics) -> None:
+        self.spec = spec
+        self._metrics = metrics
+        labels = (spec.name, spec.version)
+        self._queue_seconds: PromHistogram = metrics.queue_seconds.labels(*labels)
+        self._model_seconds: PromHistogram = metrics.model_seconds.labels(*labels)
+        self._batch_size: PromHistogram = metrics.batch_size.labels(*labels)
+        self._queue_depth: Gauge = metrics.queue_depth.labels(*labels)
+        self._restarts: Counter = metrics.replica_restarts.labels(*labels)
+        self._cache_hits: Counter = metrics.cache_lookups.labels(spec.name, "hit")
+        self._cache_misses: Counter = metrics.cache_lookups.labels(spec.name, "miss")
+        self.pool = LocalReplicaPool(
+            ReplicaSpec(
+                spec.runtime,
+                spec.uri,
+                dict(spec.model_config),
+                max_inflight_batches=spec.max_inflight_batches,
+                num_threads=spec.num_threads,
+            ),
+            on_change=self._export_replicas,
+        )
+        self.batcher = Batcher(self.pool, spec.batching, on_batch=self._observe_batch)
+        self.cache = ResponseCache(spec.cache_max_bytes) if spec.cache_max_bytes > 0 else None
+        self._queue_depth.set_function(lambda: self.batcher.queue_depth)
+        self.schema: Schema | None = None
+        self._num_replaced_seen = 0
+        self._num_requests = 0
+        self._num_errors = 0
+        self._latency = HistogramRecorder(latency_histogram())
+        #: Custom metric samples (e.g. shadow divergence), by metric name.
+        self._custom_metrics: dict[str, HistogramRecorder] = {}
+
+    @property
+    def version(self) -> str:
+        return self.spec.version
+
+    def observe(self, status: int, latency_s: float) -> None:
+        """Count one answered request: 5xx are errors (the client's 4xx are not the model's)."""
+        self._num_requests += 1
+        if status >= 500:
+            self._num_errors += 1
+        elif status == 200:
+            self._latency.record(latency_s)
+
+    def observe_metric(self, name: str, value: float) -> None:
+        """Record a custom metric sample in [0, 2] (e.g. cosine distance to the baseline's answer)."""
+        recorder = self._custom_metrics.get(name)
+        if recorder is None:
+            recorder = self._custom_metrics[name] = HistogramRecorder(Histogram.linear(0.0, 2.0, 201))
+        recorder.record(value)
+
+    def counts(self) -> LaneCounts:
+        return LaneCounts(
+            self._num_requests,
+            self._num_errors,
+            self._latency.snapshot(),
+            {name: recorder.snapshot() for name, recorder in self._custom_metrics.items()},
+        )
+
+    @property
+    def is_ready(self) -> bool:
+        return self.schema is not None and self.pool.num_ready > 0
+
+    async def start(self) -> None:
+        """Start the replicas and wait until all are loaded; raises ``ModelLoadError``."""
+        await self.pool.start(self.spec.replicas)
+        self.schema = Schema.from_json(self.pool.schema) if self.pool.schema else None
+        self.batcher.start()
+        self._export_replicas()
+
+    async def scale(self, num_replicas: int, drain_timeout_s: float = 30.0) -> None:
+        await self.pool.scale(num_replicas, drain_timeout_s=drain_timeout_s)
+        self._export_replicas()
+
+    async def stop(self, drain_timeout_s: float) -> None:
+        """Answer what is queued (up to the deadline), then stop the replicas."""
+        await self.batcher.wait_empty(drain_timeout_s)
+        await self.pool.stop(drain_timeout_s=drain_timeout_s)
+        await self.batcher.stop()
+        self._export_replicas()
+
+    async def infer(self, items: list[Any], timeout_s: float | None = None) -> list[Any]:
+        """One output per item, in order; items already validated against ``schema``."""
+        timeout = self.spec.timeout_s if timeout_s is None else timeout_s
+        if self.cache is None:
+            if len(items) == 1:
+                return [await self.batcher.submit(items[0], timeout)]
+            return list(await asyncio.gather(*(self.batcher.submit(i, timeout) for i in items)))
+        return await self._infer_cached(items, timeout)
+
+    async def _infer_cached(self, items: list[Any], timeout_s: float) -> list[Any]:
+        assert self.cache is not None
+        keys = [
+            cache_key(
+                self.spec.name,
+                self.spec.version,
+                orjson.dumps(item, option=orjson.OPT_SERIALIZE_NUMPY),
+            )
+            for item in items
+        ]
+        results: list[Any] = [None] * len(items)
+        missing: list[int] = []
+        for index, key in enumerate(keys):
+            cached = self.cache.get(key)
+            if cached is None:
+                missing.append(index)
+                self._cache_misses.inc()
+            else:
+                results[index] = pickle.loads(cached)
+                self._cache_hits.inc()
+        if missing:
+            outputs = await asyncio.gather(
+                *(self.batcher.submit(items[i], timeout_s) for i in missing)
+            )
+            for index, output in zip(missing, outputs, strict=True):
+                results[index] = output
+                self.cache.put(keys[index], pickle.dumps(output, protocol=5))
+            self._metrics.cache_bytes.labels(self.spec.name).set(self.cache.size_bytes)
+        return results
+
+    def _observe_batch(self, observation: BatchObservation) -> None:
+        self._batch_size.observe(observation.size)
+        for waited in observation.queue_s:
+            self._queue_seconds.observe(waited)
+        if observation.is_ok:
+            self._model_seconds.observe(observation.model_s)
+
+    def _export_replicas(self) -> None:
+        labels = (self.spec.name, self.spec.version)
+        self._metrics.replicas.labels(*labels, "ready").set(self.pool.num_ready)
+        self._metrics.replicas.labels(*labels, "starting").set(self.pool.num_starting)
+        self._metrics.replicas.labels(*labels, "wanted").set(self.pool.num_wanted)
+        if self.pool.num_replaced > self._num_replaced_seen:
+            self._restarts.inc(self.pool.num_replaced - self._num_replaced_seen)
+            self._num_replaced_seen = self.pool.num_replaced
