@@ -1,5 +1,5 @@
-"""The registry: models, immutable versions, aliases, deployments and API keys in SQL, and
-model artifacts in a content-addressed store.
+"""The registry: models, immutable versions, aliases, deployments, API keys, and the record of
+rollouts and traffic splits in SQL, and model artifacts in a content-addressed store.
 
 It never serves requests and never loads models; the gateway and controllers read from it.
 """
@@ -8,17 +8,27 @@ from __future__ import annotations
 
 from aiscale.registry.artifacts import ArtifactStore, FsspecArtifactStore
 from aiscale.registry.records import (
+    ACTIVE_ROLLOUT_STATUSES,
+    ROLLOUT_STATUSES,
+    ROLLOUT_VERDICTS,
     SCOPES,
     DeploymentRecord,
     KeyRecord,
     ModelRecord,
+    RolloutDecisionRecord,
+    RolloutRecord,
+    TrafficRecord,
     VersionRecord,
 )
 from aiscale.registry.registration import RUNTIMES, register_with_artifact
+from aiscale.registry.rollouts import SqlRolloutRecords
 from aiscale.registry.store import KEY_PREFIX, SqlRegistry, hash_key, validate_name
 
 __all__ = [
+    "ACTIVE_ROLLOUT_STATUSES",
     "KEY_PREFIX",
+    "ROLLOUT_STATUSES",
+    "ROLLOUT_VERDICTS",
     "RUNTIMES",
     "SCOPES",
     "ArtifactStore",
@@ -26,7 +36,11 @@ __all__ = [
     "FsspecArtifactStore",
     "KeyRecord",
     "ModelRecord",
+    "RolloutDecisionRecord",
+    "RolloutRecord",
     "SqlRegistry",
+    "SqlRolloutRecords",
+    "TrafficRecord",
     "VersionRecord",
     "hash_key",
     "register_with_artifact",

@@ -79,3 +79,79 @@ class KeyRecord:
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+#: Every status a rollout can have; a rollout is active while ``running`` or ``paused``.
+ROLLOUT_STATUSES: frozenset[str] = frozenset(
+    {"running", "paused", "promoted", "rolled_back", "aborted"}
+)
+ACTIVE_ROLLOUT_STATUSES: frozenset[str] = frozenset({"running", "paused"})
+#: What a rollout decision may say: the analysis's verdicts, then operator actions.
+ROLLOUT_VERDICTS: frozenset[str] = frozenset({
+    "promote", "wait", "rollback", "not_enough_data",
+    "pause", "resume", "promote_manual", "abort", "rollback_manual",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutRecord:
+    """One progressive rollout of ``canary_version`` against ``baseline_version``.
+
+    ``steps`` are the canary's percents of traffic, strictly increasing and ending at 100;
+    ``step_index`` is the current one and ``step_started_at`` when it began. ``config`` holds
+    the controller's settings (analysis, interval, minimum step duration) as JSON. ``reason``
+    is the last decision's reason, or why the rollout ended.
+    """
+
+    rollout_id: int
+    deployment: str
+    baseline_version: str
+    canary_version: str
+    steps: tuple[float, ...]
+    step_index: int
+    status: str
+    step_started_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    config: dict[str, Any]
+    reason: str
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_ROLLOUT_STATUSES
+
+    @property
+    def canary_percent(self) -> float:
+        return self.steps[self.step_index]
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutDecisionRecord:
+    """A decision taken during a rollout: an analysis verdict or an operator action.
+
+    ``numbers`` is the evidence as JSON (test statistics, counts); floats that JSON cannot
+    hold (NaN, infinities) are stored as ``None``.
+    """
+
+    decision_id: int
+    rollout_id: int
+    at: datetime
+    step_index: int
+    verdict: str
+    reason: str
+    numbers: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficRecord:
+    """The traffic split a deployment served from ``at`` until its next record, and why.
+
+    ``split`` is JSON as the caller wrote it, e.g. ``{"weights": {"1": 95.0, "2": 5.0},
+    "shadow_version": None, "shadow_fraction": 0.0}``.
+    """
+
+    traffic_id: int
+    deployment: str
+    at: datetime
+    split: dict[str, Any]
+    cause: str

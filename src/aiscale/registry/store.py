@@ -31,6 +31,7 @@ from aiscale.registry.records import (
     ModelRecord,
     VersionRecord,
 )
+from aiscale.registry.rollouts import SqlRolloutRecords
 from aiscale.registry.tables import aliases, api_keys, deployments, models, versions
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -80,6 +81,8 @@ def _json_object(value: dict[str, Any] | None, field: str) -> dict[str, Any]:
 class SqlRegistry:
     """The registry on one SQL database. Create with ``SqlRegistry.open(url)``; ``close()`` it.
 
+    Progressive rollouts and traffic history are kept by ``self.rollouts`` (``rollouts.py``).
+
     Errors: ``NotFound`` (names the unknown thing), ``Conflict`` (exists already / immutable),
     ``InvalidInput`` (bad name, scope or value; ``field`` set), ``ConfigError`` (unusable URL).
     """
@@ -90,6 +93,8 @@ class SqlRegistry:
         self._base_engine = base_engine
         self._engine = engine
         self._clock = clock
+        #: Rollouts, their decisions and traffic history, on the same database and clock.
+        self.rollouts = SqlRolloutRecords(engine, clock=clock)
 
     @classmethod
     def open(

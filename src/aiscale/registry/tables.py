@@ -78,3 +78,63 @@ api_keys = sa.Table(
     sa.Column("created_at", TIMESTAMP, nullable=False),
     sa.Column("revoked_at", TIMESTAMP, nullable=True),
 )
+
+#: The rollout statuses in which a rollout holds its deployment (see ``records.py``).
+ACTIVE_ROLLOUT_SQL = "status IN ('running', 'paused')"
+
+rollouts = sa.Table(
+    "rollouts",
+    metadata,
+    sa.Column("rollout_id", sa.Integer, primary_key=True, autoincrement=True),
+    # No foreign key to deployments: a rollout's history outlives its deployment.
+    sa.Column("deployment", NAME, nullable=False),
+    sa.Column("baseline_version", NAME, nullable=False),
+    sa.Column("canary_version", NAME, nullable=False),
+    sa.Column("steps", sa.JSON, nullable=False),
+    sa.Column("step_index", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("step_started_at", TIMESTAMP, nullable=False),
+    sa.Column("created_at", TIMESTAMP, nullable=False),
+    sa.Column("updated_at", TIMESTAMP, nullable=False),
+    sa.Column("config", sa.JSON, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.CheckConstraint(
+        "status IN ('running', 'paused', 'promoted', 'rolled_back', 'aborted')",
+        name="ck_rollouts_status",
+    ),
+)
+sa.Index("ix_rollouts_deployment", rollouts.c.deployment)
+# At most one active rollout per deployment, held by the database itself (both SQLite and
+# PostgreSQL have partial indexes), so that two racing starts cannot both win.
+sa.Index(
+    "uq_rollouts_active_deployment",
+    rollouts.c.deployment,
+    unique=True,
+    sqlite_where=sa.text(ACTIVE_ROLLOUT_SQL),
+    postgresql_where=sa.text(ACTIVE_ROLLOUT_SQL),
+)
+
+rollout_decisions = sa.Table(
+    "rollout_decisions",
+    metadata,
+    sa.Column("decision_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "rollout_id", sa.Integer, sa.ForeignKey("rollouts.rollout_id"), nullable=False, index=True
+    ),
+    sa.Column("at", TIMESTAMP, nullable=False),
+    sa.Column("step_index", sa.Integer, nullable=False),
+    sa.Column("verdict", sa.String(32), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("numbers", sa.JSON, nullable=False),
+)
+
+traffic_history = sa.Table(
+    "traffic_history",
+    metadata,
+    sa.Column("traffic_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("deployment", NAME, nullable=False),
+    sa.Column("at", TIMESTAMP, nullable=False),
+    sa.Column("split", sa.JSON, nullable=False),
+    sa.Column("cause", sa.Text, nullable=False),
+)
+sa.Index("ix_traffic_history_deployment", traffic_history.c.deployment, traffic_history.c.at)

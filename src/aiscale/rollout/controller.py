@@ -175,22 +175,30 @@ class RolloutController:
     async def pause(self) -> None:
         self._require_active()
         self.status = RolloutStatus.PAUSED
-        await self._save("paused by operator")
+        await self._operator("pause", "paused by operator")
 
     async def resume(self) -> None:
         self._require_active()
         self.status = RolloutStatus.RUNNING
-        await self._save("resumed by operator")
+        await self._operator("resume", "resumed by operator")
         self._wake.set()
 
     async def promote(self) -> None:
         """Finish now: the canary takes all traffic."""
         self._require_active()
+        await self._operator("promote_manual", "promoted by operator")
         await self._finish_promoted("promoted by operator")
 
     async def abort(self, reason: str = "aborted by operator") -> None:
         self._require_active()
+        await self._operator("abort", reason)
         await self._roll_back(RolloutStatus.ABORTED, reason)
+
+    async def _operator(self, verdict: str, reason: str) -> None:
+        self.reason = reason
+        await self.store.record_decision(self.rollout_id, self.step_index, verdict, reason, {})
+        if self.status.is_active:
+            await self._save(reason)
 
     def _require_active(self) -> None:
         if not self.status.is_active:
@@ -280,26 +288,25 @@ class RolloutController:
 
     async def _finish_promoted(self, reason: str) -> None:
         self.step_index = len(self.plan.steps) - 1
-        self.status = RolloutStatus.PROMOTED
-        self.reason = reason
-        await self.target.finish(self.plan.canary, self.plan.baseline)
-        await self.store.record_traffic(
-            self.plan.deployment, TrafficSplit.of({self.plan.canary: 100.0}), f"promoted: {reason}"
-        )
-        await self._save(reason)
-        self._wake.set()
+        await self._end(RolloutStatus.PROMOTED, self.plan.canary, self.plan.baseline, reason)
 
     async def _roll_back(self, status: RolloutStatus, reason: str) -> None:
+        await self._end(status, self.plan.baseline, self.plan.canary, reason)
+
+    async def _end(self, status: RolloutStatus, winner: str, loser: str, reason: str) -> None:
+        """Switch all traffic to ``winner`` at once and record it, then drain ``loser``.
+
+        The switch and the records come first, so that a server stopped while the loser
+        drains restarts with the outcome already in the registry.
+        """
+        split = TrafficSplit.of({winner: 100.0})
+        self.target.set_split(split)
+        await self.store.record_traffic(self.plan.deployment, split, f"{status}: {reason}")
         self.status = status
         self.reason = reason
-        await self.target.finish(self.plan.baseline, self.plan.canary)
-        await self.store.record_traffic(
-            self.plan.deployment,
-            TrafficSplit.of({self.plan.baseline: 100.0}),
-            f"{status}: {reason}",
-        )
         await self._save(reason)
         self._wake.set()
+        await self.target.finish(winner, loser)
 
     async def _save(self, reason: str) -> None:
         await self.store.save_progress(self.rollout_id, self.step_index, str(self.status), reason)

@@ -13,11 +13,32 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aiscale.config import DeploymentConfig
 from aiscale.errors import InvalidInput, MethodNotAllowed, NotFound
+from aiscale.rollout.analysis import AnalysisConfig
+from aiscale.rollout.controller import RolloutPlan, decision_numbers
+from aiscale.rollout.split import TrafficSplit
 from aiscale.serving.gateway import Gateway
 from aiscale.serving.lane import VersionLane
 
 if TYPE_CHECKING:
     from aiscale.serving.app import Request, Response
+
+
+class RolloutBody(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    version: str
+    steps: list[float] = Field(default_factory=lambda: [1.0, 5.0, 25.0, 50.0, 100.0])
+    interval_s: float = Field(default=5.0, gt=0, le=3600)
+    min_step_duration_s: float = Field(default=30.0, ge=0)
+    min_requests: int = Field(default=500, ge=1)
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    shadow_fraction: float = Field(default=0.0, ge=0, le=1)
+
+
+class SplitBody(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    weights: dict[str, float]
+    shadow_version: str | None = None
+    shadow_fraction: float = Field(default=0.0, ge=0, le=1)
 
 
 class ScaleBody(BaseModel):
@@ -101,12 +122,126 @@ class AdminApi:
             body = _validated(ScaleBody, await request.body())
             await gateway.scale(parts[1], body.replicas)
             return _ok(describe(gateway, parts[1]))
+        if (
+            len(parts) >= 3
+            and parts[0] == "deployments"
+            and parts[2] in ("rollout", "rollback", "split", "stats")
+        ):
+            return await self._release(request, method, parts[1], parts[2:])
         if parts == ["keys", "refresh"]:
             if method != "POST":
                 raise MethodNotAllowed("use POST", field="method")
             await gateway.refresh_keys()
             return _ok({"refreshed": True})
         raise NotFound(f"no admin endpoint at /admin/{'/'.join(parts)}", field="path")
+
+    async def _release(self, request: Request, method: str, name: str, rest: list[str]) -> Response:
+        """Rollouts, manual splits, rollback and per-version stats of one deployment."""
+        gateway = self.gateway
+        deployment = gateway.deployment(name)
+        manager = gateway.rollouts
+        if rest == ["rollout"] and method == "POST":
+            body = _validated(RolloutBody, await request.body())
+            plan = RolloutPlan(
+                deployment=name,
+                baseline=deployment.primary_version,
+                canary=body.version,
+                steps=tuple(body.steps),
+                interval_s=body.interval_s,
+                min_step_duration_s=body.min_step_duration_s,
+                shadow_fraction=body.shadow_fraction,
+                analysis=AnalysisConfig(alpha=body.alpha, min_requests=body.min_requests),
+            )
+            await manager.begin(deployment, body.version, plan)
+            return _ok(rollout_status(gateway, name))
+        if rest == ["rollout"] and method == "GET":
+            return _ok(rollout_status(gateway, name))
+        if len(rest) == 2 and rest[0] == "rollout" and method == "POST":
+            controller = manager.controller(name)
+            actions = {
+                "pause": controller.pause,
+                "resume": controller.resume,
+                "promote": controller.promote,
+                "abort": controller.abort,
+            }
+            action = actions.get(rest[1])
+            if action is None:
+                raise NotFound(
+                    f"no rollout action {rest[1]!r}; use {sorted(actions)}", field="action"
+                )
+            await action()
+            return _ok(rollout_status(gateway, name))
+        if rest == ["rollback"] and method == "POST":
+            version = await manager.rollback(deployment)
+            return _ok({"deployment": name, "version": version, **describe(gateway, name)})
+        if rest == ["split"] and method == "PUT":
+            body = _validated(SplitBody, await request.body())
+            split = TrafficSplit.of(
+                body.weights,
+                shadow_version=body.shadow_version,
+                shadow_fraction=body.shadow_fraction,
+                salt=name,
+            )
+            deployment.set_split(split)
+            return _ok(describe(gateway, name))
+        if rest == ["stats"] and method == "GET":
+            return _ok(
+                {
+                    "deployment": name,
+                    "versions": {
+                        version: counts_json(lane) for version, lane in deployment.lanes.items()
+                    },
+                }
+            )
+        raise MethodNotAllowed(f"{method} is not allowed on /{'/'.join(rest)}", field="method")
+
+
+def counts_json(lane: VersionLane) -> dict[str, Any]:
+    counts = lane.counts()
+    latency = counts.latency_s
+    has_latency = latency.num_samples > 0
+    return {
+        "num_requests": counts.num_requests,
+        "num_errors": counts.num_errors,
+        "latency_ms": {
+            q: latency.quantile(p) * 1000.0 if has_latency else None
+            for q, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
+        },
+        "latency_histogram": {
+            "upper_bounds_s": list(latency.upper_bounds),
+            "counts": list(latency.counts),
+        },
+        "metrics": {
+            name: {"mean": hist.mean(), "num_samples": hist.num_samples}
+            for name, hist in counts.metrics.items()
+        },
+    }
+
+
+def rollout_status(gateway: Gateway, name: str) -> dict[str, Any]:
+    controller = gateway.rollouts.controller(name)
+    plan = controller.plan
+    decision = controller.last_decision
+    deployment = gateway.deployment(name)
+    return {
+        "deployment": name,
+        "rollout_id": controller.rollout_id,
+        "baseline": plan.baseline,
+        "canary": plan.canary,
+        "steps": list(plan.steps),
+        "step_index": controller.step_index,
+        "canary_percent": controller.canary_percent,
+        "status": str(controller.status),
+        "reason": controller.reason,
+        "last_decision": None
+        if decision is None
+        else {
+            "verdict": str(decision.verdict),
+            "reason": decision.reason,
+            **decision_numbers(decision),
+        },
+        "versions": {version: counts_json(lane) for version, lane in deployment.lanes.items()},
+    }
 
 
 def _ok(payload: Any) -> Response:

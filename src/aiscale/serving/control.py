@@ -54,3 +54,86 @@ class RegistryControl:
             DeploymentConfig.model_validate({**record.config, "replicas": record.replicas})
             for record in self.registry.list_deployments()
         ]
+
+    # ----- rollouts (the ``RolloutRecords`` protocol of serving/rollouts.py) -------------------
+    def start_rollout(
+        self,
+        deployment: str,
+        baseline_version: str,
+        canary_version: str,
+        steps: list[float],
+        config: dict[str, Any],
+    ) -> Any:
+        return self.registry.rollouts.start_rollout(
+            deployment, baseline_version, canary_version, steps, config
+        )
+
+    def update_rollout(
+        self,
+        rollout_id: Any,
+        *,
+        step_index: int | None = None,
+        status: str | None = None,
+        reason: str | None = None,
+    ) -> Any:
+        return self.registry.rollouts.update_rollout(
+            rollout_id, step_index=step_index, status=status, reason=reason
+        )
+
+    def record_decision(
+        self, rollout_id: Any, step_index: int, verdict: str, reason: str, numbers: dict[str, Any]
+    ) -> Any:
+        return self.registry.rollouts.record_decision(
+            rollout_id, step_index, verdict, reason, numbers
+        )
+
+    def record_traffic(self, deployment: str, split: dict[str, Any], cause: str) -> Any:
+        return self.registry.rollouts.record_traffic(deployment, split, cause)
+
+    def active_rollouts(self) -> list[Any]:
+        return list(self.registry.rollouts.active_rollouts())
+
+    def last_promoted_baseline(self, deployment: str) -> str | None:
+        """The version the last promoted rollout replaced: where a rollback goes."""
+        for record in reversed(self.registry.rollouts.list_rollouts(deployment)):
+            if record.status == "promoted":
+                return str(record.baseline_version)
+        return None
+
+
+def rollout_history(registry: SqlRegistry, deployment: str) -> dict[str, Any]:
+    """Rollouts with their decisions, and the traffic history, as JSON-ready data."""
+
+    def when(value: Any) -> str:
+        return str(value.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+
+    records = registry.rollouts
+    return {
+        "rollouts": [
+            {
+                "rollout_id": r.rollout_id,
+                "baseline": r.baseline_version,
+                "canary": r.canary_version,
+                "steps": list(r.steps),
+                "step_index": r.step_index,
+                "status": r.status,
+                "reason": r.reason,
+                "created_at": when(r.created_at),
+                "decisions": [
+                    {
+                        "at": when(d.at),
+                        "step_index": d.step_index,
+                        "verdict": d.verdict,
+                        "reason": d.reason,
+                        "numbers": d.numbers,
+                    }
+                    for d in records.list_decisions(r.rollout_id)
+                ],
+            }
+            for r in records.list_rollouts(deployment)
+        ],
+        "traffic": [
+            {"at": when(t.at), "split": t.split, "cause": t.cause}
+            for t in records.traffic_history(deployment)
+        ],
+    }

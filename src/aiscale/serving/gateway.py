@@ -24,6 +24,7 @@ from aiscale.serving.deployment import Deployment
 from aiscale.serving.lane import DeploymentSpec
 from aiscale.serving.limits import RateLimiter
 from aiscale.serving.metrics import GatewayMetrics
+from aiscale.serving.rollouts import RolloutManager, RolloutRecords
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,11 @@ class Gateway:
         self.configs: dict[str, DeploymentConfig] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._admin_lock = asyncio.Lock()
+        self.rollouts = RolloutManager(
+            control if isinstance(control, RolloutRecords) else None,
+            settings.drain_timeout_s,
+            on_finish=self._version_changed,
+        )
         self.is_ready = False
         self.is_draining = False
 
@@ -113,6 +119,7 @@ class Gateway:
             await asyncio.gather(*(d.stop(0.0) for d in started), return_exceptions=True)
             raise failures[0]
         self.deployments = {d.spec.name: d for d in started}
+        await self.rollouts.resume_all(self.deployments)
         if self.control is not None:
             self._spawn(self._refresh_keys_forever(), "key-refresh")
         self.is_ready = True
@@ -120,6 +127,7 @@ class Gateway:
     async def stop(self) -> None:
         """Drain in-flight work with a deadline, then stop replicas and background tasks."""
         self.is_draining = True
+        await self.rollouts.stop()
         await asyncio.gather(
             *(d.stop(self.settings.drain_timeout_s) for d in self.deployments.values())
         )
@@ -194,6 +202,15 @@ class Gateway:
             deployment = self.deployment(name)
             self.deployments = {k: v for k, v in self.deployments.items() if k != name}
             await deployment.stop(self.settings.drain_timeout_s)
+
+    async def _version_changed(self, name: str, version: str) -> None:
+        """Persist the deployment's new version so a restarted server serves the winner."""
+        config = self.configs.get(name)
+        if config is None or self.control is None:
+            return
+        config = config.model_copy(update={"version": version})
+        self.configs[name] = config
+        await anyio.to_thread.run_sync(self.control.save_deployment, config)
 
     async def refresh_keys(self) -> None:
         if self.control is None:
