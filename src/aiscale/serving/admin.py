@@ -41,6 +41,15 @@ class SplitBody(BaseModel):
     shadow_fraction: float = Field(default=0.0, ge=0, le=1)
 
 
+class VersionBody(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    version: str
+    replicas: int | None = Field(default=None, ge=0, le=256)
+
+
+_RELEASE_PATHS = frozenset({"rollout", "rollback", "split", "stats", "versions"})
+
+
 class ScaleBody(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     replicas: int = Field(ge=0, le=256)
@@ -125,7 +134,7 @@ class AdminApi:
         if (
             len(parts) >= 3
             and parts[0] == "deployments"
-            and parts[2] in ("rollout", "rollback", "split", "stats")
+            and parts[2] in _RELEASE_PATHS
         ):
             return await self._release(request, method, parts[1], parts[2:])
         if parts == ["keys", "refresh"]:
@@ -183,6 +192,15 @@ class AdminApi:
                 salt=name,
             )
             deployment.set_split(split)
+            return _ok(describe(gateway, name))
+        if rest == ["versions"] and method == "POST":
+            body = _validated(VersionBody, await request.body())
+            lane = await manager.warm_lane(deployment, body.version)
+            if body.replicas is not None:
+                await lane.scale(body.replicas)
+            return _ok(describe(gateway, name))
+        if len(rest) == 2 and rest[0] == "versions" and method == "DELETE":
+            await deployment.remove_lane(rest[1], gateway.settings.drain_timeout_s)
             return _ok(describe(gateway, name))
         if rest == ["stats"] and method == "GET":
             return _ok(

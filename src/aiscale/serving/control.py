@@ -93,6 +93,9 @@ class RegistryControl:
     def active_rollouts(self) -> list[Any]:
         return list(self.registry.rollouts.active_rollouts())
 
+    def aliases(self, model: str) -> dict[str, str]:
+        return dict(self.registry.list_aliases(model))
+
     def last_promoted_baseline(self, deployment: str) -> str | None:
         """The version the last promoted rollout replaced: where a rollback goes."""
         for record in reversed(self.registry.rollouts.list_rollouts(deployment)):

@@ -19,6 +19,7 @@ from aiscale.rollout.analysis import AnalysisConfig, VersionCounts
 from aiscale.rollout.controller import RolloutController, RolloutPlan, RolloutStatus
 from aiscale.rollout.split import TrafficSplit
 from aiscale.serving.deployment import Deployment
+from aiscale.serving.lane import VersionLane
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ class RolloutRecords(Protocol):
     def resolve_version(self, model: str, version: str | None) -> Any: ...
 
     def last_promoted_baseline(self, deployment: str) -> str | None: ...
+
+    def aliases(self, model: str) -> dict[str, str]: ...
 
 
 class DeploymentTarget:
@@ -198,7 +201,7 @@ class RolloutManager:
             raise Conflict(
                 f"{deployment.name!r} already has a rollout in progress", field="deployment"
             )
-        await self._warm_lane(deployment, version)
+        await self.warm_lane(deployment, version)
         try:
             record = await anyio.to_thread.run_sync(
                 lambda: records.start_rollout(
@@ -218,13 +221,16 @@ class RolloutManager:
         """Pick up every rollout the registry says is running or paused."""
         if self.records is None:
             return
+        for deployment in deployments.values():
+            await self.refresh_aliases(deployment)
         for record in await anyio.to_thread.run_sync(self.records.active_rollouts):
-            deployment = deployments.get(record.deployment)
-            if deployment is None:
+            found = deployments.get(record.deployment)
+            if found is None:
                 continue
+            deployment = found
             plan = plan_from_record(record)
             try:
-                await self._warm_lane(deployment, plan.canary)
+                await self.warm_lane(deployment, plan.canary)
             except Conflict:
                 pass  # already deployed (the canary lane survived in this process)
             logger.info(
@@ -251,7 +257,7 @@ class RolloutManager:
                 f"{deployment.name!r} has no previous version to go back to", field="deployment"
             )
         loser = deployment.primary_version
-        await self._warm_lane(deployment, previous)
+        await self.warm_lane(deployment, previous)
         target = DeploymentTarget(deployment, self.drain_timeout_s, self.on_finish)
         await target.finish(previous, loser)
         await RegistryRolloutStore(records).record_traffic(
@@ -259,7 +265,8 @@ class RolloutManager:
         )
         return previous
 
-    async def _warm_lane(self, deployment: Deployment, version: str) -> None:
+    async def warm_lane(self, deployment: Deployment, version: str) -> VersionLane:
+        """Start a version's replicas beside the serving ones (no traffic until a split says)."""
         records = self._records()
         record = await anyio.to_thread.run_sync(
             records.resolve_version, deployment.spec.model, version
@@ -271,7 +278,14 @@ class RolloutManager:
             uri=str(record.uri),
             model_config=dict(record.config or {}),
         )
-        await deployment.add_lane(spec)
+        lane = await deployment.add_lane(spec)
+        await self.refresh_aliases(deployment)
+        return lane
+
+    async def refresh_aliases(self, deployment: Deployment) -> None:
+        """Let ``x-aiscale-version`` name versions by the model's aliases."""
+        if self.records is not None:
+            deployment.aliases = await anyio.to_thread.run_sync(self.records.aliases, deployment.spec.model)
 
     def _records(self) -> RolloutRecords:
         if self.records is None:
