@@ -135,17 +135,19 @@ def test_start_stores_a_running_rollout_at_step_zero(registry: SqlRegistry) -> N
     assert registry.rollouts.active_rollouts() == [started]
 
 
-@pytest.mark.parametrize(
-    "steps",
-    [[], [0, 100], [5, 5, 100], [50, 25, 100], [1, 5, 50], [1, 101], [math.nan, 100],
-     [True, 100], ["5", 100], "1,100", None],
-)
-def test_bad_steps_are_invalid_input(registry: SqlRegistry, steps: object) -> None:
+BAD_STEPS: list[object] = [
+    [], [0, 100], [5, 5, 100], [50, 25, 100], [1, 5, 50], [1, 101], [math.nan, 100],
+    [True, 100], ["5", 100], "1,100", None,
+]
+
+
+def test_bad_steps_are_invalid_input(registry: SqlRegistry) -> None:
     """Steps must be strictly increasing numbers in (0, 100] ending at 100."""
     _deploy(registry)
-    with pytest.raises(InvalidInput) as info:
-        registry.rollouts.start_rollout("web", "1", "2", steps, {})  # type: ignore[arg-type]
-    assert info.value.field == "steps"
+    for steps in BAD_STEPS:
+        with pytest.raises(InvalidInput) as info:
+            registry.rollouts.start_rollout("web", "1", "2", steps, {})  # type: ignore[arg-type]
+        assert info.value.field == "steps", steps
     assert registry.rollouts.list_rollouts("web") == []
 
 
@@ -253,38 +255,38 @@ def test_concurrent_starts_on_one_deployment_let_exactly_one_win(database: Datab
 # ------------------------------------------------------------------ transitions
 
 
-@pytest.mark.parametrize(
-    ("path", "allowed"),
-    [
-        (["paused"], True),
-        (["paused", "running"], True),
-        (["running"], True),
-        (["promoted"], True),
-        (["paused", "rolled_back"], True),
-        (["paused", "aborted"], True),
-        (["promoted", "running"], False),
-        (["rolled_back", "paused"], False),
-        (["aborted", "aborted"], False),
-        (["promoted", "rolled_back"], False),
-    ],
-)
-def test_status_transitions(registry: SqlRegistry, path: list[str], allowed: bool) -> None:
+TRANSITIONS: list[tuple[list[str], bool]] = [
+    (["paused"], True),
+    (["paused", "running"], True),
+    (["running"], True),
+    (["promoted"], True),
+    (["paused", "rolled_back"], True),
+    (["paused", "aborted"], True),
+    (["promoted", "running"], False),
+    (["rolled_back", "paused"], False),
+    (["aborted", "aborted"], False),
+    (["promoted", "rolled_back"], False),
+]
+
+
+def test_status_transitions(registry: SqlRegistry) -> None:
     """running <-> paused and active -> promoted/rolled_back/aborted are allowed; nothing
     leaves an ended status (Conflict), and the stored status stays the ended one."""
-    _deploy(registry)
-    rollout = registry.rollouts.start_rollout("web", "1", "2", [50, 100])
-    *before, last = path
-    for status in before:
-        registry.rollouts.update_rollout(rollout.rollout_id, status=status)
-    if allowed:
-        updated = registry.rollouts.update_rollout(rollout.rollout_id, status=last, reason="r")
-        assert (updated.status, updated.reason) == (last, "r")
-        assert registry.rollouts.get_rollout(rollout.rollout_id) == updated
-    else:
-        with pytest.raises(Conflict) as info:
-            registry.rollouts.update_rollout(rollout.rollout_id, status=last)
-        assert info.value.field == "status" and "ended" in str(info.value)
-        assert registry.rollouts.get_rollout(rollout.rollout_id).status == before[-1]
+    for number, (path, allowed) in enumerate(TRANSITIONS):
+        _deploy(registry, f"d{number}")
+        rollout = registry.rollouts.start_rollout(f"d{number}", "1", "2", [50, 100])
+        *before, last = path
+        for status in before:
+            registry.rollouts.update_rollout(rollout.rollout_id, status=status)
+        if allowed:
+            updated = registry.rollouts.update_rollout(rollout.rollout_id, status=last, reason="r")
+            assert (updated.status, updated.reason) == (last, "r")
+            assert registry.rollouts.get_rollout(rollout.rollout_id) == updated
+        else:
+            with pytest.raises(Conflict) as info:
+                registry.rollouts.update_rollout(rollout.rollout_id, status=last)
+            assert info.value.field == "status" and "ended" in str(info.value), path
+            assert registry.rollouts.get_rollout(rollout.rollout_id).status == before[-1]
 
 
 def test_an_ended_rollout_takes_no_update_at_all(registry: SqlRegistry) -> None:

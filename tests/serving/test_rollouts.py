@@ -121,6 +121,9 @@ def test_identical_canary_is_promoted_through_every_step_without_failures(
         assert set(load.statuses) == {200}, load.statuses
         described = httpx.get(f"{server.url}/admin/deployments/m").json()
         assert described["version"] == "3" and list(described["versions"]) == ["3"]
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert 'aiscale_rollout_decisions_total{deployment="m",verdict="promote"}' in metrics
+        assert 'aiscale_traffic_share_percent{deployment="m",version="3"} 100.0' in metrics
     finally:
         server.stop()
     history = rollout_history(registry, "m")

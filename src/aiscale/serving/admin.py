@@ -131,11 +131,7 @@ class AdminApi:
             body = _validated(ScaleBody, await request.body())
             await gateway.scale(parts[1], body.replicas)
             return _ok(describe(gateway, parts[1]))
-        if (
-            len(parts) >= 3
-            and parts[0] == "deployments"
-            and parts[2] in _RELEASE_PATHS
-        ):
+        if len(parts) >= 3 and parts[0] == "deployments" and parts[2] in _RELEASE_PATHS:
             return await self._release(request, method, parts[1], parts[2:])
         if parts == ["keys", "refresh"]:
             if method != "POST":

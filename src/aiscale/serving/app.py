@@ -217,7 +217,9 @@ class GatewayApp:
             return await self._infer_v2(request, deployment, lane)
         raise NotFound(f"no endpoint at /v2/{'/'.join(parts)}", field="path")
 
-    async def _infer_v2(self, request: Request, deployment: Deployment, lane: VersionLane) -> Response:
+    async def _infer_v2(
+        self, request: Request, deployment: Deployment, lane: VersionLane
+    ) -> Response:
         started = time.perf_counter()
         status = 500
         try:

@@ -39,7 +39,12 @@ def divergence(primary: Any, shadow: Any) -> float:
     """
     left = np.asarray(primary)
     right = np.asarray(shadow)
-    if left.dtype.kind == "f" and right.dtype.kind == "f" and left.shape == right.shape and left.ndim == 1:
+    if (
+        left.dtype.kind == "f"
+        and right.dtype.kind == "f"
+        and left.shape == right.shape
+        and left.ndim == 1
+    ):
         norms = float(np.linalg.norm(left) * np.linalg.norm(right))
         if norms == 0.0:
             return 0.0 if np.array_equal(left, right) else 1.0
@@ -89,7 +94,9 @@ class Deployment:
         await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
         await asyncio.gather(*(lane.stop(drain_timeout_s) for lane in self.lanes.values()))
 
-    async def scale(self, num_replicas: int, drain_timeout_s: float = 30.0, version: str | None = None) -> None:
+    async def scale(
+        self, num_replicas: int, drain_timeout_s: float = 30.0, version: str | None = None
+    ) -> None:
         await self.lane(version or self.primary_version).scale(num_replicas, drain_timeout_s)
 
     # ----- lanes and split --------------------------------------------------------------------
@@ -105,7 +112,9 @@ class Deployment:
     async def add_lane(self, spec: DeploymentSpec) -> VersionLane:
         """Start a version's replicas; it takes traffic only once a split gives it a share."""
         if spec.version in self.lanes:
-            raise Conflict(f"version {spec.version!r} is already deployed in {self.name!r}", field="version")
+            raise Conflict(
+                f"version {spec.version!r} is already deployed in {self.name!r}", field="version"
+            )
         lane = VersionLane(spec, self._metrics)
         await lane.start()
         self.lanes[spec.version] = lane
@@ -113,8 +122,13 @@ class Deployment:
 
     async def remove_lane(self, version: str, drain_timeout_s: float) -> None:
         """Drain and stop a version that no longer has a share of traffic."""
-        if any(v == version and w > 0 for v, w in self.split.weights) or version == self.split.shadow_version:
-            raise Conflict(f"version {version!r} still has traffic in {self.name!r}", field="version")
+        if (
+            any(v == version and w > 0 for v, w in self.split.weights)
+            or version == self.split.shadow_version
+        ):
+            raise Conflict(
+                f"version {version!r} still has traffic in {self.name!r}", field="version"
+            )
         if version == self.primary_version:
             raise Conflict("cannot remove the primary version", field="version")
         lane = self.lanes.pop(version)
@@ -124,7 +138,9 @@ class Deployment:
         """Swap in a new split atomically; every version in it must have a ready lane."""
         for version in (*split.versions, *([split.shadow_version] if split.shadow_version else [])):
             if version not in self.lanes:
-                raise InvalidInput(f"version {version!r} has no replicas in {self.name!r}", field="weights")
+                raise InvalidInput(
+                    f"version {version!r} has no replicas in {self.name!r}", field="weights"
+                )
         self.split = split
 
     def make_primary(self, version: str) -> None:
@@ -150,11 +166,15 @@ class Deployment:
         if len(self._shadow_tasks) >= MAX_SHADOW_INFLIGHT:
             self.num_shadow_skipped += 1
             return
-        task = asyncio.get_running_loop().create_task(self._shadow(self.lanes[shadow], items, outputs))
+        task = asyncio.get_running_loop().create_task(
+            self._shadow(self.lanes[shadow], items, outputs)
+        )
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
 
-    async def _shadow(self, lane: VersionLane, items: list[Any], primary_outputs: list[Any]) -> None:
+    async def _shadow(
+        self, lane: VersionLane, items: list[Any], primary_outputs: list[Any]
+    ) -> None:
         started = time.perf_counter()
         try:
             outputs = await lane.infer(items)

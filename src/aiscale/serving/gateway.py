@@ -105,6 +105,7 @@ class Gateway:
             control if isinstance(control, RolloutRecords) else None,
             settings.drain_timeout_s,
             on_finish=self._version_changed,
+            metrics=self.metrics,
         )
         self.is_ready = False
         self.is_draining = False

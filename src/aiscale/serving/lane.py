@@ -125,7 +125,9 @@ class VersionLane:
         """Record a custom metric sample in [0, 2] (e.g. cosine distance to the baseline's answer)."""
         recorder = self._custom_metrics.get(name)
         if recorder is None:
-            recorder = self._custom_metrics[name] = HistogramRecorder(Histogram.linear(0.0, 2.0, 201))
+            recorder = self._custom_metrics[name] = HistogramRecorder(
+                Histogram.linear(0.0, 2.0, 201)
+            )
         recorder.record(value)
 
     def counts(self) -> LaneCounts:

@@ -100,6 +100,18 @@ class GatewayMetrics:
             ("deployment",),
             registry=registry,
         )
+        self.rollout_decisions = Counter(
+            "aiscale_rollout_decisions_total",
+            "Rollout decisions by verdict (promote, wait, rollback, not_enough_data, operator actions).",
+            ("deployment", "verdict"),
+            registry=registry,
+        )
+        self.traffic_share = Gauge(
+            "aiscale_traffic_share_percent",
+            "Share of a deployment's traffic each version gets.",
+            ("deployment", "version"),
+            registry=registry,
+        )
         self.rejections = Counter(
             "aiscale_gateway_rejections_total",
             "Requests refused before inference, by reason (auth, rate_limit, queue_full, invalid).",

@@ -20,6 +20,7 @@ from aiscale.rollout.controller import RolloutController, RolloutPlan, RolloutSt
 from aiscale.rollout.split import TrafficSplit
 from aiscale.serving.deployment import Deployment
 from aiscale.serving.lane import VersionLane
+from aiscale.serving.metrics import GatewayMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +101,12 @@ class DeploymentTarget:
 class RegistryRolloutStore:
     """The controller's ``RolloutStore`` on the registry, each call in a worker thread."""
 
-    def __init__(self, records: RolloutRecords) -> None:
+    def __init__(
+        self, records: RolloutRecords, metrics: GatewayMetrics | None = None, deployment: str = ""
+    ) -> None:
         self.records = records
+        self.metrics = metrics
+        self.deployment = deployment
 
     async def save_progress(
         self, rollout_id: Any, step_index: int, status: str, reason: str
@@ -120,6 +125,9 @@ class RegistryRolloutStore:
         )
 
     async def record_traffic(self, deployment: str, split: TrafficSplit, cause: str) -> None:
+        if self.metrics is not None:
+            for version, share in split.weights:
+                self.metrics.traffic_share.labels(deployment, version).set(share)
         await anyio.to_thread.run_sync(
             self.records.record_traffic, deployment, split_json(split), cause
         )
@@ -129,9 +137,14 @@ class RolloutManager:
     """Starts, resumes and commands the controllers of one gateway."""
 
     def __init__(
-        self, records: RolloutRecords | None, drain_timeout_s: float, on_finish: Any = None
+        self,
+        records: RolloutRecords | None,
+        drain_timeout_s: float,
+        on_finish: Any = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.records = records
+        self.metrics = metrics
         self.drain_timeout_s = drain_timeout_s
         self.on_finish = on_finish
         self.controllers: dict[str, RolloutController] = {}
@@ -164,7 +177,7 @@ class RolloutManager:
             rollout_id,
             plan,
             DeploymentTarget(deployment, self.drain_timeout_s, self.on_finish),
-            RegistryRolloutStore(self.records),
+            RegistryRolloutStore(self.records, self.metrics, plan.deployment),
             step_index=step_index,
             status=status,
         )
@@ -260,7 +273,7 @@ class RolloutManager:
         await self.warm_lane(deployment, previous)
         target = DeploymentTarget(deployment, self.drain_timeout_s, self.on_finish)
         await target.finish(previous, loser)
-        await RegistryRolloutStore(records).record_traffic(
+        await RegistryRolloutStore(records, self.metrics, deployment.name).record_traffic(
             deployment.name, TrafficSplit.of({previous: 100.0}), f"rollback from {loser}"
         )
         return previous
@@ -285,7 +298,9 @@ class RolloutManager:
     async def refresh_aliases(self, deployment: Deployment) -> None:
         """Let ``x-aiscale-version`` name versions by the model's aliases."""
         if self.records is not None:
-            deployment.aliases = await anyio.to_thread.run_sync(self.records.aliases, deployment.spec.model)
+            deployment.aliases = await anyio.to_thread.run_sync(
+                self.records.aliases, deployment.spec.model
+            )
 
     def _records(self) -> RolloutRecords:
         if self.records is None:
