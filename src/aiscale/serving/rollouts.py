@@ -120,6 +120,8 @@ class RegistryRolloutStore:
     async def record_decision(
         self, rollout_id: Any, step_index: int, verdict: str, reason: str, numbers: dict[str, Any]
     ) -> None:
+        if self.metrics is not None:
+            self.metrics.rollout_decisions.labels(self.deployment, verdict).inc()
         await anyio.to_thread.run_sync(
             self.records.record_decision, rollout_id, step_index, verdict, reason[:2000], numbers
         )
