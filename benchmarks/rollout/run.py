@@ -14,7 +14,6 @@ Writes ``benchmarks/rollout/results.json`` and ``benchmarks/rollout/RESULTS.md``
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -33,16 +32,46 @@ from benchmarks.serving.run import AISCALE, run_json, start_aiscale, stop  # noq
 
 def register(data_dir: str, version: str, cls: str, config: dict[str, Any]) -> None:
     subprocess.run(
-        [*AISCALE, "models", "register", "m", "--runtime", "python", "--uri", f"tests.models:{cls}",
-         "--version", version, "--config", json.dumps(config), "--data-dir", data_dir],
-        check=True, capture_output=True, cwd=ROOT,
+        [
+            *AISCALE,
+            "models",
+            "register",
+            "m",
+            "--runtime",
+            "python",
+            "--uri",
+            f"tests.models:{cls}",
+            "--version",
+            version,
+            "--config",
+            json.dumps(config),
+            "--data-dir",
+            data_dir,
+        ],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
     )
 
 
-def bench_in_background(url: str, rate: float, seconds: float, out: dict[str, Any]) -> threading.Thread:
+def bench_in_background(
+    url: str, rate: float, seconds: float, out: dict[str, Any]
+) -> threading.Thread:
     def target() -> None:
-        out.update(run_json([*AISCALE, "bench", f"{url}/v2/models/m/infer", "--rate", str(rate),
-                             "--duration", str(seconds), "--json"]))
+        out.update(
+            run_json(
+                [
+                    *AISCALE,
+                    "bench",
+                    f"{url}/v2/models/m/infer",
+                    "--rate",
+                    str(rate),
+                    "--duration",
+                    str(seconds),
+                    "--json",
+                ]
+            )
+        )
 
     thread = threading.Thread(target=target)
     thread.start()
@@ -61,15 +90,24 @@ def time_to_rollback() -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as data_dir:
         register(data_dir, "1", "Fail", {"error_rate": 0.0})
         register(data_dir, "2", "Fail", {"error_rate": 0.05, "seed": 7})
-        process, url, _ = start_aiscale(["m", "--version", "1", "--max-batch-size", "1"], Path(data_dir))
+        process, url, _ = start_aiscale(
+            ["m", "--version", "1", "--max-batch-size", "1"], Path(data_dir)
+        )
         try:
             load: dict[str, Any] = {}
             thread = bench_in_background(url, 200, 60, load)
             time.sleep(3)  # steady load before the rollout starts
             started = time.monotonic()
-            body = {"version": "2", "steps": [10, 25, 50, 100], "interval_s": 1.0,
-                    "min_step_duration_s": 5.0, "min_requests": 200}
-            httpx.post(f"{url}/admin/deployments/m/rollout", json=body, timeout=60).raise_for_status()
+            body = {
+                "version": "2",
+                "steps": [10, 25, 50, 100],
+                "interval_s": 1.0,
+                "min_step_duration_s": 5.0,
+                "min_requests": 200,
+            }
+            httpx.post(
+                f"{url}/admin/deployments/m/rollout", json=body, timeout=60
+            ).raise_for_status()
             while True:
                 info = httpx.get(f"{url}/admin/deployments/m/rollout").json()
                 if info["status"] != "running" or time.monotonic() - started > 55:
@@ -80,8 +118,13 @@ def time_to_rollback() -> dict[str, Any]:
             thread.join()
         finally:
             stop(process)
-    return {"status": info["status"], "seconds_to_decision": elapsed, "canary_requests": canary_requests,
-            "reason": info["reason"], "load": load}
+    return {
+        "status": info["status"],
+        "seconds_to_decision": elapsed,
+        "canary_requests": canary_requests,
+        "reason": info["reason"],
+        "load": load,
+    }
 
 
 def shadow_overhead() -> dict[str, Any]:
@@ -90,14 +133,37 @@ def shadow_overhead() -> dict[str, Any]:
         register(data_dir, "2", "Echo", {})
         process, url, _ = start_aiscale(["m", "--version", "1"], Path(data_dir))
         try:
-            httpx.post(f"{url}/admin/deployments/m/versions", json={"version": "2"}, timeout=60).raise_for_status()
+            httpx.post(
+                f"{url}/admin/deployments/m/versions", json={"version": "2"}, timeout=60
+            ).raise_for_status()
             runs = {}
-            for label, shadow in (("no_shadow", None), ("shadow_100pct", "2"), ("no_shadow_again", None)):
-                httpx.put(f"{url}/admin/deployments/m/split", json={
-                    "weights": {"1": 100}, "shadow_version": shadow, "shadow_fraction": 1.0 if shadow else 0.0,
-                }).raise_for_status()
-                runs[label] = run_json([*AISCALE, "bench", f"{url}/v2/models/m/infer", "--rate", "500",
-                                        "--duration", "10", "--warmup", "1", "--json"])
+            for label, shadow in (
+                ("no_shadow", None),
+                ("shadow_100pct", "2"),
+                ("no_shadow_again", None),
+            ):
+                httpx.put(
+                    f"{url}/admin/deployments/m/split",
+                    json={
+                        "weights": {"1": 100},
+                        "shadow_version": shadow,
+                        "shadow_fraction": 1.0 if shadow else 0.0,
+                    },
+                ).raise_for_status()
+                runs[label] = run_json(
+                    [
+                        *AISCALE,
+                        "bench",
+                        f"{url}/v2/models/m/infer",
+                        "--rate",
+                        "500",
+                        "--duration",
+                        "10",
+                        "--warmup",
+                        "1",
+                        "--json",
+                    ]
+                )
         finally:
             stop(process)
     return runs
@@ -142,7 +208,10 @@ def render(results: dict[str, Any]) -> str:
         "",
         "| run | p50 ms | p99 ms | errors |",
         "| --- | ---: | ---: | ---: |",
-        *[f"| {label} | {run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {run['errors']} |" for label, run in shadow.items()],
+        *[
+            f"| {label} | {run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {run['errors']} |"
+            for label, run in shadow.items()
+        ],
         "",
         f"p99 with 100% shadowing / mean p99 of the two runs without: **{shadow['shadow_100pct']['p99_ms'] / base:.2f}**.",
     ]

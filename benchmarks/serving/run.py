@@ -160,7 +160,12 @@ def main() -> None:
     offline_runs = {}
     for label, env in (("default", {}), ("short_spin", {"GOMP_SPINCOUNT": "10000"})):
         offline_runs[label] = run_json(
-            [sys.executable, "benchmarks/serving/offline.py", "--seconds", str(args.offline_seconds)],
+            [
+                sys.executable,
+                "benchmarks/serving/offline.py",
+                "--seconds",
+                str(args.offline_seconds),
+            ],
             env=env,
         )["sentences_per_s"]
     results["offline_runs"] = offline_runs

@@ -28,7 +28,11 @@ def test_cache_is_bounded_in_bytes_and_evicts_least_recent() -> None:
 
 @pytest.mark.parametrize(
     ("rate", "times", "allowed"),
-    [(5.0, [0.0] * 8, 5), (5.0, [i * 0.2 for i in range(8)], 8), (1.0, [0.0, 0.5, 1.0, 1.5, 2.0], 3)],
+    [
+        (5.0, [0.0] * 8, 5),
+        (5.0, [i * 0.2 for i in range(8)], 8),
+        (1.0, [0.0, 0.5, 1.0, 1.5, 2.0], 3),
+    ],
 )
 def test_token_bucket(rate: float, times: list[float], allowed: int) -> None:
     """A bucket allows a burst of `rate`, then `rate` per second; a refusal says how long to wait."""

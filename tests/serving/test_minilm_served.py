@@ -12,12 +12,15 @@ from tests.serving.conftest import ServerFactory
 
 def test_minilm_embeddings_match_direct_call(serve: ServerFactory) -> None:
     """/v1/embeddings on `minilm` gives the same unit vectors as the model in process."""
-    spec = DeploymentSpec(name="minilm", model="minilm", version="1", runtime="minilm", uri="bundled",
-                          num_threads=1)
+    spec = DeploymentSpec(
+        name="minilm", model="minilm", version="1", runtime="minilm", uri="bundled", num_threads=1
+    )
     url = serve(spec).url
     texts = ["A man is eating food.", "The new movie is awesome", "How do I reset my password?"]
     with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as client:
-        served = np.array([d.embedding for d in client.embeddings.create(model="minilm", input=texts).data])
+        served = np.array(
+            [d.embedding for d in client.embeddings.create(model="minilm", input=texts).data]
+        )
     model = load_model("minilm", "bundled", {"num_threads": 1})
     model.load()
     direct = np.asarray(model.predict(texts))

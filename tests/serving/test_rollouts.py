@@ -33,19 +33,29 @@ def registry(tmp_path: Path) -> Iterator[SqlRegistry]:
         ("4", "Slow", {"delay_ms": 8}),
         ("5", "Slow", {"delay_ms": 16}),
     ]:
-        store.register_version("m", runtime="python", uri=f"tests.models:{cls}", config=config, version=version)
+        store.register_version(
+            "m", runtime="python", uri=f"tests.models:{cls}", config=config, version=version
+        )
     yield store
     store.close()
 
 
-def serve_model(registry: SqlRegistry, tmp_path: Path, version: str, max_batch_size: int = 1) -> ThreadedServer:
+def serve_model(
+    registry: SqlRegistry, tmp_path: Path, version: str, max_batch_size: int = 1
+) -> ThreadedServer:
     control = RegistryControl(registry, FsspecArtifactStore(tmp_path / "artifacts"))
     config = DeploymentConfig.model_validate(
-        {"name": "m", "model": "m", "version": version, "num_threads": 1,
-         "batching": {"max_batch_size": max_batch_size, "max_batch_delay_ms": 0}}
+        {
+            "name": "m",
+            "model": "m",
+            "version": version,
+            "num_threads": 1,
+            "batching": {"max_batch_size": max_batch_size, "max_batch_delay_ms": 0},
+        }
     )
     gateway = Gateway(
-        GatewaySettings(drain_timeout_s=5.0), [spec_from_config(config, control.resolve_version("m", version))],
+        GatewaySettings(drain_timeout_s=5.0),
+        [spec_from_config(config, control.resolve_version("m", version))],
         control=control,
     )
     gateway.configs["m"] = config
@@ -74,13 +84,18 @@ def served_by(url: str, version: str) -> int:
     total = 0.0
     for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
         if family.name == "aiscale_gateway_requests":
-            total += sum(s.value for s in family.samples
-                         if s.name.endswith("_total") and s.labels["version"] == version)
+            total += sum(
+                s.value
+                for s in family.samples
+                if s.name.endswith("_total") and s.labels["version"] == version
+            )
     return int(total)
 
 
 @pytest.mark.parametrize(("bad", "why"), [("2", "error_rate"), ("5", "latency")])
-def test_bad_canary_is_rolled_back(registry: SqlRegistry, tmp_path: Path, bad: str, why: str) -> None:
+def test_bad_canary_is_rolled_back(
+    registry: SqlRegistry, tmp_path: Path, bad: str, why: str
+) -> None:
     """A version failing 5% of requests, or 2x slower, is rolled back automatically; the number
     of requests it served first is bounded, and the baseline serves everything afterwards."""
     # Latency is compared as users see it, queueing included: the load stays below what one
@@ -88,7 +103,9 @@ def test_bad_canary_is_rolled_back(registry: SqlRegistry, tmp_path: Path, bad: s
     baseline = "4" if why == "latency" else "1"
     server = serve_model(registry, tmp_path, baseline, max_batch_size=8 if why == "latency" else 1)
     try:
-        with SteadyLoad(f"{server.url}/v2/models/m/infer", TEXT, num_threads=2 if why == "latency" else 6) as load:
+        with SteadyLoad(
+            f"{server.url}/v2/models/m/infer", TEXT, num_threads=2 if why == "latency" else 6
+        ) as load:
             start_rollout(server.url, bad)
             info = wait_status(server.url, {"rolled_back", "promoted"})
         assert info["status"] == "rolled_back", info["reason"]
@@ -140,14 +157,21 @@ def test_restart_mid_rollout_resumes(registry: SqlRegistry, tmp_path: Path) -> N
     restarted = serve_model(registry, tmp_path, "1")
     try:
         info = httpx.get(f"{restarted.url}/admin/deployments/m/rollout").json()
-        assert info["status"] == "running" and info["canary"] == "3" and info["canary_percent"] == 20
-        versions = {httpx.post(f"{restarted.url}/v2/models/m/infer", json=TEXT).headers["x-aiscale-version"]
-                    for _ in range(60)}
+        assert (
+            info["status"] == "running" and info["canary"] == "3" and info["canary_percent"] == 20
+        )
+        versions = {
+            httpx.post(f"{restarted.url}/v2/models/m/infer", json=TEXT).headers["x-aiscale-version"]
+            for _ in range(60)
+        }
         assert versions == {"1", "3"}
         paused = httpx.post(f"{restarted.url}/admin/deployments/m/rollout/pause").json()
         assert paused["status"] == "paused"
         aborted = httpx.post(f"{restarted.url}/admin/deployments/m/rollout/abort").json()
         assert aborted["status"] == "aborted"
-        assert httpx.post(f"{restarted.url}/v2/models/m/infer", json=TEXT).headers["x-aiscale-version"] == "1"
+        assert (
+            httpx.post(f"{restarted.url}/v2/models/m/infer", json=TEXT).headers["x-aiscale-version"]
+            == "1"
+        )
     finally:
         restarted.stop()

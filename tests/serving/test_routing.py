@@ -29,11 +29,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]
     registry.set_alias("m", "staging", "2")
     control = RegistryControl(registry, FsspecArtifactStore(folder / "artifacts"))
     config = DeploymentConfig(name="m", model="m", version="1", num_threads=1)
-    gateway = Gateway(GatewaySettings(drain_timeout_s=5.0),
-                      [spec_from_config(config, control.resolve_version("m", "1"))], control=control)
+    gateway = Gateway(
+        GatewaySettings(drain_timeout_s=5.0),
+        [spec_from_config(config, control.resolve_version("m", "1"))],
+        control=control,
+    )
     running = start_in_thread(GatewayApp(gateway))
     for version in ("2", "3"):
-        response = httpx.post(f"{running.url}/admin/deployments/m/versions", json={"version": version}, timeout=60)
+        response = httpx.post(
+            f"{running.url}/admin/deployments/m/versions", json={"version": version}, timeout=60
+        )
         assert response.status_code == 200, response.text
     yield running
     running.stop()
@@ -70,13 +75,21 @@ def test_sticky_users_move_only_towards_the_growing_version(server: ThreadedServ
 def test_header_forces_a_version_or_alias(server: ThreadedServer) -> None:
     """x-aiscale-version (a version or an alias) overrides the split; an unknown one is a 404."""
     split(server.url, {"1": 100})
-    post = lambda value: httpx.post(f"{server.url}/v2/models/m/infer", json=TEXT,  # noqa: E731
-                                    headers={"x-aiscale-version": value})
+    post = lambda value: httpx.post(
+        f"{server.url}/v2/models/m/infer",
+        json=TEXT,  # noqa: E731
+        headers={"x-aiscale-version": value},
+    )
     assert post("2").headers["x-aiscale-version"] == "2"
     assert post("staging").headers["x-aiscale-version"] == "2"
     missing = post("9")
     assert missing.status_code == 404 and missing.json()["error"]["field"] == "version"
-    assert httpx.post(f"{server.url}/v2/models/m/versions/2/infer", json=TEXT).headers["x-aiscale-version"] == "2"
+    assert (
+        httpx.post(f"{server.url}/v2/models/m/versions/2/infer", json=TEXT).headers[
+            "x-aiscale-version"
+        ]
+        == "2"
+    )
 
 
 def test_shadow_never_fails_the_primary_answer(server: ThreadedServer) -> None:
@@ -100,7 +113,9 @@ def test_shadow_never_fails_the_primary_answer(server: ThreadedServer) -> None:
             client.post(f"{server.url}/v2/models/m/infer", json=TEXT)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        divergence = httpx.get(f"{server.url}/admin/deployments/m/stats").json()["versions"]["2"]["metrics"]
+        divergence = httpx.get(f"{server.url}/admin/deployments/m/stats").json()["versions"]["2"][
+            "metrics"
+        ]
         if divergence.get("shadow_divergence", {}).get("num_samples", 0) >= 30:
             break
         time.sleep(0.05)

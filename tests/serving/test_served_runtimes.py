@@ -42,26 +42,43 @@ def test_sklearn_and_onnx_artifacts_served(tmp_path: Path, serve: ServerFactory)
 
     registry = SqlRegistry.open(f"sqlite:///{tmp_path / 'registry.db'}")
     artifacts = FsspecArtifactStore(tmp_path / "artifacts")
-    register_with_artifact(registry, artifacts, "reg", runtime="sklearn", uri=str(tmp_path / "reg.joblib"))
-    register_with_artifact(registry, artifacts, "lin", runtime="onnx", uri=str(tmp_path / "linear.onnx"))
+    register_with_artifact(
+        registry, artifacts, "reg", runtime="sklearn", uri=str(tmp_path / "reg.joblib")
+    )
+    register_with_artifact(
+        registry, artifacts, "lin", runtime="onnx", uri=str(tmp_path / "linear.onnx")
+    )
     (tmp_path / "reg.joblib").unlink()  # served from the artifact store, not the original file
     control = RegistryControl(registry, artifacts)
     specs = [
-        spec_from_config(DeploymentConfig(name=name, model=name, num_threads=1), control.resolve_version(name, None))
+        spec_from_config(
+            DeploymentConfig(name=name, model=name, num_threads=1),
+            control.resolve_version(name, None),
+        )
         for name in ("reg", "lin")
     ]
     url = serve(*specs, control=control).url
 
     rows = features[:4]
-    body = {"inputs": [{"name": "input", "shape": [4, 3], "datatype": "FP64", "data": rows.ravel().tolist()}]}
+    body = {
+        "inputs": [
+            {"name": "input", "shape": [4, 3], "datatype": "FP64", "data": rows.ravel().tolist()}
+        ]
+    }
     result = httpx.post(f"{url}/v2/models/reg/infer", json=body)
     assert result.status_code == 200, result.text
-    np.testing.assert_allclose(result.json()["outputs"][0]["data"], regressor.predict(rows), rtol=1e-9)
+    np.testing.assert_allclose(
+        result.json()["outputs"][0]["data"], regressor.predict(rows), rtol=1e-9
+    )
 
     meta = httpx.get(f"{url}/v2/models/lin").json()
     name, datatype = meta["inputs"][0]["name"], meta["inputs"][0]["datatype"]
     x = np.ones((2, 4), dtype=np.float32)
-    body = {"inputs": [{"name": name, "shape": [2, 4], "datatype": datatype, "data": x.ravel().tolist()}]}
+    body = {
+        "inputs": [
+            {"name": name, "shape": [2, 4], "datatype": datatype, "data": x.ravel().tolist()}
+        ]
+    }
     result = httpx.post(f"{url}/v2/models/lin/infer", json=body)
     assert result.status_code == 200, result.text
     expected = x @ np.arange(8, dtype=np.float32).reshape(4, 2)

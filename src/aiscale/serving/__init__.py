@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiscale.serving.app import GatewayApp
 from aiscale.serving.batcher import BatchingSettings
 from aiscale.serving.deployment import Deployment
-from aiscale.serving.lane import DeploymentSpec
 from aiscale.serving.gateway import Gateway, GatewaySettings
+from aiscale.serving.lane import DeploymentSpec
 from aiscale.serving.server import start_in_thread
 
 __all__ = [
