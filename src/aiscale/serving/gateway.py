@@ -120,7 +120,11 @@ class Gateway:
             await asyncio.gather(*(d.stop(0.0) for d in started), return_exceptions=True)
             raise failures[0]
         self.deployments = {d.spec.name: d for d in started}
-        await self.rollouts.resume_all(self.deployments)
+        try:
+            await self.rollouts.resume_all(self.deployments)
+        except BaseException:
+            await self.stop()
+            raise
         if self.control is not None:
             self._spawn(self._refresh_keys_forever(), "key-refresh")
         self.is_ready = True

@@ -299,10 +299,14 @@ class RolloutManager:
 
     async def refresh_aliases(self, deployment: Deployment) -> None:
         """Let ``x-aiscale-version`` name versions by the model's aliases."""
-        if self.records is not None:
+        if self.records is None:
+            return
+        try:
             deployment.aliases = await anyio.to_thread.run_sync(
                 self.records.aliases, deployment.spec.model
             )
+        except NotFound:
+            deployment.aliases = {}  # a model run from a spec, unknown to the registry
 
     def _records(self) -> RolloutRecords:
         if self.records is None:
