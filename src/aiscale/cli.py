@@ -823,5 +823,35 @@ def rollback(
     _stdout().print(f"{deployment} now serves version {info['version']}", highlight=False)
 
 
+experiment_app = typer.Typer(
+    help="A/B experiments between the versions a deployment serves.", no_args_is_help=True
+)
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("report")
+def experiment_report(
+    deployment: Annotated[str, typer.Argument(help="Deployment whose versions to compare.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for report.html/.md/.json and the plots.")
+    ] = Path("experiment-report"),
+    baseline: Annotated[
+        str | None, typer.Option(help="Version to compare against [default: most traffic].")
+    ] = None,
+    url: UrlOption = "http://127.0.0.1:8000",
+    key: KeyOption = None,
+) -> None:
+    """Per-version traffic, error rate and latency with intervals and tests, plus plots."""
+    from aiscale.rollout.report import build_report, render_table, write_report
+
+    with reported_errors():
+        stats = _admin_call("GET", url, f"/admin/deployments/{deployment}/stats", key)
+        report = build_report(stats, baseline=baseline)
+        written = write_report(report, out)
+    console = _stdout()
+    console.print(render_table(report))
+    console.print(f"written: {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True)
+
+
 if __name__ == "__main__":
     main()

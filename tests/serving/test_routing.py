@@ -129,3 +129,25 @@ def test_bad_splits_are_rejected(server: ThreadedServer) -> None:
     assert bad.status_code == 400 and bad.json()["error"]["field"] == "weights"
     missing = httpx.put(f"{server.url}/admin/deployments/m/split", json={"weights": {"9": 100}})
     assert missing.status_code == 400 and "9" in missing.json()["error"]["message"]
+
+
+def test_experiment_report_from_a_live_split(server: ThreadedServer, tmp_path: Path) -> None:
+    """`aiscale experiment report` reads a running A/B split and writes tables, HTML and plots."""
+    import subprocess
+    import sys
+
+    split(server.url, {"1": 50, "2": 50})
+    with httpx.Client() as client:
+        for i in range(200):
+            version_for(client, server.url, f"u{i}")
+    result = subprocess.run(
+        [sys.executable, "-m", "aiscale.cli", "experiment", "report", "m", "--url", server.url,
+         "--out", str(tmp_path / "report"), "--baseline", "1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    split(server.url, {"1": 100})
+    assert result.returncode == 0, result.stderr
+    written = {p.name for p in (tmp_path / "report").iterdir()}
+    assert {"report.html", "report.md", "report.json", "latency.png", "errors.png"} <= written
+    assert (tmp_path / "report" / "latency.png").read_bytes().startswith(b"\x89PNG")
+    assert "Mann-Whitney" in (tmp_path / "report" / "report.md").read_text()
