@@ -1,4 +1,4 @@
-"""``aiscale serve``, ``scale`` and ``deploy`` as a user runs them: real processes, loopback only."""
+"""``aiscale serve``, ``scale`` and ``deploy`` as a user runs them: real processes, loopback."""
 
 from __future__ import annotations
 

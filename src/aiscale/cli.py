@@ -491,7 +491,8 @@ def _print_deployment(info: dict[str, Any]) -> None:
     replicas = info["replicas"]
     _stdout().print(
         f"{info['name']}: model {info['model']} version {info['version']} ({info['runtime']}), "
-        f"replicas ready {replicas['ready']} / wanted {replicas['wanted']}, queue {info['queue_depth']}",
+        f"replicas ready {replicas['ready']} / wanted {replicas['wanted']}, "
+        f"queue {info['queue_depth']}",
         highlight=False,
     )
 

@@ -4,14 +4,14 @@ The gateway maps each class to a status code in one table (``serving/errors.py``
 
     AiscaleError
     ├── ConfigError                 invalid configuration (names the dotted field path)
-    ├── InvalidInput                a request or argument does not fit the contract (names the field)
+    ├── InvalidInput                a request or argument breaks the contract (names the field)
     │   ├── PayloadTooLarge         body over the configured limit
     │   └── MethodNotAllowed        the endpoint exists but not for this method
     ├── NotFound                    unknown model, version, alias, deployment or key
     ├── Conflict                    the thing exists already, or an immutable thing would change
     ├── AuthError                   missing or wrong API key
     │   └── Forbidden               the key lacks the scope
-    ├── Overloaded                  a bounded queue is full or a rate limit is hit (has retry_after_s)
+    ├── Overloaded                  a bounded queue is full or a rate limit hit (retry_after_s)
     │   └── RateLimited             the key's token bucket is empty
     ├── DeadlineExceeded            the request's deadline passed before it was answered
     ├── ReplicaError                the model raised inside a replica (keeps the original type name)

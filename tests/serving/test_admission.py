@@ -35,7 +35,7 @@ def test_cache_is_bounded_in_bytes_and_evicts_least_recent() -> None:
     ],
 )
 def test_token_bucket(rate: float, times: list[float], allowed: int) -> None:
-    """A bucket allows a burst of `rate`, then `rate` per second; a refusal says how long to wait."""
+    """A bucket allows a burst of `rate`, then `rate` per second; a refusal says the wait."""
     bucket = TokenBucket.full(rate, 0.0)
     results = [bucket.try_take(t) for t in times]
     assert sum(1 for wait in results if wait == 0.0) == allowed

@@ -36,7 +36,7 @@ def wait_requests(load: SteadyLoad, count: int) -> None:
 @pytest.mark.parametrize("max_retries", [0, 1])
 def test_kill_replica_under_load(serve: ServerFactory, max_retries: int) -> None:
     """kill -9 of one replica: the server keeps serving, only that replica's in-flight requests
-    fail (503 naming the exit) — or none when a retry is allowed — and a new replica takes its place."""
+    fail (503 naming the exit), or none when a retry is allowed, and a new replica replaces it."""
     batching = BatchingSettings(max_batch_size=4, max_batch_delay_s=0.005, max_retries=max_retries)
     spec = python_spec(
         "slow", "Slow", model_config={"delay_ms": 100}, replicas=2, batching=batching

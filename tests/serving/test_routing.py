@@ -75,11 +75,12 @@ def test_sticky_users_move_only_towards_the_growing_version(server: ThreadedServ
 def test_header_forces_a_version_or_alias(server: ThreadedServer) -> None:
     """x-aiscale-version (a version or an alias) overrides the split; an unknown one is a 404."""
     split(server.url, {"1": 100})
-    post = lambda value: httpx.post(
-        f"{server.url}/v2/models/m/infer",
-        json=TEXT,  # noqa: E731
-        headers={"x-aiscale-version": value},
-    )
+
+    def post(value: str) -> httpx.Response:
+        return httpx.post(
+            f"{server.url}/v2/models/m/infer", json=TEXT, headers={"x-aiscale-version": value}
+        )
+
     assert post("2").headers["x-aiscale-version"] == "2"
     assert post("staging").headers["x-aiscale-version"] == "2"
     missing = post("9")
@@ -141,9 +142,23 @@ def test_experiment_report_from_a_live_split(server: ThreadedServer, tmp_path: P
         for i in range(200):
             version_for(client, server.url, f"u{i}")
     result = subprocess.run(
-        [sys.executable, "-m", "aiscale.cli", "experiment", "report", "m", "--url", server.url,
-         "--out", str(tmp_path / "report"), "--baseline", "1"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "aiscale.cli",
+            "experiment",
+            "report",
+            "m",
+            "--url",
+            server.url,
+            "--out",
+            str(tmp_path / "report"),
+            "--baseline",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     split(server.url, {"1": 100})
     assert result.returncode == 0, result.stderr

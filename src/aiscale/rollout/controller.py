@@ -62,7 +62,9 @@ class RolloutPlan:
         steps = self.steps
         if not steps or steps[-1] != 100.0:
             raise InvalidInput("steps must end at 100", field="steps")
-        if any(not 0 < s <= 100 for s in steps) or any(b <= a for a, b in zip(steps, steps[1:])):
+        if any(not 0 < s <= 100 for s in steps) or any(
+            b <= a for a, b in zip(steps, steps[1:], strict=False)
+        ):
             raise InvalidInput("steps must be increasing percents in (0, 100]", field="steps")
         if self.baseline == self.canary:
             raise InvalidInput("the canary must differ from the serving version", field="version")
@@ -141,7 +143,7 @@ def decision_numbers(decision: CanaryDecision) -> dict[str, Any]:
 
 
 class RolloutController:
-    """Runs one rollout to its end; commands (pause, resume, promote, abort) come from admin calls."""
+    """Runs one rollout to its end; pause, resume, promote and abort come from admin calls."""
 
     def __init__(
         self,

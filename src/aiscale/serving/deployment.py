@@ -104,7 +104,8 @@ class Deployment:
         found = self.lanes.get(version) or self.lanes.get(self.aliases.get(version, ""))
         if found is None:
             raise NotFound(
-                f"version {version!r} of {self.name!r} is not deployed (serving {sorted(self.lanes)})",
+                f"version {version!r} of {self.name!r} is not deployed "
+                f"(serving {sorted(self.lanes)})",
                 field="version",
             )
         return found

@@ -165,7 +165,7 @@ class Gateway:
 
     # ----- admin -----------------------------------------------------------------------
     async def deploy(self, spec: DeploymentSpec) -> Deployment:
-        """Create or replace a deployment with zero downtime: the new one is ready before the swap."""
+        """Create or replace a deployment with zero downtime: the new one is ready first."""
         async with self._admin_lock:
             fresh = Deployment(spec, self.metrics)
             await fresh.start()

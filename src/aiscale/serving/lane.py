@@ -122,7 +122,7 @@ class VersionLane:
             self._latency.record(latency_s)
 
     def observe_metric(self, name: str, value: float) -> None:
-        """Record a custom metric sample in [0, 2] (e.g. cosine distance to the baseline's answer)."""
+        """Record a custom metric sample in [0, 2] (e.g. cosine distance to the primary answer)."""
         recorder = self._custom_metrics.get(name)
         if recorder is None:
             recorder = self._custom_metrics[name] = HistogramRecorder(

@@ -102,7 +102,7 @@ class GatewayMetrics:
         )
         self.rollout_decisions = Counter(
             "aiscale_rollout_decisions_total",
-            "Rollout decisions by verdict (promote, wait, rollback, not_enough_data, operator actions).",
+            "Rollout decisions by verdict (analysis verdicts and operator actions).",
             ("deployment", "verdict"),
             registry=registry,
         )

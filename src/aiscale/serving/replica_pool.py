@@ -126,7 +126,7 @@ class LocalReplicaPool:
 
     # ----- lifecycle -------------------------------------------------------------------
     async def start(self, num_replicas: int) -> None:
-        """Start ``num_replicas`` and return when all are ready; a load failure raises ``ModelLoadError``."""
+        """Start ``num_replicas``; return when all are ready (``ModelLoadError`` if one fails)."""
         self._wanted = num_replicas
         await asyncio.gather(*(self._start_one() for _ in range(num_replicas)))
 
