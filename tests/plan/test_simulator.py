@@ -116,9 +116,9 @@ def test_single_replica_batch_one_matches_md1_theory() -> None:
 @pytest.mark.parametrize(
     ("rate_scale", "make", "p50_tol", "p99_tol"),
     [
-        (50.0, lambda: StaticPolicy(StaticConfig(2)), 0.1, 0.3),
-        (100.0, lambda: StaticPolicy(StaticConfig(3)), 0.15, 0.7),
-        (50.0, reactive, 0.1, 0.3),
+        (50.0, lambda: StaticPolicy(StaticConfig(2)), 0.1, 0.4),
+        (100.0, lambda: StaticPolicy(StaticConfig(3)), 0.15, 0.1),
+        (50.0, reactive, 0.1, 0.4),
     ],
 )
 def test_aggregated_agrees_with_exact_on_a_small_run(
@@ -144,8 +144,9 @@ def test_replicas_take_traffic_only_after_startup() -> None:
 
 
 def test_scale_from_zero_serves_every_request() -> None:
-    """Starting at zero replicas with scale-to-zero, the first request activates a replica;
-    every request completes, and the first waited at least the start-up time."""
+    """Starting at zero replicas with scale-to-zero, the first request activates a replica
+    that is ready only after its start-up time; every request completes; and steady traffic
+    (a request every few seconds) never sends the deployment back to zero."""
     config = replace(CONFIG, initial_replicas=0, decision_interval_s=2.0)
     policy = ReactivePolicy(
         ReactiveConfig(
@@ -159,7 +160,10 @@ def test_scale_from_zero_serves_every_request() -> None:
     arrivals = conv_trace(1.0, 300.0)
     result = simulate(arrivals, policy, config)
     assert result.completed == result.requests
-    assert result.p99_ms >= 5000.0 - 2000.0  # someone waited for the cold start
+    assert result.timeline[0][1:] == (1, 0)  # activated at the first decision, starting
+    first_ready_s = next(t for t, _, ready in result.timeline if ready)
+    assert first_ready_s >= 2.0 + 5.0
+    assert result.mean_ms > 0 and all(paid >= 1 for _, paid, _ in result.timeline)
     kpa = simulate(arrivals, KpaPolicy(KpaConfig(min_replicas=0, target_concurrency=16.0)), config)
     assert kpa.completed == kpa.requests
 

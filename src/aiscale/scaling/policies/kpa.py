@@ -96,9 +96,12 @@ class KpaPolicy:
         samples = tuple(s for s in state.samples if s[0] > now - cfg.stable_window_s) + (
             (now, concurrency),
         )
+        # Concurrency is a snapshot, often 0 under light steady traffic: idle also needs
+        # no arrivals over the last interval.
+        is_busy = concurrency > 0 or observation.arrival_rate_per_s > 0
         idle_since = (
             None
-            if concurrency > 0
+            if is_busy
             else (state.idle_since_s if state.idle_since_s is not None else now)
         )
         current = observation.num_replicas

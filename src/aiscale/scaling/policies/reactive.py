@@ -112,7 +112,10 @@ class ReactivePolicy:
         if wish == 0:
             # Scale to zero only from one idle replica: a larger fleet first shrinks to one
             # (downscale delay), which then waits out the idle timeout.
-            wish = 0 if current == 1 and ongoing == 0 else 1
+            # Ongoing is a snapshot: under light steady traffic it is often 0 at the instant
+            # of a decision while requests keep coming. Idle means no arrivals either.
+            is_idle = ongoing == 0 and observation.arrival_rate_per_s == 0
+            wish = 0 if current == 1 and is_idle else 1
         if wish > current:
             since = state.upscale_since_s if state.upscale_since_s is not None else now
             if now - since >= cfg.upscale_delay_s:

@@ -1,0 +1,140 @@
+"""The simulator's speed on a full day, and the aggregated mode's error against the exact one.
+
+Usage (from the project root):
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 taskset -c 0 .venv/bin/python \
+        benchmarks/simulator/run.py [--out benchmarks/simulator/RESULTS.md]
+
+Speed: one day of 1,000,000 users x 20 requests (the synthetic ``daily`` shape, about 22
+million requests) in the aggregated mode, per policy; the exact mode's rate on a smaller run.
+Error: ``compare_modes`` on one hour of smaller traffic, per policy. Benchmark code: never run
+by the tests; records machine and versions with the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import describe_machine  # noqa: E402
+
+from aiscale.plan import ArrivalCounts, compare_modes, load_profile, simulate  # noqa: E402
+from aiscale.plan.planner import build_policy, simulation_config, size_replica, traffic_for  # noqa: E402
+
+PROFILE = ROOT / "benchmarks" / "autoscaling" / "minilm_cpu_profile.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    sizing = size_replica(load_profile(PROFILE), 500.0, startup_s=60.0)
+    lines = [
+        "# Simulator: speed and aggregated-vs-exact error",
+        "",
+        f"Command: `{' '.join(sys.argv)}`  ",
+    ]
+    machine = describe_machine(ROOT)
+    lines.append(
+        f"Machine: {machine['cpu']}, {machine['cores']} cores (run pinned to one); Python "
+        f"{machine['python']}; git {machine['git_sha']}; {machine['date']}. Profile: "
+        f"`{PROFILE.relative_to(ROOT)}` (minilm measured here), SLO 500 ms, start-up 60 s."
+    )
+    lines += ["", "## Speed: one day, 1,000,000 users x 20 requests/day (aggregated)", ""]
+    lines += [
+        "| policy | requests | build traffic s | simulate s | events |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name in ("static", "reactive", "kpa", "predictive", "oracle"):
+        started = time.perf_counter()
+        traffic, day = traffic_for("daily", 1_000_000, 20.0, seed=0)
+        counts = traffic.counts(day)
+        built = time.perf_counter() - started
+        policy = build_policy(name, sizing, counts)
+        config = simulation_config(sizing, counts, mode="aggregated")
+        started = time.perf_counter()
+        result = simulate(counts, policy, config)
+        elapsed = time.perf_counter() - started
+        lines.append(
+            f"| {name} | {result.requests:,} | {built:.2f} | {elapsed:.2f} | "
+            f"{result.num_events:,} |"
+        )
+        print(lines[-1], flush=True)
+
+    started = time.perf_counter()
+    day_arrivals = counts.to_arrivals(seed=0)
+    spread = time.perf_counter() - started
+    policy = build_policy("reactive", sizing, counts)
+    config = simulation_config(sizing, counts, mode="exact")
+    started = time.perf_counter()
+    exact_day = simulate(day_arrivals, policy, config)
+    exact_s = time.perf_counter() - started
+    del day_arrivals
+    lines += [
+        "",
+        f"The same day in the **exact** mode (reactive policy): {exact_day.requests:,} requests, "
+        f"{exact_day.num_events:,} events in **{exact_s:.1f} s** "
+        f"({exact_day.num_events / exact_s:,.0f} events/s; spreading the counts into arrival "
+        f"times took {spread:.1f} s more).",
+    ]
+    print(lines[-1], flush=True)
+    lines += [
+        "",
+        "## Exact mode rate (one hour, 500,000 users x 50 requests/day, daily shape, "
+        "08:00-09:00: the morning ramp)",
+        "",
+    ]
+    lines += [
+        "| policy | requests | simulate s | events | events/s |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    traffic, _ = traffic_for("daily", 500_000, 50.0, seed=1)
+    noon = traffic.counts(9 * 3600.0)
+    hour = ArrivalCounts(noon.counts[8 * 3600 :], 1.0)
+    arrivals = hour.to_arrivals(seed=1)
+    for name in ("static", "reactive", "predictive"):
+        policy = build_policy(name, sizing, hour)
+        config = simulation_config(sizing, hour, mode="exact")
+        started = time.perf_counter()
+        result = simulate(arrivals, policy, config)
+        elapsed = time.perf_counter() - started
+        lines.append(
+            f"| {name} | {result.requests:,} | {elapsed:.2f} | {result.num_events:,} | "
+            f"{result.num_events / elapsed:,.0f} |"
+        )
+        print(lines[-1], flush=True)
+
+    lines += ["", "## Aggregated vs exact on the same hour (relative errors; SLO: absolute)", ""]
+    lines += [
+        "| policy | exact p50 / p99 ms | aggregated p50 / p99 ms | p50 err | p99 err | SLO err "
+        "| replica-h err |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name in ("static", "reactive", "kpa", "predictive", "oracle"):
+        config = simulation_config(sizing, hour, mode="exact")
+        comparison = compare_modes(arrivals, lambda n=name: build_policy(n, sizing, hour), config)
+        e, a = comparison.exact, comparison.aggregated
+        lines.append(
+            f"| {name} | {e.p50_ms:.1f} / {e.p99_ms:.1f} | {a.p50_ms:.1f} / {a.p99_ms:.1f} | "
+            f"{comparison.p50_error:.1%} | {comparison.p99_error:.1%} | "
+            f"{comparison.slo_attainment_error:.4f} | {comparison.replica_hours_error:.1%} |"
+        )
+        print(lines[-1], flush=True)
+    lines += [
+        "",
+        "## Fidelity against a real server",
+        "",
+        "Not measured here. The lead compares the simulator with a live `aiscale serve` on",
+        "loopback (same profile, same arrivals) later; the target is p50/p99 latency and",
+        "throughput within 10% at small scale. This section is left for those numbers.",
+    ]
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

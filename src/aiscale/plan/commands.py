@@ -1,0 +1,248 @@
+"""The functions behind ``aiscale profile``, ``aiscale simulate`` and ``aiscale plan``.
+
+Each takes the command's flags as plain arguments, checks them (``InvalidInput`` naming the
+flag's field), and returns a value the CLI prints or renders. They never print, exit or
+parse argv: ``cli.py`` does that.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from aiscale.errors import ConfigError, InvalidInput
+from aiscale.plan.catalog import derive_profile, load_catalog
+from aiscale.plan.planner import (
+    POLICY_NAMES,
+    SHAPES,
+    PlanResult,
+    ProgressCallback,
+    build_policy,
+    choose_mode,
+    plan,
+    simulation_config,
+    size_replica,
+    traffic_for,
+)
+from aiscale.plan.profile import ModelProfile, load_profile, save_profile
+from aiscale.plan.profiling import DEFAULT_BATCH_SIZES, profile_model
+from aiscale.plan.report import write_report
+from aiscale.plan.simulator import simulate
+from aiscale.plan.traffic import ArrivalCounts, Arrivals, load_trace
+
+
+def profile_command(
+    model: str,
+    out: str | Path,
+    *,
+    runtime: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    hardware: str | None = None,
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    seconds_per_size: float = 1.0,
+) -> ModelProfile:
+    """``aiscale profile MODEL --out PROFILE``: measure and write the profile JSON."""
+    profile = profile_model(
+        model,
+        runtime=runtime,
+        config=config,
+        batch_sizes=batch_sizes,
+        min_seconds_per_size=seconds_per_size,
+        hardware=hardware,
+    )
+    save_profile(profile, out)
+    return profile
+
+
+def _load_profile_arg(path: str | Path, hardware: str | None) -> ModelProfile:
+    if not Path(path).is_file():
+        raise InvalidInput(f"profile {path} does not exist", field="profile")
+    try:
+        profile = load_profile(path)
+    except ConfigError as exc:
+        raise InvalidInput(f"profile {path}: {exc.message}", field="profile") from exc
+    if hardware is None or hardware == profile.hardware:
+        return profile
+    catalog = load_catalog()
+    if hardware not in catalog:
+        raise InvalidInput(
+            f"hardware {hardware!r} is not in the catalog ({', '.join(catalog)})",
+            field="hardware",
+        )
+    return derive_profile(profile, hardware, catalog)
+
+
+def _positive(value: float | None, field: str, *, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise InvalidInput(f"--{field.replace('_', '-')} must be > 0, got {value}", field=field)
+
+
+def simulate_command(
+    *,
+    profile: str | Path,
+    policy: str,
+    slo_p99_ms: float,
+    trace: str | Path | None = None,
+    users: int | None = None,
+    requests_per_user: float | None = None,
+    shape: str = "daily",
+    rate_scale: float = 1.0,
+    time_scale: float = 1.0,
+    duration_s: float | None = None,
+    mode: str = "auto",
+    replicas: int | None = None,
+    hardware: str | None = None,
+    startup_s: float | None = None,
+    decision_interval_s: float = 10.0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """``aiscale simulate``: one policy over a trace or synthetic users; returns the JSON
+    object (``p50_ms``, ``p99_ms``, ``slo_attainment`` 0-1, ``replica_hours``, ``cost_usd``,
+    ``requests``, and more). Traffic is either ``trace`` (scaled by ``rate_scale`` and
+    stretched by ``time_scale``; each extra copy of a request lands within the stretched span
+    of its original second) or ``users`` x ``requests_per_user`` a day with ``shape``.
+    The policy is configured from the profile and the SLO (``planner`` docstring);
+    ``replicas`` fixes the static count (default: enough for the peak).
+    """
+    if policy not in POLICY_NAMES:
+        raise InvalidInput(
+            f"unknown policy {policy!r}; expected one of {', '.join(POLICY_NAMES)}", field="policy"
+        )
+    _positive(slo_p99_ms, "slo_p99_ms")
+    _positive(rate_scale, "rate_scale")
+    _positive(time_scale, "time_scale")
+    _positive(duration_s, "duration_s")
+    _positive(startup_s, "startup_s", allow_zero=True)
+    _positive(decision_interval_s, "decision_interval_s")
+    if replicas is not None and (policy != "static" or replicas < 0):
+        raise InvalidInput("--replicas is for the static policy, >= 0", field="replicas")
+    if mode not in ("exact", "aggregated", "auto"):
+        raise InvalidInput(
+            f"unknown mode {mode!r}; expected exact, aggregated or auto", field="mode"
+        )
+    if shape not in SHAPES:
+        raise InvalidInput(
+            f"unknown shape {shape!r}; expected one of {', '.join(SHAPES)}", field="shape"
+        )
+    if (trace is None) == (users is None):
+        raise InvalidInput("give either --trace or --users (not both)", field="trace")
+    model_profile = _load_profile_arg(profile, hardware)
+    sizing = size_replica(model_profile, slo_p99_ms, startup_s=startup_s)
+    counts: ArrivalCounts
+    exact_input: Arrivals | None = None
+    if trace is not None:
+        if not Path(trace).is_file():
+            raise InvalidInput(f"trace {trace} does not exist", field="trace")
+        arrivals = load_trace(
+            trace,
+            rate_scale=rate_scale,
+            time_scale=time_scale,
+            duration_s=duration_s,
+            jitter_s=max(1.0, time_scale),
+            seed=seed,
+        )
+        counts = arrivals.counts(1.0)
+        exact_input = arrivals
+        source = str(trace)
+    else:
+        if requests_per_user is None:
+            raise InvalidInput("--users needs --requests-per-user", field="requests_per_user")
+        assert users is not None
+        if users <= 0:
+            raise InvalidInput("--users must be > 0", field="users")
+        _positive(requests_per_user, "requests_per_user")
+        traffic, natural_s = traffic_for(shape, users, requests_per_user, seed)
+        counts = traffic.counts(duration_s or natural_s, step_s=1.0)
+        source = f"{users} users x {requests_per_user:g}/day, {shape}"
+    run_mode = choose_mode(mode, counts.num_requests)
+    spec = load_catalog().get(model_profile.hardware)
+    price = spec.price_per_hour("on_demand") if spec is not None else 0.0
+    chosen = build_policy(
+        policy, sizing, counts, decision_interval_s=decision_interval_s, num_replicas=replicas
+    )
+    config = simulation_config(
+        sizing,
+        counts,
+        mode=run_mode,
+        decision_interval_s=decision_interval_s,
+        price_per_replica_hour=price,
+        initial_replicas=replicas if policy == "static" else None,
+    )
+    if run_mode == "exact":
+        result = simulate(exact_input or counts.to_arrivals(seed), chosen, config)
+    else:
+        result = simulate(counts, chosen, config)
+    data = result.to_dict()
+    del data["timeline"]
+    data.update(
+        {
+            "policy": policy,
+            "traffic": source,
+            "hardware": model_profile.hardware,
+            "estimated_profile": model_profile.estimated,
+            "max_batch_size": sizing.max_batch_size,
+            "capacity_per_replica_per_s": sizing.capacity_per_s,
+            "max_replicas": max((paid for _, paid, _ in result.timeline), default=0),
+        }
+    )
+    return data
+
+
+def parse_users(text: str) -> list[int]:
+    """``"10000,100000"`` -> ``[10000, 100000]``; ``InvalidInput`` (field ``users``) else."""
+    try:
+        values = [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise InvalidInput(
+            f"--users must be integers separated by commas: {text!r}", field="users"
+        ) from exc
+    if not values or any(v <= 0 for v in values):
+        raise InvalidInput("--users needs one or more counts > 0", field="users")
+    return values
+
+
+def plan_command(
+    *,
+    users: Sequence[int] | str,
+    requests_per_user: float,
+    slo_p99_ms: float,
+    profile: str | Path,
+    report: str | Path | None = None,
+    shape: str = "daily",
+    hardware: Sequence[str] | None = None,
+    slo_target: float = 0.99,
+    startup_s: float | None = None,
+    duration_s: float | None = None,
+    mode: str = "auto",
+    seed: int = 0,
+    on_progress: ProgressCallback | None = None,
+) -> PlanResult:
+    """``aiscale plan``: plan every phase and, with ``report``, write the report folder."""
+    counts = parse_users(users) if isinstance(users, str) else list(users)
+    if not counts or any(u <= 0 for u in counts):
+        raise InvalidInput("--users needs one or more counts > 0", field="users")
+    _positive(requests_per_user, "requests_per_user")
+    _positive(slo_p99_ms, "slo_p99_ms")
+    _positive(duration_s, "duration_s")
+    model_profile = _load_profile_arg(profile, None)
+    result = plan(
+        model_profile,
+        counts,
+        requests_per_user,
+        slo_p99_ms,
+        shape=shape,
+        hardware=hardware,
+        slo_target=slo_target,
+        startup_s=startup_s,
+        duration_s=duration_s,
+        mode=mode,
+        seed=seed,
+        on_progress=on_progress,
+    )
+    if report is not None:
+        result = write_report(result, report)
+    return result

@@ -1,0 +1,206 @@
+"""Measure a model on this machine: batch latency and throughput, memory, start-up time.
+
+``profile_model`` runs the model in a fresh Python subprocess (``python -m
+aiscale.plan.profiling``) through the same runtime code the replicas use
+(``aiscale.runtimes.load_model``), so the measurement owns its process: start-up time is the
+runtime's build plus ``load()``, and memory is the process's resident set after loading. For
+each batch size it calls ``predict`` until both a minimum count and a minimum time are reached
+and keeps the median. Inputs are built from the model's declared schema (realistic sentences
+for text inputs). Hardware not present here is derived from the catalog
+(``catalog.derive_profile``) and marked ``estimated``.
+
+The parent side only starts the subprocess and parses its one JSON line; it never loads a
+model itself. The worker prints only that line (a subprocess protocol, not user output).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from aiscale.errors import InvalidInput, ModelLoadError
+from aiscale.plan.catalog import HardwareSpec, derive_profile, load_catalog
+from aiscale.plan.profile import ModelProfile, profile_from_latencies
+
+#: Batch sizes measured by default: powers of two from 1 to 128.
+DEFAULT_BATCH_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
+#: The catalog entry this machine's CPU measurements are filed under.
+MEASURED_HARDWARE = "CPU"
+
+
+def resolve_model(model: str, runtime: str | None = None) -> tuple[str, str]:
+    """``(runtime, uri)`` for a MODEL argument: ``minilm`` (the bundled default), an import
+    path ``package.module:Class`` (the python runtime), or any uri with an explicit runtime."""
+    if runtime is not None:
+        return runtime, model
+    if model == "minilm":
+        return "minilm", "bundled"
+    if ":" in model:
+        return "python", model
+    raise InvalidInput(
+        f"model {model!r} is neither 'minilm' nor an import path 'package.module:Class'; "
+        "give --runtime for other kinds",
+        field="model",
+    )
+
+
+def profile_model(
+    model: str,
+    *,
+    runtime: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    min_seconds_per_size: float = 0.5,
+    min_calls_per_size: int = 5,
+    hardware: str | None = None,
+    catalog: Mapping[str, HardwareSpec] | None = None,
+    timeout_s: float = 600.0,
+    cwd: str | Path | None = None,
+) -> ModelProfile:
+    """Measure ``model`` in a subprocess and return its profile.
+
+    ``hardware`` other than ``CPU`` (this machine) gives the measured profile scaled to that
+    catalog entry, labelled ``estimated``. Raises ``InvalidInput`` for bad arguments,
+    ``NotFound`` for hardware not in the catalog and ``ModelLoadError`` when the worker fails.
+    """
+    sizes = sorted(set(int(b) for b in batch_sizes))
+    if not sizes or sizes[0] < 1:
+        raise InvalidInput("batch sizes must be >= 1", field="batch_sizes")
+    if min_seconds_per_size < 0 or min_calls_per_size < 1:
+        raise InvalidInput("need >= 1 call and >= 0 s per size", field="min_seconds_per_size")
+    runtime_name, uri = resolve_model(model, runtime)
+    request = {
+        "runtime": runtime_name,
+        "uri": uri,
+        "config": dict(config or {}),
+        "batch_sizes": sizes,
+        "min_seconds": min_seconds_per_size,
+        "min_calls": min_calls_per_size,
+    }
+    workdir = Path(cwd) if cwd is not None else Path.cwd()
+    env = dict(os.environ)
+    # An import-path model (``tests.models:Sum``) resolves against the caller's folder.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(workdir), env.get("PYTHONPATH", "")) if p)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "aiscale.plan.profiling", json.dumps(request)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            cwd=workdir,
+            env=env,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ModelLoadError(f"profiling {model} took over {timeout_s} s", field="model") from exc
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ModelLoadError(f"profiling {model} failed: {detail}", field="model")
+    measured = json.loads(lines[-1])
+    if "error" in measured:
+        raise ModelLoadError(f"profiling {model} failed: {measured['error']}", field="model")
+    profile = profile_from_latencies(
+        model,
+        MEASURED_HARDWARE,
+        {int(b): float(ms) for b, ms in measured["latency_ms"].items()},
+        memory_bytes=int(measured["memory_bytes"]),
+        startup_s=float(measured["startup_s"]),
+    )
+    if hardware is None or hardware == MEASURED_HARDWARE:
+        return profile
+    return derive_profile(profile, hardware, catalog if catalog is not None else load_catalog())
+
+
+# ----------------------------------------------------------------- the worker (subprocess)
+
+
+def _sample_item(spec_datatype: str, shape: tuple[int, ...], index: int) -> Any:
+    """One realistic item for an input of ``datatype`` and per-item ``shape``."""
+    if spec_datatype == "BYTES":
+        from aiscale.bench.sentences import SENTENCES
+
+        return SENTENCES[index % len(SENTENCES)]
+    dims = [16 if d < 0 else d for d in shape]
+
+    def fill(level: int) -> Any:
+        if level == len(dims):
+            return float((index * 7 + level) % 10) / 10.0
+        return [fill(level + 1) for _ in range(dims[level])]
+
+    if spec_datatype == "BOOL":
+        return True if not dims else fill(0)
+    return fill(0)
+
+
+def sample_batch(model: Any, size: int) -> list[Any]:
+    """``size`` items fitting ``model.schema`` (a dict per item when it has several inputs)."""
+    inputs = model.schema.inputs
+    items: list[Any] = []
+    for i in range(size):
+        if len(inputs) == 1:
+            items.append(_sample_item(inputs[0].datatype, inputs[0].shape, i))
+        else:
+            items.append({spec.name: _sample_item(spec.datatype, spec.shape, i) for spec in inputs})
+    return items
+
+
+def _rss_bytes() -> int:
+    """Resident memory of this process (Linux ``/proc``; ``ru_maxrss`` elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def measure(
+    request: Mapping[str, Any], clock: Callable[[], float] = time.perf_counter
+) -> dict[str, Any]:
+    """Load and time the model described by ``request`` in this process (the worker's job)."""
+    from aiscale.runtimes import load_model
+
+    started = clock()
+    model = load_model(str(request["runtime"]), str(request["uri"]), request.get("config"))
+    model.load()
+    startup_s = clock() - started
+    memory_bytes = _rss_bytes()
+    latency_ms: dict[str, float] = {}
+    min_seconds = float(request["min_seconds"])
+    min_calls = int(request["min_calls"])
+    for size in request["batch_sizes"]:
+        batch = sample_batch(model, int(size))
+        outputs = model.predict(batch)  # warm-up, and a check of the contract
+        if len(outputs) != len(batch):
+            raise ModelLoadError(f"predict returned {len(outputs)} outputs for {len(batch)}")
+        samples: list[float] = []
+        begun = clock()
+        while len(samples) < min_calls or clock() - begun < min_seconds:
+            t0 = clock()
+            model.predict(batch)
+            samples.append(clock() - t0)
+        latency_ms[str(size)] = max(statistics.median(samples) * 1000.0, 1e-6)
+    return {"latency_ms": latency_ms, "memory_bytes": memory_bytes, "startup_s": startup_s}
+
+
+def _worker_main(argv: Sequence[str]) -> None:
+    try:
+        result = measure(json.loads(argv[0]))
+    except Exception as exc:  # the process boundary: report the failure to the parent
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    _worker_main(sys.argv[1:])

@@ -1,0 +1,203 @@
+"""Write a capacity plan as a report: Markdown and HTML pages with PNG plots.
+
+Plots (matplotlib, headless ``Agg`` backend): for each phase, a day of traffic against the
+capacity each strategy had ready (``traffic_<users>.png``); and the monthly cost per phase per
+strategy (``cost.png``). The pages hold the same tables. This module writes only inside the
+folder it is given, and never simulates anything: it formats a ``PlanResult``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from aiscale.plan.planner import STRATEGIES, PhasePlan, PlanResult
+
+
+def _money(value: float) -> str:
+    return f"${value:,.0f}"
+
+
+def _plot_traffic(phase: PhasePlan, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    hours = [i / 60.0 for i in range(len(phase.rate_per_minute))]
+    ax.plot(hours, phase.rate_per_minute, color="black", linewidth=1.0, label="arrivals (req/s)")
+    capacity = phase.capacity_per_replica_per_s
+    for outcome in phase.outcomes:
+        if outcome.hardware != phase.hardware or not outcome.timeline:
+            continue
+        times = [t / 3600.0 for t, _, _ in outcome.timeline]
+        ready = [r * capacity for _, _, r in outcome.timeline]
+        ax.step(times, ready, where="post", linewidth=1.0, label=f"{outcome.strategy} capacity")
+    # A strategy that overshoots (a reactive rule after a backlog) must not flatten the rest:
+    # the axis stops a little above the busier of the traffic and static capacity.
+    static = [
+        o for o in phase.outcomes if o.strategy == "static at peak" and o.hardware == phase.hardware
+    ]
+    top = max(
+        max(phase.rate_per_minute, default=0.0),
+        max((o.max_replicas for o in static), default=0) * capacity,
+    )
+    if top > 0:
+        ax.set_ylim(0, top * 1.3)
+    ax.set_xlabel("hour")
+    ax.set_ylabel("requests/s")
+    ax.set_title(
+        f"{phase.num_users:,} users on {phase.hardware}: traffic against ready capacity "
+        f"({capacity:.0f} req/s per replica)"
+    )
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _plot_costs(result: PlanResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / len(STRATEGIES)
+    for k, strategy in enumerate(STRATEGIES):
+        costs = []
+        for phase in result.phases:
+            match = [
+                o.monthly_cost_usd
+                for o in phase.outcomes
+                if o.strategy == strategy and o.hardware == phase.hardware
+            ]
+            costs.append(match[0] if match else 0.0)
+        xs = [i + (k - (len(STRATEGIES) - 1) / 2) * width for i in range(len(result.phases))]
+        ax.bar(xs, costs, width=width, label=strategy)
+    ax.set_xticks(range(len(result.phases)))
+    ax.set_xticklabels([f"{p.num_users:,} users\n({p.hardware})" for p in result.phases])
+    ax.set_ylabel("USD per month")
+    if any(p.num_users for p in result.phases) and len(result.phases) > 1:
+        ax.set_yscale("log")
+    ax.set_title("Monthly cost per phase and strategy")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _markdown(result: PlanResult, images: dict[str, str]) -> str:
+    lines = [
+        f"# Capacity plan: {result.model}",
+        "",
+        f"SLO: {result.slo_target:.0%} of requests within {result.slo_p99_ms:g} ms. Traffic: "
+        f"{result.requests_per_user:g} requests per user per day, shape `{result.shape}`, "
+        f"{result.duration_s / 3600:.1f} h simulated per phase; monthly = 730 h. Profile "
+        f"measured on {result.measured_hardware}; other hardware is estimated from the catalog.",
+        "",
+    ]
+    for phase in result.phases:
+        lines += [
+            f"## {phase.num_users:,} users",
+            "",
+            f"{phase.requests_per_day:,.0f} requests/day, mean {phase.mean_rate_per_s:.1f}/s, "
+            f"busiest minute {phase.peak_rate_per_s:.1f}/s. Right-sized: **{phase.replicas_at_peak}"
+            f" x {phase.hardware}** at peak ({phase.capacity_per_replica_per_s:.0f} req/s each).",
+            "",
+            "| strategy | hardware | mode | replicas max | replica-h/day | USD/month | p50 ms "
+            "| p99 ms | SLO attainment | meets SLO |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for o in phase.outcomes:
+            lines.append(
+                f"| {o.strategy} | {o.hardware} | {o.mode} | {o.max_replicas} | "
+                f"{o.replica_hours_per_day:.1f} | {_money(o.monthly_cost_usd)} | {o.p50_ms:.1f} | "
+                f"{o.p99_ms:.0f} | {o.slo_attainment:.4f} | {'yes' if o.meets_slo else 'no'} |"
+            )
+        if phase.cost_ratio is not None:
+            lines += [
+                "",
+                f"Costliest architecture meeting the SLO ({phase.costliest}) / cheapest "
+                f"({phase.cheapest}): **{phase.cost_ratio:.1f}x**.",
+            ]
+        else:
+            lines += ["", "No architecture met the SLO in this phase."]
+        lines += ["", f"![traffic and capacity]({images[f'traffic_{phase.num_users}']})", ""]
+    lines += [f"![cost per phase]({images['cost']})", ""]
+    return "\n".join(lines)
+
+
+def _html(markdown: str, result: PlanResult) -> str:
+    """A plain page from the Markdown above (tables, headings, images, paragraphs)."""
+    body: list[str] = []
+    table: list[list[str]] = []
+
+    def flush_table() -> None:
+        if not table:
+            return
+        head, *rows = table
+        body.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>")
+        for row in rows:
+            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>")
+        body.append("</table>")
+        table.clear()
+
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            if not all(set(c) <= set("-: ") for c in cells):
+                table.append(cells)
+            continue
+        flush_table()
+        if line.startswith("## "):
+            body.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("# "):
+            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("!["):
+            alt, src = line[2:].split("](", 1)
+            body.append(f'<img src="{html.escape(src[:-1])}" alt="{html.escape(alt)}">')
+        elif line.strip():
+            text = html.escape(line).replace("**", "")
+            body.append(f"<p>{text}</p>")
+    flush_table()
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}"
+        "img{max-width:100%}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Capacity plan: "
+        f"{html.escape(result.model)}</title><style>{style}</style></head><body>"
+        + "\n".join(body)
+        + "</body></html>\n"
+    )
+
+
+def write_report(result: PlanResult, folder: str | Path) -> PlanResult:
+    """Write ``report.md``, ``report.html``, ``plan.json`` and the PNGs into ``folder``
+    (created if missing); returns ``result`` with ``files`` set to the paths written."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    images: dict[str, str] = {}
+    written: list[Path] = []
+    for phase in result.phases:
+        name = f"traffic_{phase.num_users}.png"
+        _plot_traffic(phase, out / name)
+        images[f"traffic_{phase.num_users}"] = name
+        written.append(out / name)
+    _plot_costs(result, out / "cost.png")
+    images["cost"] = "cost.png"
+    written.append(out / "cost.png")
+    markdown = _markdown(result, images)
+    (out / "report.md").write_text(markdown)
+    (out / "report.html").write_text(_html(markdown, result))
+    written += [out / "report.md", out / "report.html", out / "plan.json"]
+    final = replace(result, files=tuple(str(p) for p in written))
+    (out / "plan.json").write_text(json.dumps(final.to_dict(), indent=1) + "\n")
+    return final

@@ -1,0 +1,111 @@
+"""``simulate_command``: the JSON fields and bad input naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aiscale.errors import InvalidInput
+from aiscale.plan import profile_from_latencies, save_profile
+from aiscale.plan.commands import parse_users, simulate_command
+
+TRACES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "traces"
+
+
+@pytest.fixture
+def profile_path(tmp_path: Path) -> Path:
+    path = tmp_path / "profile.json"
+    profile = profile_from_latencies(
+        "minilm", "CPU", {1: 8.0, 8: 30.0, 32: 110.0, 64: 220.0}, startup_s=5.0
+    )
+    save_profile(profile, path)
+    return path
+
+
+@pytest.mark.parametrize("policy", ["static", "reactive", "kpa", "predictive", "oracle"])
+def test_simulate_gives_the_documented_fields(profile_path: Path, policy: str) -> None:
+    """Every policy name runs on synthetic users and returns the documented JSON fields with
+    consistent values (cost = replica-hours x the catalog's CPU price)."""
+    data = simulate_command(
+        profile=profile_path,
+        policy=policy,
+        slo_p99_ms=500.0,
+        users=20_000,
+        requests_per_user=50.0,
+        shape="daily",
+        duration_s=1800.0,
+        mode="aggregated",
+    )
+    for key in ("p50_ms", "p99_ms", "slo_attainment", "replica_hours", "cost_usd", "requests"):
+        assert key in data
+    assert 0.0 <= data["slo_attainment"] <= 1.0
+    assert data["requests"] > 0 and data["mode"] == "aggregated"
+    assert data["cost_usd"] == pytest.approx(data["replica_hours"] * 0.17)
+    assert data["p50_ms"] <= data["p99_ms"]
+
+
+def test_trace_scaling_and_exact_mode(profile_path: Path) -> None:
+    """--rate-scale multiplies a trace's requests and --time-scale stretches it; auto picks
+    the exact mode for a small run; --replicas fixes the static fleet."""
+    base: dict[str, Any] = {
+        "profile": profile_path,
+        "policy": "static",
+        "slo_p99_ms": 500.0,
+        "trace": TRACES / "AzureLLMInferenceTrace_conv.csv",
+        "replicas": 2,
+    }
+    one = simulate_command(**base, duration_s=600.0)
+    doubled = simulate_command(**base, duration_s=600.0, rate_scale=2.0)
+    stretched = simulate_command(**base, time_scale=2.0, duration_s=1200.0)
+    assert one["mode"] == "exact"
+    assert doubled["requests"] == pytest.approx(2 * one["requests"], rel=0.02)
+    assert stretched["requests"] == pytest.approx(one["requests"], rel=0.02)
+    assert one["replica_hours"] == pytest.approx(2 * 600.0 / 3600.0, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"policy": "magic"}, "policy"),
+        ({"slo_p99_ms": 0.0}, "slo_p99_ms"),
+        ({"slo_p99_ms": 1.0}, "slo_p99_ms"),  # faster than one batch of one
+        ({"rate_scale": -1.0}, "rate_scale"),
+        ({"time_scale": 0.0}, "time_scale"),
+        ({"mode": "fast"}, "mode"),
+        ({"shape": "zigzag"}, "shape"),
+        ({"users": None}, "trace"),
+        ({"trace": "/no/such/file.csv"}, "trace"),
+        ({"users": 0}, "users"),
+        ({"requests_per_user": None}, "requests_per_user"),
+        ({"replicas": 3}, "replicas"),
+        ({"hardware": "TPU"}, "hardware"),
+        ({"profile": "/no/such/profile.json"}, "profile"),
+    ],
+)
+def test_bad_input_names_the_field(profile_path: Path, change: dict[str, Any], field: str) -> None:
+    """Each bad flag raises InvalidInput whose field names it."""
+    args: dict[str, Any] = {
+        "profile": profile_path,
+        "policy": "reactive",
+        "slo_p99_ms": 500.0,
+        "users": 1000,
+        "requests_per_user": 10.0,
+        "duration_s": 600.0,
+    }
+    args.update(change)
+    if "trace" in change:
+        del args["users"]
+    with pytest.raises(InvalidInput) as error:
+        simulate_command(**args)
+    assert error.value.field == field
+
+
+def test_users_list_is_parsed_or_refused() -> None:
+    """--users takes comma-separated counts; anything else names the users field."""
+    assert parse_users("10000,100_000, 1000000") == [10_000, 100_000, 1_000_000]
+    for text in ("", "ten", "5,-1"):
+        with pytest.raises(InvalidInput) as error:
+            parse_users(text)
+        assert error.value.field == "users"
