@@ -206,7 +206,7 @@ def main() -> None:
             cwd=ROOT,
             check=True,
         )
-        key = re.search(r"ask_\w+", created.stdout)
+        key = re.search(r"ask_[A-Za-z0-9_-]+", created.stdout)
         assert key is not None, created.stdout
         process, url, _ = start_aiscale(["tests.models:NoOp", "--name", "noop"], Path(data_dir))
         try:
