@@ -1,0 +1,5 @@
+"""``python -m aiscale.cli``."""
+
+from aiscale.cli import main
+
+main()

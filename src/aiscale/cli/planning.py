@@ -1,0 +1,149 @@
+"""``profile``, ``simulate`` and ``plan``: capacity and cost before the traffic comes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from aiscale.cli._common import (
+    _stdout,
+    app,
+    reported_errors,
+)
+
+# --------------------------------------------------------------- capacity planning
+
+
+@app.command()
+def profile(
+    model: Annotated[str, typer.Argument(help="'minilm' or an import path pkg.module:Class.")],
+    out: Annotated[Path, typer.Option("--out", help="Profile JSON to write.")],
+    hardware: Annotated[
+        str | None, typer.Option(help="Catalog hardware to derive an estimate for.")
+    ] = None,
+    seconds_per_size: Annotated[float, typer.Option(help="Seconds measured per batch size.")] = 1.0,
+) -> None:
+    """Measure latency and throughput against batch size, and memory per replica, here."""
+    from aiscale.plan.commands import profile_command
+
+    with reported_errors():
+        result = profile_command(model, out, hardware=hardware, seconds_per_size=seconds_per_size)
+    table = Table("batch size", "latency ms", "items/s")
+    for size, latency_ms, rate in zip(
+        result.batch_sizes, result.latency_ms, result.throughput_per_s, strict=True
+    ):
+        table.add_row(str(size), f"{latency_ms:.1f}", f"{rate:.1f}")
+    _stdout().print(table)
+    _stdout().print(f"written: {out}", highlight=False)
+
+
+@app.command()
+def simulate(
+    profile_path: Annotated[
+        Path, typer.Option("--profile", help="Model profile JSON (aiscale profile).")
+    ],
+    policy: Annotated[
+        str, typer.Option(help="static, reactive, kpa, predictive or oracle.")
+    ] = "predictive",
+    slo_p99_ms: Annotated[float, typer.Option(help="Latency SLO: p99 under this many ms.")] = 500.0,
+    trace: Annotated[Path | None, typer.Option(help="CSV trace with a TIMESTAMP column.")] = None,
+    users: Annotated[int | None, typer.Option(help="Synthetic traffic: number of users.")] = None,
+    requests_per_user: Annotated[
+        float | None, typer.Option(help="Requests per user per day.")
+    ] = None,
+    shape: Annotated[str, typer.Option(help="flat, daily, weekly or bursty.")] = "daily",
+    rate_scale: Annotated[float, typer.Option(help="Multiply the trace's arrival rate.")] = 1.0,
+    time_scale: Annotated[float, typer.Option(help="Stretch the trace's time axis.")] = 1.0,
+    duration: Annotated[float | None, typer.Option(help="Seconds to simulate.")] = None,
+    mode: Annotated[str, typer.Option(help="exact, aggregated or auto.")] = "auto",
+    replicas: Annotated[int | None, typer.Option(help="Replicas for the static policy.")] = None,
+    hardware: Annotated[str | None, typer.Option(help="Catalog hardware.")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Replay arrivals through queues, batching, replicas and a scaling policy in simulated time."""
+    from aiscale.plan.commands import simulate_command
+
+    with reported_errors():
+        result = simulate_command(
+            profile=profile_path,
+            policy=policy,
+            slo_p99_ms=slo_p99_ms,
+            trace=trace,
+            users=users,
+            requests_per_user=requests_per_user,
+            shape=shape,
+            rate_scale=rate_scale,
+            time_scale=time_scale,
+            duration_s=duration,
+            mode=mode,
+            replicas=replicas,
+            hardware=hardware,
+            seed=seed,
+        )
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table("field", "value")
+    for name in (
+        "requests",
+        "p50_ms",
+        "p99_ms",
+        "slo_attainment",
+        "replica_hours",
+        "cost_usd",
+        "mode",
+    ):
+        value = result.get(name)
+        table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value))
+    _stdout().print(table)
+
+
+@app.command()
+def plan(
+    users: Annotated[
+        str, typer.Option(help="Phases as user counts, e.g. 10000,100000,500000,1000000.")
+    ],
+    requests_per_user: Annotated[float, typer.Option(help="Requests per user per day.")],
+    profile_path: Annotated[
+        Path, typer.Option("--profile", help="Model profile JSON (aiscale profile).")
+    ],
+    slo_p99_ms: Annotated[float, typer.Option(help="Latency SLO: p99 under this many ms.")] = 500.0,
+    report: Annotated[
+        Path | None, typer.Option(help="Folder for the HTML/Markdown report and plots.")
+    ] = None,
+    shape: Annotated[str, typer.Option(help="flat, daily, weekly or bursty.")] = "daily",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Per phase: replicas, hardware, monthly cost and SLO attainment of each scaling strategy."""
+    from rich.progress import Progress
+
+    from aiscale.plan.commands import plan_command
+
+    with reported_errors(), Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("simulating", total=None)
+
+        def on_progress(done: int, total: int, label: str) -> None:
+            progress.update(task, completed=done, total=total, description=label)
+
+        result = plan_command(
+            users=users,
+            requests_per_user=requests_per_user,
+            slo_p99_ms=slo_p99_ms,
+            profile=profile_path,
+            report=report,
+            shape=shape,
+            on_progress=on_progress,
+        )
+    data = result.to_dict()
+    if as_json:
+        print(json.dumps(data))
+        return
+    _stdout().print_json(json.dumps(data)[:20000])
+    if result.files:
+        _stdout().print(f"report: {', '.join(result.files)}", highlight=False, soft_wrap=True)

@@ -1,0 +1,322 @@
+"""``serve``, ``deploy``, ``scale``, ``bench``, ``detect`` and ``demo``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from aiscale.cli._common import (
+    DataDirOption,
+    KeyOption,
+    RegistryUrlOption,
+    UrlOption,
+    _admin_call,
+    _stdout,
+    app,
+    open_artifacts,
+    reported_errors,
+    resolve_paths,
+)
+from aiscale.config import DeploymentConfig, load_config, parse_config
+from aiscale.errors import InvalidInput
+from aiscale.registry import SqlRegistry
+
+
+def _deployment_flags(
+    name: str,
+    model: str,
+    version: str | None,
+    replicas: int | None,
+    max_batch_size: int | None,
+    max_batch_delay_ms: float | None,
+    timeout_ms: float | None,
+    num_threads: int | None,
+    cache_mb: float | None,
+) -> DeploymentConfig:
+    """A deployment config from command-line flags; unset flags keep the defaults."""
+    batching: dict[str, Any] = {}
+    if max_batch_size is not None:
+        batching["max_batch_size"] = max_batch_size
+    if max_batch_delay_ms is not None:
+        batching["max_batch_delay_ms"] = max_batch_delay_ms
+    data: dict[str, Any] = {"name": name, "model": model, "version": version, "batching": batching}
+    if replicas is not None:
+        data["replicas"] = replicas
+    if timeout_ms is not None:
+        data["timeout_ms"] = timeout_ms
+    if num_threads is not None:
+        data["num_threads"] = num_threads
+    if cache_mb:
+        data["cache"] = {"enabled": True, "max_bytes": int(cache_mb * 1024 * 1024)}
+    return parse_config({"deployments": [data]}).deployments[0]
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        str, typer.Argument(help="Registered model, 'minilm', pkg.module:Class, or a model file.")
+    ] = "minilm",
+    host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1].")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to bind; 0 picks a free one [default: 8000].")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Deployment name [default: the model's name].")
+    ] = None,
+    version: Annotated[str | None, typer.Option(help="Version or alias [default: newest].")] = None,
+    replicas: Annotated[int | None, typer.Option(help="Replica processes [default: 1].")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Largest batch [default: 64].")] = None,
+    max_batch_delay_ms: Annotated[
+        float | None, typer.Option(help="Longest wait for a batch to fill [default: 10].")
+    ] = None,
+    timeout_ms: Annotated[
+        float | None, typer.Option(help="Per-request deadline [default: 30000].")
+    ] = None,
+    num_threads: Annotated[
+        int | None, typer.Option(help="Torch threads per replica [default: cores / replicas].")
+    ] = None,
+    cache_mb: Annotated[
+        float | None, typer.Option(help="Response cache size in MiB [default: off].")
+    ] = None,
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="aiscale.yaml with server and deployments.")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow a non-loopback address without API keys.")
+    ] = False,
+    data_dir: DataDirOption = None,
+    registry_url: RegistryUrlOption = None,
+) -> None:
+    """Serve MODEL (default: the bundled minilm) over OIP v2 and OpenAI-compatible HTTP."""
+    from aiscale.serving.app import GatewayApp
+    from aiscale.serving.launch import build_gateway, ensure_registered
+    from aiscale.serving.server import bind_socket, is_loopback, make_uvicorn, url_of
+
+    with reported_errors():
+        paths = resolve_paths(data_dir, registry_url)
+        config = load_config(
+            config_file,
+            server_overrides={
+                "host": host,
+                "port": port,
+                "insecure": insecure or None,
+                "data_dir": str(paths.data_dir),
+                "registry_url": paths.registry_url,
+            },
+        )
+        paths.data_dir.mkdir(parents=True, exist_ok=True)
+        registry = SqlRegistry.open(paths.registry_url)
+        artifacts = open_artifacts(paths)
+        choice = ensure_registered(registry, artifacts, model)
+        flags = _deployment_flags(
+            name or choice.model,
+            choice.model,
+            version or choice.version,
+            replicas,
+            max_batch_size,
+            max_batch_delay_ms,
+            timeout_ms,
+            num_threads,
+            cache_mb,
+        )
+        server = config.server
+        if not is_loopback(server.host) and not registry.active_keys() and not server.is_insecure:
+            raise InvalidInput(
+                f"refusing to serve on {server.host} without API keys: create one with "
+                "'aiscale keys create' or pass --insecure",
+                field="host",
+            )
+        gateway = build_gateway(config, registry, artifacts, [flags])
+        sock = bind_socket(server.host, server.port)
+    url = url_of(sock)
+    console = Console(soft_wrap=True)
+
+    def announce() -> None:
+        names = ", ".join(gateway.deployments)
+        console.print(f"aiscale serving on {url} (deployments: {names})", highlight=False)
+        console.print(
+            f"  metrics: {url}/metrics   OpenAI: {url}/v1   OIP v2: {url}/v2", highlight=False
+        )
+        console.file.flush()
+
+    try:
+        make_uvicorn(
+            GatewayApp(gateway, on_ready=announce), graceful_timeout_s=server.drain_timeout_s
+        ).run(sockets=[sock])
+    finally:
+        registry.close()
+
+
+def _print_deployment(info: dict[str, Any]) -> None:
+    replicas = info["replicas"]
+    _stdout().print(
+        f"{info['name']}: model {info['model']} version {info['version']} ({info['runtime']}), "
+        f"replicas ready {replicas['ready']} / wanted {replicas['wanted']}, "
+        f"queue {info['queue_depth']}",
+        highlight=False,
+    )
+
+
+@app.command()
+def deploy(
+    name: Annotated[str, typer.Argument(help="Deployment name.")],
+    model: Annotated[str, typer.Option(help="Registered model name.")],
+    version: Annotated[str | None, typer.Option(help="Version or alias [default: newest].")] = None,
+    replicas: Annotated[int | None, typer.Option(help="Replica processes.")] = None,
+    max_batch_size: Annotated[int | None, typer.Option()] = None,
+    max_batch_delay_ms: Annotated[float | None, typer.Option()] = None,
+    timeout_ms: Annotated[float | None, typer.Option()] = None,
+    num_threads: Annotated[int | None, typer.Option()] = None,
+    cache_mb: Annotated[float | None, typer.Option()] = None,
+    url: UrlOption = "http://127.0.0.1:8000",
+    key: KeyOption = None,
+) -> None:
+    """Create or replace a deployment on a running server (zero downtime)."""
+    with reported_errors():
+        config = _deployment_flags(
+            name,
+            model,
+            version,
+            replicas,
+            max_batch_size,
+            max_batch_delay_ms,
+            timeout_ms,
+            num_threads,
+            cache_mb,
+        )
+        body = config.model_dump(mode="json", by_alias=True)
+        _print_deployment(_admin_call("POST", url, "/admin/deployments", key, body))
+
+
+@app.command()
+def scale(
+    deployment: Annotated[str, typer.Argument(help="Deployment name.")],
+    replicas: Annotated[int, typer.Argument(help="Wanted number of replicas.")],
+    url: UrlOption = "http://127.0.0.1:8000",
+    key: KeyOption = None,
+) -> None:
+    """Change the replica count of a running deployment without failing a request."""
+    with reported_errors():
+        if replicas < 0:
+            raise InvalidInput("replicas must be >= 0", field="replicas")
+        info = _admin_call(
+            "POST", url, f"/admin/deployments/{deployment}/scale", key, {"replicas": replicas}
+        )
+        _print_deployment(info)
+
+
+@app.command()
+def bench(
+    url: Annotated[
+        str, typer.Argument(help="Endpoint to load, e.g. http://127.0.0.1:8000/v1/embeddings.")
+    ],
+    concurrency: Annotated[
+        int, typer.Option(help="Closed loop: clients each waiting for their answer.")
+    ] = 1,
+    rate: Annotated[
+        float | None, typer.Option(help="Open loop: Poisson arrivals per second.")
+    ] = None,
+    trace: Annotated[
+        Path | None, typer.Option(help="Open loop: replay a CSV trace's TIMESTAMP column.")
+    ] = None,
+    rate_scale: Annotated[float, typer.Option(help="Multiply the trace's arrival rate.")] = 1.0,
+    time_scale: Annotated[float, typer.Option(help="Stretch the trace's time axis.")] = 1.0,
+    requests: Annotated[
+        int | None, typer.Option(help="Stop after this many counted requests.")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (after warm-up).")
+    ] = None,
+    warmup: Annotated[float, typer.Option(help="Seconds of requests sent but not counted.")] = 0.0,
+    body: Annotated[
+        str | None, typer.Option(help="Request body (JSON); default: derived from the URL.")
+    ] = None,
+    body_file: Annotated[Path | None, typer.Option(help="File holding the request body.")] = None,
+    model: Annotated[str, typer.Option(help="Deployment named in derived bodies.")] = "minilm",
+    header: Annotated[
+        list[str] | None, typer.Option(help="Extra header 'Name: value' (repeatable).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for arrivals and sentences.")] = 0,
+    timeout: Annotated[float, typer.Option(help="Per-request timeout in seconds.")] = 30.0,
+    max_outstanding: Annotated[
+        int, typer.Option(help="Open loop: cap on requests in flight.")
+    ] = 1024,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of a table.")
+    ] = False,
+) -> None:
+    """Load a running server (closed or open loop, or a trace) and report throughput and latency."""
+    from aiscale.bench import bench_command, bench_progress, render_result
+
+    with reported_errors():
+        console = Console(stderr=as_json)
+        with bench_progress(console) as on_progress:
+            result = bench_command(
+                url,
+                on_progress=on_progress,
+                concurrency=concurrency,
+                rate=rate,
+                trace=trace,
+                rate_scale=rate_scale,
+                time_scale=time_scale,
+                requests=requests,
+                duration=duration,
+                warmup=warmup,
+                body=body,
+                body_file=body_file,
+                model=model,
+                headers=header or (),
+                seed=seed,
+                timeout=timeout,
+                max_outstanding=max_outstanding,
+            )
+    if as_json:
+        print(json.dumps(result.to_json()))
+    else:
+        _stdout().print(render_result(result))
+
+
+@app.command()
+def detect(
+    source: Annotated[Path, typer.Argument(help="CSV with timestamp,value columns.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Where to write timestamp,value,anomaly_score.")
+    ],
+) -> None:
+    """Score every point of a metric series for anomalies (the live monitor's detector)."""
+    from aiscale.monitor import detect_csv
+
+    with reported_errors():
+        rows = detect_csv(source, out)
+    _stdout().print(f"scored {rows} rows into {out}", highlight=False)
+
+
+@app.command()
+def demo(
+    duration: Annotated[
+        float, typer.Option(help="Seconds of load, split over the ramp's stages.")
+    ] = 40.0,
+    users: Annotated[int, typer.Option(help="Simulated users at the top of the ramp.")] = 64,
+    replicas: Annotated[int, typer.Option(help="Replica processes of minilm.")] = 1,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Keep state here [default: a temporary folder]."),
+    ] = None,
+) -> None:
+    """Serve the bundled minilm and drive a ramp of simulated users at it, with a live view."""
+    from aiscale.demo import run_demo
+
+    with reported_errors():
+        summary = run_demo(
+            data_dir=data_dir,
+            duration_s=duration,
+            max_users=users,
+            replicas=replicas,
+            console=Console(),
+        )
+    if summary.is_interrupted:
+        raise typer.Exit(130)
