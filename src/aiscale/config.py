@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -40,6 +40,15 @@ class CacheConfig(_Frozen):
     max_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
 
 
+class AutoscalingConfig(_Frozen):
+    #: ``static``, ``reactive`` (Ray Serve's rule), ``kpa`` (Knative's) or ``predictive``.
+    policy: Literal["static", "reactive", "kpa", "predictive"] = "reactive"
+    decision_interval_s: Annotated[float, Field(gt=0, le=600)] = 5.0
+    #: The policy's own settings (e.g. ``min_replicas``, ``max_replicas``, ``upscale_delay_s``);
+    #: checked by the policy, an unknown one is a ``ConfigError``.
+    knobs: dict[str, Any] = Field(default_factory=dict)
+
+
 class DeploymentConfig(_Frozen):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     model: Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -51,6 +60,7 @@ class DeploymentConfig(_Frozen):
     max_inflight_batches: Annotated[int, Field(ge=1, le=8)] = 1
     batching: BatchingConfig = BatchingConfig()
     cache: CacheConfig = CacheConfig()
+    autoscaling: AutoscalingConfig | None = None
 
 
 class ServerConfig(_Frozen):

@@ -83,10 +83,15 @@ class Batcher:
         settings: BatchingSettings,
         *,
         on_batch: Callable[[BatchObservation], None] | None = None,
+        on_cold_arrival: Callable[[], None] | None = None,
     ) -> None:
         self.pool = pool
         self.settings = settings
         self._on_batch = on_batch or (lambda _observation: None)
+        #: Called when an item arrives while no replica is ready or starting (scaled to zero).
+        self._on_cold_arrival = on_cold_arrival or (lambda: None)
+        #: Items accepted so far (the autoscaler's arrival counter).
+        self.num_submitted = 0
         self._queue: deque[_Pending] = deque()
         self._arrived = asyncio.Event()
         self._target_size = 1
@@ -122,6 +127,9 @@ class Batcher:
             raise Overloaded(f"queue full ({self.settings.max_queue} waiting)", retry_after_s=1.0)
         if self._task is None or self._task.done():
             raise ReplicaUnavailable("this model version is not serving")
+        self.num_submitted += 1
+        if self.pool.num_ready == 0 and self.pool.num_starting == 0:
+            self._on_cold_arrival()
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         pending = _Pending(item, loop.create_future(), now, now + timeout_s)

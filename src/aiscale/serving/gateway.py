@@ -21,7 +21,7 @@ from aiscale.errors import InvalidInput, NotFound, RateLimited
 from aiscale.serving.auth import Caller, KeyRing
 from aiscale.serving.batcher import BatchingSettings
 from aiscale.serving.deployment import Deployment
-from aiscale.serving.lane import DeploymentSpec
+from aiscale.serving.lane import AutoscalingSettings, DeploymentSpec
 from aiscale.serving.limits import RateLimiter
 from aiscale.serving.metrics import GatewayMetrics
 from aiscale.serving.rollouts import RolloutManager, RolloutRecords
@@ -75,6 +75,13 @@ def spec_from_config(config: DeploymentConfig, version: Any) -> DeploymentSpec:
         cache_max_bytes=config.cache.max_bytes if config.cache.is_enabled else 0,
         num_threads=config.num_threads,
         max_inflight_batches=config.max_inflight_batches,
+        autoscaling=None
+        if config.autoscaling is None
+        else AutoscalingSettings(
+            config.autoscaling.policy,
+            config.autoscaling.decision_interval_s,
+            dict(config.autoscaling.knobs),
+        ),
     )
 
 

@@ -18,10 +18,20 @@ from prometheus_client.metrics import Histogram as PromHistogram
 
 from aiscale.model import Schema
 from aiscale.rollout.histogram import Histogram, latency_histogram
+from aiscale.serving.autoscaler import LaneAutoscaler
 from aiscale.serving.batcher import Batcher, BatchingSettings, BatchObservation
 from aiscale.serving.cache import ResponseCache, cache_key
 from aiscale.serving.metrics import GatewayMetrics
 from aiscale.serving.replica_pool import LocalReplicaPool, ReplicaSpec
+
+
+@dataclass(frozen=True, slots=True)
+class AutoscalingSettings:
+    """Which scaling policy runs this lane's replica count, and how often it looks."""
+
+    policy: str
+    decision_interval_s: float = 5.0
+    knobs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +51,8 @@ class DeploymentSpec:
     cache_max_bytes: int = 0
     num_threads: int | None = None
     max_inflight_batches: int = 1
+    #: ``None``: the replica count changes only when someone scales it.
+    autoscaling: AutoscalingSettings | None = None
 
 
 class HistogramRecorder:
@@ -86,6 +98,7 @@ class VersionLane:
         self._batch_size: PromHistogram = metrics.batch_size.labels(*labels)
         self._queue_depth: Gauge = metrics.queue_depth.labels(*labels)
         self._restarts: Counter = metrics.replica_restarts.labels(*labels)
+        self._replica_start_seconds: PromHistogram = metrics.replica_start_seconds.labels(*labels)
         self._cache_hits: Counter = metrics.cache_lookups.labels(spec.name, "hit")
         self._cache_misses: Counter = metrics.cache_lookups.labels(spec.name, "miss")
         self.pool = LocalReplicaPool(
@@ -97,8 +110,23 @@ class VersionLane:
                 num_threads=spec.num_threads,
             ),
             on_change=self._export_replicas,
+            on_started=self._replica_start_seconds.observe,
         )
-        self.batcher = Batcher(self.pool, spec.batching, on_batch=self._observe_batch)
+        self.batcher = Batcher(
+            self.pool, spec.batching, on_batch=self._observe_batch, on_cold_arrival=self._wake_up
+        )
+        self.autoscaler = (
+            LaneAutoscaler(
+                self,
+                spec.name,
+                spec.autoscaling.policy,
+                dict(spec.autoscaling.knobs),
+                spec.autoscaling.decision_interval_s,
+                metrics,
+            )
+            if spec.autoscaling is not None
+            else None
+        )
         self.cache = ResponseCache(spec.cache_max_bytes) if spec.cache_max_bytes > 0 else None
         self._queue_depth.set_function(lambda: self.batcher.queue_depth)
         self.schema: Schema | None = None
@@ -140,13 +168,38 @@ class VersionLane:
 
     @property
     def is_ready(self) -> bool:
-        return self.schema is not None and self.pool.num_ready > 0
+        """Loaded, and either serving or scaled to zero on purpose (a request wakes it)."""
+        if self.schema is None:
+            return False
+        is_resting = self.autoscaler is not None and self.pool.num_wanted == 0
+        return self.pool.num_ready > 0 or is_resting
+
+    def load_snapshot(self) -> tuple[int, int, int, int, int, int]:
+        pool = self.pool
+        return (
+            pool.num_ready,
+            pool.num_starting,
+            pool.num_wanted,
+            pool.num_inflight_items,
+            self.batcher.queue_depth,
+            self.batcher.num_submitted,
+        )
+
+    def _wake_up(self) -> None:
+        if self.autoscaler is not None:
+            self.autoscaler.wake()
 
     async def start(self) -> None:
-        """Start the replicas and wait until all are loaded; raises ``ModelLoadError``."""
-        await self.pool.start(self.spec.replicas)
+        """Start the replicas and wait until all are loaded; raises ``ModelLoadError``.
+
+        At least one replica starts even when the spec asks for zero: it reports the model's
+        schema, and an autoscaler may then take the lane to zero once it is idle.
+        """
+        await self.pool.start(max(1, self.spec.replicas))
         self.schema = Schema.from_json(self.pool.schema) if self.pool.schema else None
         self.batcher.start()
+        if self.autoscaler is not None:
+            self.autoscaler.start()
         self._export_replicas()
 
     async def scale(self, num_replicas: int, drain_timeout_s: float = 30.0) -> None:
@@ -155,6 +208,8 @@ class VersionLane:
 
     async def stop(self, drain_timeout_s: float) -> None:
         """Answer what is queued (up to the deadline), then stop the replicas."""
+        if self.autoscaler is not None:
+            await self.autoscaler.stop()
         await self.batcher.wait_empty(drain_timeout_s)
         await self.pool.stop(drain_timeout_s=drain_timeout_s)
         await self.batcher.stop()

@@ -112,6 +112,25 @@ class GatewayMetrics:
             ("deployment", "version"),
             registry=registry,
         )
+        self.autoscaler_target = Gauge(
+            "aiscale_autoscaler_target_replicas",
+            "Replicas the autoscaling policy asks for.",
+            labels,
+            registry=registry,
+        )
+        self.autoscaler_decisions = Counter(
+            "aiscale_autoscaler_decisions_total",
+            "Autoscaler decisions that changed the fleet.",
+            ("deployment", "version", "direction"),
+            registry=registry,
+        )
+        self.replica_start_seconds = Histogram(
+            "aiscale_replica_start_seconds",
+            "Time from starting a replica process to ready.",
+            labels,
+            buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 20, 60, 120),
+            registry=registry,
+        )
         self.rejections = Counter(
             "aiscale_gateway_rejections_total",
             "Requests refused before inference, by reason (auth, rate_limit, queue_full, invalid).",

@@ -89,9 +89,16 @@ class LocalReplicaPool:
     the owner can export it as a metric.
     """
 
-    def __init__(self, spec: ReplicaSpec, *, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        spec: ReplicaSpec,
+        *,
+        on_change: Callable[[], None] | None = None,
+        on_started: Callable[[float], None] | None = None,
+    ) -> None:
         self.spec = spec
         self._on_change = on_change or (lambda: None)
+        self._on_started = on_started or (lambda _seconds: None)
         self._replicas: list[Replica] = []
         self._num_starting = 0
         self._wanted = 0
@@ -210,6 +217,7 @@ class LocalReplicaPool:
         finally:
             self._num_starting -= 1
         self.last_start_s = time.monotonic() - started
+        self._on_started(self.last_start_s)
         if self._is_stopping or self.num_ready >= self._wanted:
             # Scaled down (or stopping) while it loaded: it is not wanted any more.
             self._replicas.append(replica)
