@@ -89,7 +89,7 @@ class Batcher:
         self.settings = settings
         self._on_batch = on_batch or (lambda _observation: None)
         #: Called when an item arrives while no replica is ready or starting (scaled to zero).
-        self._on_cold_arrival = on_cold_arrival or (lambda: None)
+        self._on_cold_arrival = on_cold_arrival
         #: Items accepted so far (the autoscaler's arrival counter).
         self.num_submitted = 0
         self._queue: deque[_Pending] = deque()
@@ -128,7 +128,11 @@ class Batcher:
         if self._task is None or self._task.done():
             raise ReplicaUnavailable("this model version is not serving")
         self.num_submitted += 1
-        if self.pool.num_ready == 0 and self.pool.num_starting == 0:
+        if (
+            self._on_cold_arrival is not None
+            and self.pool.num_ready == 0
+            and self.pool.num_starting == 0
+        ):
             self._on_cold_arrival()
         loop = asyncio.get_running_loop()
         now = time.monotonic()

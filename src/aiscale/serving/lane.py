@@ -113,7 +113,10 @@ class VersionLane:
             on_started=self._replica_start_seconds.observe,
         )
         self.batcher = Batcher(
-            self.pool, spec.batching, on_batch=self._observe_batch, on_cold_arrival=self._wake_up
+            self.pool,
+            spec.batching,
+            on_batch=self._observe_batch,
+            on_cold_arrival=self._wake_up if spec.autoscaling is not None else None,
         )
         self.autoscaler = (
             LaneAutoscaler(
