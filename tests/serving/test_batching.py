@@ -8,8 +8,8 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from aiscale.policies.batching import batch_size_to_take
 from aiscale.serving import BatchingSettings
-from aiscale.serving.batcher import batch_size_to_take
 from tests.serving.conftest import ServerFactory, python_spec
 
 TEXT = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}

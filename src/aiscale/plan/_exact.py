@@ -25,11 +25,11 @@ import numpy as np
 from aiscale.plan._simcore import (
     SimulationConfig,
     SimulationResult,
-    batch_size_to_take,
     make_history,
     summarize,
 )
 from aiscale.plan.traffic import Arrivals
+from aiscale.policies.batching import batch_size_to_take
 from aiscale.scaling.policies.base import ScalingObservation, ScalingPolicy
 
 _READY, _DONE, _TIMEOUT, _TICK = 0, 1, 2, 3
@@ -82,6 +82,9 @@ def run_exact(
 
     queue: deque[int] = deque()
     target_size = 1
+    #: When a replica last became free: the batch delay counts from here or from the oldest
+    #: arrival, whichever is later — the live batcher's rule.
+    last_free_s = 0.0
     is_timeout_pending = False
     dropped = 0
     num_events = 0
@@ -91,14 +94,14 @@ def run_exact(
     def dispatch(now: float) -> None:
         nonlocal target_size, is_timeout_pending
         while queue and idle:
-            oldest = times[queue[0]]
-            # The 1 ns slack: a timeout set at ``oldest + delay`` must see the full delay
+            wait_start = max(times[queue[0]], last_free_s)
+            # The 1 ns slack: a timeout set at ``wait_start + delay`` must see the full delay
             # despite float rounding, or it would re-arm itself forever.
-            waited = now - oldest + 1e-9
+            waited = now - wait_start + 1e-9
             take = batch_size_to_take(len(queue), target_size, max_batch, waited, max_delay)
             if take == 0:
                 if not is_timeout_pending:
-                    push(oldest + max_delay, _TIMEOUT, -1)
+                    push(wait_start + max_delay, _TIMEOUT, -1)
                     is_timeout_pending = True
                 return
             rid = heapq.heappop(idle)
@@ -152,11 +155,13 @@ def run_exact(
             else:
                 state[rid] = _IDLE
                 heapq.heappush(idle, rid)
+                last_free_s = now
                 dispatch(now)
         elif kind == _READY:
             if state[rid] == _STARTING:
                 state[rid] = _IDLE
                 heapq.heappush(idle, rid)
+                last_free_s = now
                 dispatch(now)
         elif kind == _TIMEOUT:
             is_timeout_pending = False

@@ -98,20 +98,6 @@ class SimulationResult:
         return json.dumps(self.to_dict())
 
 
-def batch_size_to_take(
-    num_queued: int, target_size: int, max_batch_size: int, oldest_wait_s: float, max_delay_s: float
-) -> int:
-    """The live batcher's rule (``serving/batcher.py``), repeated here so ``plan`` does not
-    import the serving stack: dispatch when the queue reached the target (the last batch's
-    size, capped) or the oldest item waited ``max_delay_s``; 0 means wait."""
-    if num_queued == 0:
-        return 0
-    target = max(1, min(target_size, max_batch_size))
-    if num_queued >= target or oldest_wait_s >= max_delay_s:
-        return min(num_queued, max_batch_size)
-    return 0
-
-
 class CountsHistory(Sequence[tuple[float, float]]):
     """A read-only ``(bin_start_s, count)`` view over binned arrivals, cut at ``now``.
 

@@ -27,9 +27,9 @@ from aiscale.plan._simcore import (
     CountsHistory,
     SimulationConfig,
     SimulationResult,
-    batch_size_to_take,
 )
 from aiscale.plan.traffic import ArrivalCounts, Arrivals
+from aiscale.policies.batching import batch_size_to_take
 from aiscale.scaling.policies.base import ScalingPolicy
 
 __all__ = [

@@ -6,13 +6,11 @@ task refreshes, so the hot path is one hash and one dict lookup, never a databas
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aiscale.errors import AuthError, Forbidden
-
-SCOPES = frozenset({"admin", "inference"})
+from aiscale.registry import SCOPES, hash_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,10 +23,6 @@ class Caller:
 
 
 ANONYMOUS = Caller("anonymous", SCOPES, None)
-
-
-def hash_key(plaintext: str) -> str:
-    return hashlib.sha256(plaintext.encode()).hexdigest()
 
 
 class KeyRing:

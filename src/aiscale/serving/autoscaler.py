@@ -56,7 +56,6 @@ class LaneAutoscaler:
         self._scaling: asyncio.Task[None] | None = None
         self._last_submitted = 0
         self._last_s = time.monotonic()
-        self.last_reason = ""
 
     def start(self) -> None:
         self._last_s = time.monotonic()
@@ -111,7 +110,6 @@ class LaneAutoscaler:
             return
         direction = "up" if target > wanted else "down"
         self._metrics.autoscaler_decisions.labels(*labels, direction).inc()
-        self.last_reason = decision.reason
         logger.info(
             "autoscaler %s version %s: %d -> %d replicas (%s)",
             self.deployment,

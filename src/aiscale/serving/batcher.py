@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiscale.errors import DeadlineExceeded, Overloaded, ReplicaUnavailable
+from aiscale.policies.batching import batch_size_to_take
 from aiscale.serving.ipc import BatchReply
 from aiscale.serving.replica_pool import LocalReplicaPool, reply_outputs
 
@@ -56,22 +57,6 @@ class _Pending:
     enqueued_s: float
     deadline_s: float
     attempts: int = 0
-
-
-def batch_size_to_take(
-    num_queued: int, target_size: int, max_batch_size: int, waited_s: float, max_delay_s: float
-) -> int:
-    """How many items to dispatch now; 0 means wait for more.
-
-    Dispatch when the queue reached the target (recent demand, capped by the max batch
-    size) or when a free replica has waited ``max_delay_s`` for it (``waited_s``).
-    """
-    if num_queued == 0:
-        return 0
-    target = max(1, min(target_size, max_batch_size))
-    if num_queued >= target or waited_s >= max_delay_s:
-        return min(num_queued, max_batch_size)
-    return 0
 
 
 class Batcher:

@@ -66,7 +66,6 @@ class Deployment:
         # An instance of our own, seeded from the OS: never the global random state.
         self._rng = random.Random(os.urandom(16))
         self._shadow_tasks: set[asyncio.Task[None]] = set()
-        self.num_shadow_skipped = 0
 
     # ----- the primary lane, for callers that see one version ---------------------------------
     @property
@@ -165,7 +164,7 @@ class Deployment:
         if shadow is None or shadow == lane.version or not should_shadow(split, self._rng):
             return
         if len(self._shadow_tasks) >= MAX_SHADOW_INFLIGHT:
-            self.num_shadow_skipped += 1
+            self._metrics.shadow_skipped.labels(self.name).inc()
             return
         task = asyncio.get_running_loop().create_task(
             self._shadow(self.lanes[shadow], items, outputs)

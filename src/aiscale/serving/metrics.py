@@ -131,6 +131,12 @@ class GatewayMetrics:
             buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 20, 60, 120),
             registry=registry,
         )
+        self.shadow_skipped = Counter(
+            "aiscale_shadow_skipped_total",
+            "Requests not mirrored because the shadow version already had its limit in flight.",
+            ("deployment",),
+            registry=registry,
+        )
         self.rejections = Counter(
             "aiscale_gateway_rejections_total",
             "Requests refused before inference, by reason (auth, rate_limit, queue_full, invalid).",
