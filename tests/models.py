@@ -113,3 +113,31 @@ class HashEmbed(Model):
             vector = np.frombuffer(digest, dtype=np.uint8).astype(np.float32) + 1.0
             rows.append(vector / np.linalg.norm(vector))
         return np.stack(rows)
+
+
+class SlowOnDemand(Model):
+    """Echoes, after sleeping the milliseconds written in the file ``config['delay_file']``
+    (none while the file is missing or empty): a latency regression a test injects at will."""
+
+    schema = _TEXT_IN_TEXT_OUT
+
+    def predict(self, batch: Sequence[Any]) -> list[Any]:
+        try:
+            with open(self.config["delay_file"], encoding="utf-8") as f:
+                text = f.read().strip()
+        except FileNotFoundError:
+            text = ""
+        if text:
+            time.sleep(float(text) / 1000.0)
+        return list(batch)
+
+
+class VisibleDevices(Model):
+    """Answers each text with the replica's ``CUDA_VISIBLE_DEVICES`` ("" when unset), after
+    sleeping ``config['delay_ms']`` per batch (default 0) so concurrent requests spread."""
+
+    schema = _TEXT_IN_TEXT_OUT
+
+    def predict(self, batch: Sequence[Any]) -> list[Any]:
+        time.sleep(float(self.config.get("delay_ms", 0)) / 1000.0)
+        return [os.environ.get("CUDA_VISIBLE_DEVICES", "") for _ in batch]

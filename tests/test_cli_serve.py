@@ -111,6 +111,16 @@ def test_refuses_public_address_without_keys(tmp_path: Path) -> None:
     assert "without API keys" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_unreachable_nats_for_capture_is_a_clear_startup_error(tmp_path: Path) -> None:
+    result = run_cli(
+        "serve", "tests.models:Echo", "--port", "0", "--nats-url", "nats://127.0.0.1:1",
+        data_dir=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "cannot connect to NATS at nats://127.0.0.1:1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
     """Requests already being served when SIGTERM arrives are answered before the exit."""
     import concurrent.futures

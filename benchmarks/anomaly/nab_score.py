@@ -172,6 +172,22 @@ def score_corpus(
     return ProfileResult(profile, best_theta, total, normalised, files)
 
 
+def score_at(cases: Sequence[FileCase], profile: str, threshold: float) -> float:
+    """Raw score of ``cases`` at a given threshold (no sweep): for held-out files."""
+    a_tp, a_fp, a_fn = PROFILES[profile]
+    total = 0.0
+    for case in cases:
+        weights, window_of = row_weights(len(case.scores), case.windows, a_tp, a_fp)
+        total += _file_score(case, weights, window_of, threshold, a_fn).raw
+    return total
+
+
+def normalise(raw: float, profile: str, num_windows: int) -> float:
+    """NAB's 0-100 scale: 0 is the null detector, 100 the perfect one."""
+    a_tp, _, a_fn = PROFILES[profile]
+    return 100.0 * (raw + a_fn * num_windows) / ((a_tp + a_fn) * num_windows)
+
+
 def windows_to_rows(
     timestamps: Sequence[str], windows: Sequence[Sequence[str]]
 ) -> list[tuple[int, int]]:

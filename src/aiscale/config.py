@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from aiscale.errors import ConfigError
+from aiscale.gpus.config import GpuPoolConfig, check_gpu_demand, check_teams
+from aiscale.monitor.config import MonitorConfig
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 
@@ -61,6 +63,37 @@ class DeploymentConfig(_Frozen):
     batching: BatchingConfig = BatchingConfig()
     cache: CacheConfig = CacheConfig()
     autoscaling: AutoscalingConfig | None = None
+    #: GPUs per replica: a share of one device (``0 < gpus < 1``, by memory) or whole devices.
+    gpus: Annotated[float, Field(ge=0, le=64)] = 0.0
+    #: GPU memory per replica: the share's size, or the least memory of each whole device.
+    gpu_memory_mb: Annotated[int, Field(ge=1)] | None = None
+    #: The team whose quota the GPUs count against (``server.gpus.teams``).
+    team: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
+    #: Seconds a replica may wait for GPU capacity before it is refused; 0 refuses at once.
+    gpu_wait_s: Annotated[float, Field(ge=0, le=3600)] = 0.0
+    #: Among waiting GPU requests, higher goes first; equal ones in arrival order.
+    gpu_priority: Annotated[int, Field(ge=-100, le=100)] = 0
+
+    @model_validator(mode="after")
+    def _gpu_demand(self) -> DeploymentConfig:
+        check_gpu_demand(self.gpus, self.gpu_memory_mb)
+        return self
+
+
+class CaptureServerConfig(_Frozen):
+    """Capture of every request and feedback; on by default so a new user's data is never lost."""
+
+    is_enabled: bool = Field(default=True, alias="enabled")
+    sample_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    #: Keys (at any depth of inputs and outputs) whose values are replaced by ``[REDACTED]``.
+    redact_fields: tuple[str, ...] = ()
+    #: Regular expressions whose matches in any captured string are replaced by ``[REDACTED]``.
+    redact_patterns: tuple[str, ...] = ()
+    #: Records accepted but not yet durable before appends are refused with 503.
+    max_queue: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000
+    #: Publish to this NATS JetStream server instead of the local log (several gateways).
+    nats_url: str | None = None
+    nats_stream: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "AISCALE_CAPTURE"
 
 
 class ServerConfig(_Frozen):
@@ -72,6 +105,11 @@ class ServerConfig(_Frozen):
     is_insecure: bool = Field(default=False, alias="insecure")
     drain_timeout_s: Annotated[float, Field(ge=0)] = 30.0
     key_refresh_s: Annotated[float, Field(gt=0)] = 2.0
+    capture: CaptureServerConfig = CaptureServerConfig()
+    #: The live monitor (SLOs, anomalies, forecasts, alerts and actions).
+    monitor: MonitorConfig = MonitorConfig()
+    #: Accelerators (found by NVML or declared) and the teams' quotas.
+    gpus: GpuPoolConfig = GpuPoolConfig()
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -105,11 +143,13 @@ def _dotted(location: tuple[int | str, ...]) -> str:
 def parse_config(data: Mapping[str, Any]) -> AiscaleConfig:
     """Validate a whole configuration; the first error names its dotted field path."""
     try:
-        return AiscaleConfig.model_validate(dict(data))
+        config = AiscaleConfig.model_validate(dict(data))
     except ValidationError as exc:
         first = exc.errors()[0]
         path = _dotted(first["loc"])
         raise ConfigError(f"{path}: {first['msg']}", field=path) from None
+    check_teams(config.server.gpus, [(d.name, d.gpus, d.team) for d in config.deployments])
+    return config
 
 
 def load_config(
@@ -136,7 +176,12 @@ def load_config(
         if variable in env:
             server[field_name] = env[variable]
     for field_name, value in (server_overrides or {}).items():
-        if value is not None:
+        if isinstance(value, Mapping):
+            # A nested section (e.g. ``capture``): flags override only the keys they set.
+            given = {k: v for k, v in value.items() if v is not None}
+            if given:
+                server[field_name] = {**dict(server.get(field_name) or {}), **given}
+        elif value is not None:
             server[field_name] = value
     data["server"] = server
     return parse_config(data)

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from aiscale.serving import (
     BatchingSettings,
@@ -36,10 +37,19 @@ def python_spec(name: str, cls: str, **kwargs: Any) -> DeploymentSpec:
 
 
 def start_gateway(
-    *specs: DeploymentSpec, settings: GatewaySettings | None = None, control: Any = None
+    *specs: DeploymentSpec,
+    settings: GatewaySettings | None = None,
+    control: Any = None,
+    capture: Any = None,
 ) -> ThreadedServer:
+    """``capture`` is a function of the gateway's metrics registry giving a capture backend."""
+    registry = CollectorRegistry()
     gateway = Gateway(
-        settings or GatewaySettings(drain_timeout_s=5.0), list(specs), control=control
+        settings or GatewaySettings(drain_timeout_s=5.0),
+        list(specs),
+        metrics_registry=registry,
+        control=control,
+        capture=capture(registry) if capture is not None else None,
     )
     return start_in_thread(GatewayApp(gateway))
 
@@ -50,9 +60,12 @@ def serve() -> Iterator[ServerFactory]:
     started: list[ThreadedServer] = []
 
     def factory(
-        *specs: DeploymentSpec, settings: GatewaySettings | None = None, control: Any = None
+        *specs: DeploymentSpec,
+        settings: GatewaySettings | None = None,
+        control: Any = None,
+        capture: Any = None,
     ) -> ThreadedServer:
-        server = start_gateway(*specs, settings=settings, control=control)
+        server = start_gateway(*specs, settings=settings, control=control, capture=capture)
         started.append(server)
         return server
 

@@ -88,6 +88,20 @@ def serve(
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Allow a non-loopback address without API keys.")
     ] = False,
+    capture: Annotated[
+        bool | None,
+        typer.Option(
+            "--capture/--no-capture",
+            help="Capture every request and feedback durably [default: on].",
+        ),
+    ] = None,
+    capture_sample_rate: Annotated[
+        float | None, typer.Option(help="Fraction of requests captured, 0..1 [default: 1].")
+    ] = None,
+    nats_url: Annotated[
+        str | None,
+        typer.Option(help="Publish capture to this NATS JetStream server (several gateways)."),
+    ] = None,
     data_dir: DataDirOption = None,
     registry_url: RegistryUrlOption = None,
 ) -> None:
@@ -106,6 +120,11 @@ def serve(
                 "insecure": insecure or None,
                 "data_dir": str(paths.data_dir),
                 "registry_url": paths.registry_url,
+                "capture": {
+                    "enabled": capture,
+                    "sample_rate": capture_sample_rate,
+                    "nats_url": nats_url,
+                },
             },
         )
         paths.data_dir.mkdir(parents=True, exist_ok=True)

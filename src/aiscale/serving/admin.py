@@ -18,6 +18,7 @@ from aiscale.rollout.controller import RolloutPlan, decision_numbers
 from aiscale.rollout.split import TrafficSplit
 from aiscale.serving.gateway import Gateway
 from aiscale.serving.lane import VersionLane
+from aiscale.serving.monitor_admin import MonitorApi
 
 if TYPE_CHECKING:
     from aiscale.serving.app import Request, Response
@@ -83,6 +84,13 @@ def describe_lane(lane: VersionLane) -> dict[str, Any]:
         "max_batch_size": spec.batching.max_batch_size,
         "max_batch_delay_ms": spec.batching.max_batch_delay_s * 1000.0,
         "is_ready": lane.is_ready,
+        "gpu": None
+        if spec.gpu is None
+        else {
+            "num_gpus": spec.gpu.num_gpus,
+            "memory_mb": spec.gpu.memory_mb,
+            "team": spec.gpu.team,
+        },
     }
 
 
@@ -107,9 +115,12 @@ def describe(gateway: Gateway, name: str) -> dict[str, Any]:
 class AdminApi:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.monitor = MonitorApi(gateway)
 
     async def handle(self, request: Request, method: str, parts: list[str]) -> Response:
         gateway = self.gateway
+        if parts and parts[0] == "monitor":
+            return await self.monitor.handle(request, method, parts[1:])
         if parts == ["deployments"]:
             if method == "GET":
                 return _ok({"deployments": [describe(gateway, n) for n in gateway.deployments]})
@@ -133,6 +144,10 @@ class AdminApi:
             return _ok(describe(gateway, parts[1]))
         if len(parts) >= 3 and parts[0] == "deployments" and parts[2] in _RELEASE_PATHS:
             return await self._release(request, method, parts[1], parts[2:])
+        if parts == ["gpus"]:
+            if method != "GET":
+                raise MethodNotAllowed("use GET", field="method")
+            return _ok(gateway.gpus.snapshot())
         if parts == ["keys", "refresh"]:
             if method != "POST":
                 raise MethodNotAllowed("use POST", field="method")

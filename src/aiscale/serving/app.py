@@ -19,13 +19,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aiscale.errors import (
     AiscaleError,
+    Conflict,
     InvalidInput,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     ReplicaUnavailable,
 )
-from aiscale.serving import oip_v2, openai_api
+from aiscale.dashboard import DashboardAssets
+from aiscale.serving import feedback, oip_v2, openai_api
 from aiscale.serving.admin import AdminApi
 from aiscale.serving.deployment import Deployment
 from aiscale.serving.errors import error_body, render_error
@@ -91,6 +93,7 @@ class GatewayApp:
     def __init__(self, gateway: Gateway, *, on_ready: Callable[[], None] | None = None) -> None:
         self.gateway = gateway
         self.admin = AdminApi(gateway)
+        self.dashboard = DashboardAssets()
         self._on_ready = on_ready
         self._request_counters: dict[tuple[str, str, int], Any] = {}
         self._request_seconds: dict[tuple[str, str], Any] = {}
@@ -108,6 +111,10 @@ class GatewayApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.gateway.start()
+                except AiscaleError as exc:  # a known cause: one line, no traceback
+                    logger.error("gateway failed to start: %s", exc)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
                 except Exception as exc:  # startup boundary: report and refuse to start
                     logger.exception("gateway failed to start")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -152,6 +159,11 @@ class GatewayApp:
                 200,
                 generate_latest(self.gateway.metrics_registry),
                 [(b"content-type", CONTENT_TYPE_LATEST.encode())],
+            )
+        if head == "dashboard":
+            # The static page needs no key; its script sends the admin key to /admin/...
+            return await self.dashboard.handle(
+                method, parts[1:], request.header(b"accept-encoding")
             )
         if head == "admin":
             caller = self.gateway.keyring.authenticate(request.header(b"authorization"), "admin")
@@ -222,11 +234,17 @@ class GatewayApp:
     ) -> Response:
         started = time.perf_counter()
         status = 500
+        inputs: Any = None
+        outputs: Any = None
+        user_key = request.header(b"x-user-id")
         try:
             caller = self.gateway.keyring.authenticate(
                 request.header(b"authorization"), "inference"
             )
+            user_key = user_key or caller.key_id
             self.gateway.admit(caller)
+            if self.gateway.shedding:
+                self.gateway.check_priority(deployment.name, request.header(b"x-aiscale-priority"))
             body = await request.body()
             schema = _schema_of(lane)
             length = request.header(b"inference-header-content-length")
@@ -235,6 +253,7 @@ class GatewayApp:
                     "Inference-Header-Content-Length must be an integer", field="headers"
                 )
             parsed = oip_v2.parse_infer_request(body, int(length) if length else None, schema)
+            inputs = parsed.items
             outputs = await lane.infer(parsed.items)
             deployment.mirror(lane, parsed.items, outputs)
             payload, header_length = oip_v2.render_infer_response(
@@ -255,9 +274,13 @@ class GatewayApp:
             if header_length is not None:
                 headers.append((b"inference-header-content-length", str(header_length).encode()))
             status = 200
+            await self._capture(request, deployment.name, lane, inputs, outputs, status, started,
+                                user_key)
             return status, payload, headers
         except AiscaleError as exc:
             status = render_error(exc)[0]
+            await self._capture(request, deployment.name, lane, inputs, None, status, started,
+                                user_key)
             raise
         finally:
             self._count(deployment.name, lane, status, started)
@@ -280,6 +303,9 @@ class GatewayApp:
         if parts == ["embeddings"]:
             _expect(method, "POST")
             return await self._embeddings(request, caller)
+        if parts == ["feedback"]:
+            _expect(method, "POST")
+            return await self._feedback(request, caller)
         raise NotFound(f"no endpoint at /v1/{'/'.join(parts)}", field="path")
 
     async def _embeddings(self, request: Request, caller: Any) -> Response:
@@ -287,12 +313,16 @@ class GatewayApp:
         status = 500
         name = ""
         lane: VersionLane | None = None
+        texts: list[str] | None = None
+        user_key: str | None = request.header(b"x-user-id") or caller.key_id
         try:
             self.gateway.admit(caller)
             parsed = openai_api.parse_embeddings_request(await request.body())
             deployment = self.gateway.deployment(parsed.model)
             name = deployment.name
-            user_key = request.header(b"x-user-id") or parsed.user
+            if self.gateway.shedding:
+                self.gateway.check_priority(name, request.header(b"x-aiscale-priority"))
+            user_key = request.header(b"x-user-id") or parsed.user or caller.key_id
             lane = deployment.route(user_key, request.header(b"x-aiscale-version"))
             schema = _schema_of(lane)
             if not _is_text_embedding(schema):
@@ -302,6 +332,7 @@ class GatewayApp:
             dimensions = schema.outputs[0].shape[0]
             if parsed.dimensions is not None and parsed.dimensions != dimensions:
                 raise InvalidInput(f"{name!r} gives {dimensions} dimensions", field="dimensions")
+            texts = parsed.texts
             outputs = await lane.infer(parsed.texts)
             deployment.mirror(lane, parsed.texts, outputs)
             payload = openai_api.render_embeddings_response(
@@ -311,13 +342,58 @@ class GatewayApp:
                 num_tokens=openai_api.count_tokens(parsed.texts),
             )
             status = 200
+            await self._capture(request, name, lane, texts, outputs, status, started, user_key)
             return status, payload, [_JSON, (b"x-aiscale-version", lane.version.encode())]
         except AiscaleError as exc:
             status = render_error(exc)[0]
+            if lane is not None:
+                await self._capture(request, name, lane, texts, None, status, started, user_key)
             raise
         finally:
             if lane is not None:
                 self._count(name, lane, status, started)
+
+    async def _feedback(self, request: Request, caller: Any) -> Response:
+        capture = self.gateway.capture
+        if capture is None:
+            raise Conflict("feedback needs capture, which is off on this server", field="capture")
+        self.gateway.admit(caller)
+        user_key = request.header(b"x-user-id") or caller.key_id
+        record = feedback.parse_feedback(
+            await request.body(),
+            feedback_id=uuid.uuid4().hex,
+            user_hash=capture.backend.hash_user_key(user_key) if user_key else None,
+        )
+        await capture.backend.append_feedback(record)
+        return _json(
+            200,
+            {"feedback_id": record.feedback_id, "request_id": record.request_id, "recorded": True},
+        )
+
+    async def _capture(
+        self,
+        request: Request,
+        name: str,
+        lane: VersionLane,
+        inputs: Any,
+        outputs: Any,
+        status: int,
+        started: float,
+        user_key: str | None,
+    ) -> None:
+        capture = self.gateway.capture
+        if capture is None:
+            return
+        await capture.record(
+            request_id=request.request_id,
+            deployment=name,
+            version=lane.version,
+            inputs=inputs,
+            outputs=outputs,
+            latency_s=time.perf_counter() - started,
+            status=status,
+            user_key=user_key,
+        )
 
     def _count(self, name: str, lane: VersionLane, status: int, started: float) -> None:
         elapsed_s = time.perf_counter() - started

@@ -26,7 +26,8 @@ from typing import Any
 from aiscale.errors import DeadlineExceeded, Overloaded, ReplicaUnavailable
 from aiscale.policies.batching import batch_size_to_take
 from aiscale.serving.ipc import BatchReply
-from aiscale.serving.replica_pool import LocalReplicaPool, reply_outputs
+from aiscale.serving.pool import BatchTarget
+from aiscale.serving.replica_pool import reply_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class Batcher:
 
     def __init__(
         self,
-        pool: LocalReplicaPool,
+        pool: BatchTarget[Any],
         settings: BatchingSettings,
         *,
         on_batch: Callable[[BatchObservation], None] | None = None,

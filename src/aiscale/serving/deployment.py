@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from aiscale.errors import AiscaleError, Conflict, InvalidInput, NotFound
+from aiscale.gpus import GpuPool
 from aiscale.model import Schema
 from aiscale.rollout.split import TrafficSplit, choose_version, should_shadow
 from aiscale.serving.errors import status_for
@@ -55,10 +56,14 @@ def divergence(primary: Any, shadow: Any) -> float:
 class Deployment:
     """A named deployment; starts with one lane (``spec``) taking all traffic."""
 
-    def __init__(self, spec: DeploymentSpec, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, spec: DeploymentSpec, metrics: GatewayMetrics, gpus: GpuPool | None = None
+    ) -> None:
         self.name = spec.name
         self._metrics = metrics
-        self.lanes: dict[str, VersionLane] = {spec.version: VersionLane(spec, metrics)}
+        #: Where the lanes' replicas get GPUs (the gateway's pool).
+        self._gpus = gpus
+        self.lanes: dict[str, VersionLane] = {spec.version: VersionLane(spec, metrics, gpus)}
         self.primary_version = spec.version
         self.split = TrafficSplit.of({spec.version: 100.0})
         #: Alias name → version, for the ``x-aiscale-version`` header.
@@ -115,7 +120,7 @@ class Deployment:
             raise Conflict(
                 f"version {spec.version!r} is already deployed in {self.name!r}", field="version"
             )
-        lane = VersionLane(spec, self._metrics)
+        lane = VersionLane(spec, self._metrics, self._gpus)
         await lane.start()
         self.lanes[spec.version] = lane
         return lane

@@ -17,9 +17,13 @@ import anyio
 from prometheus_client import CollectorRegistry
 
 from aiscale.config import DeploymentConfig
-from aiscale.errors import InvalidInput, NotFound, RateLimited
+from aiscale.errors import InvalidInput, NotFound, Overloaded, RateLimited
+from aiscale.gpus import GpuDemand, GpuPool, GpuPoolConfig, Reservation
+from aiscale.monitor.config import MonitorConfig
+from aiscale.monitor.live import LiveMonitor
 from aiscale.serving.auth import Caller, KeyRing
 from aiscale.serving.batcher import BatchingSettings
+from aiscale.serving.capturing import CaptureBackend, RequestCapture
 from aiscale.serving.deployment import Deployment
 from aiscale.serving.lane import AutoscalingSettings, DeploymentSpec
 from aiscale.serving.limits import RateLimiter
@@ -82,6 +86,11 @@ def spec_from_config(config: DeploymentConfig, version: Any) -> DeploymentSpec:
             config.autoscaling.decision_interval_s,
             dict(config.autoscaling.knobs),
         ),
+        gpu=GpuDemand(
+            config.gpus, config.gpu_memory_mb, config.team, config.gpu_wait_s, config.gpu_priority
+        )
+        if config.gpus > 0
+        else None,
     )
 
 
@@ -95,13 +104,22 @@ class Gateway:
         *,
         metrics_registry: CollectorRegistry | None = None,
         control: ControlStore | None = None,
+        capture: CaptureBackend | None = None,
+        monitor: MonitorConfig | None = None,
+        gpus: GpuPoolConfig | None = None,
     ) -> None:
         self.settings = settings
         self.metrics_registry = metrics_registry or CollectorRegistry()
+        #: Devices, team quotas and waiting GPU requests (NVML discovery unless configured).
+        self.gpus = GpuPool.from_config(
+            gpus if gpus is not None else GpuPoolConfig(), metrics_registry=self.metrics_registry
+        )
         self.metrics = GatewayMetrics(self.metrics_registry)
         self.keyring = KeyRing()
         self.limiter = RateLimiter()
         self.control = control
+        #: Every answered request's record, made durable before the answer is sent.
+        self.capture = RequestCapture(capture) if capture is not None else None
         self._initial_specs = list(specs)
         self.deployments: dict[str, Deployment] = {}
         #: The config each deployment was made from, kept to persist later changes.
@@ -116,15 +134,23 @@ class Gateway:
         )
         self.is_ready = False
         self.is_draining = False
+        #: Deployments refusing ``x-aiscale-priority: low`` requests (the monitor's ``shed``).
+        self.shedding: set[str] = set()
+        monitor_config = monitor if monitor is not None else MonitorConfig()
+        self.monitor = LiveMonitor(self, monitor_config) if monitor_config.is_enabled else None
 
     async def start(self) -> None:
         await self.refresh_keys()
-        started = [Deployment(spec, self.metrics) for spec in self._initial_specs]
+        if self.capture is not None:
+            await self.capture.backend.start()
+        started = [Deployment(spec, self.metrics, self.gpus) for spec in self._initial_specs]
         results = await asyncio.gather(*(d.start() for d in started), return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             # Leave no orphan replica behind when one deployment cannot start.
             await asyncio.gather(*(d.stop(0.0) for d in started), return_exceptions=True)
+            if self.capture is not None:
+                await self.capture.backend.stop(0.0)
             raise failures[0]
         self.deployments = {d.spec.name: d for d in started}
         try:
@@ -134,11 +160,16 @@ class Gateway:
             raise
         if self.control is not None:
             self._spawn(self._refresh_keys_forever(), "key-refresh")
+        if self.monitor is not None:
+            self.monitor.start()
         self.is_ready = True
 
     async def stop(self) -> None:
         """Drain in-flight work with a deadline, then stop replicas and background tasks."""
         self.is_draining = True
+        self.gpus.close()  # waiting GPU requests fail now rather than at their deadline
+        if self.monitor is not None:
+            await self.monitor.stop()  # first: no action may start while the rest stops
         await self.rollouts.stop()
         await asyncio.gather(
             *(d.stop(self.settings.drain_timeout_s) for d in self.deployments.values())
@@ -146,6 +177,8 @@ class Gateway:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.capture is not None:
+            await self.capture.backend.stop(self.settings.drain_timeout_s)
 
     def _spawn(self, coroutine: Any, name: str) -> None:
         task = asyncio.create_task(coroutine, name=name)
@@ -170,18 +203,47 @@ class Gateway:
                 retry_after_s=wait_s,
             )
 
+    def check_priority(self, deployment: str, priority: str | None) -> None:
+        """Refuse a low-priority request while ``deployment`` sheds load (503 + Retry-After).
+        Callers check ``self.shedding`` first, so this costs nothing while nothing sheds."""
+        if priority == "low" and deployment in self.shedding:
+            retry_s = self.monitor.config.actions.shed_retry_after_s if self.monitor else 5.0
+            raise Overloaded(
+                f"{deployment!r} is shedding low-priority requests", retry_after_s=retry_s
+            )
+
     # ----- admin -----------------------------------------------------------------------
     async def deploy(self, spec: DeploymentSpec) -> Deployment:
-        """Create or replace a deployment with zero downtime: the new one is ready first."""
-        async with self._admin_lock:
-            fresh = Deployment(spec, self.metrics)
-            await fresh.start()
-            old = self.deployments.get(spec.name)
-            self.deployments = {**self.deployments, spec.name: fresh}
-            if old is not None:
-                await old.stop(self.settings.drain_timeout_s)
-            logger.info("deployed %s: model %s version %s", spec.name, spec.model, spec.version)
-            return fresh
+        """Create or replace a deployment with zero downtime: the new one is ready first.
+
+        GPUs for its replicas are taken first, outside the admin lock, so that waiting for
+        capacity (up to ``gpu_wait_s``) never blocks the scale-down that would free it.
+        """
+        reservation = await self._reserve_gpus(spec, max(1, spec.replicas))
+        try:
+            async with self._admin_lock:
+                fresh = Deployment(spec, self.metrics, self.gpus)
+                try:
+                    await fresh.start()
+                except BaseException:
+                    await fresh.stop(0.0)  # no orphan replica holds a process or a GPU
+                    raise
+                old = self.deployments.get(spec.name)
+                self.deployments = {**self.deployments, spec.name: fresh}
+                if old is not None:
+                    await old.stop(self.settings.drain_timeout_s)
+                logger.info(
+                    "deployed %s: model %s version %s", spec.name, spec.model, spec.version
+                )
+                return fresh
+        finally:
+            if reservation is not None:
+                reservation.cancel()
+
+    async def _reserve_gpus(self, spec: DeploymentSpec, num_replicas: int) -> Reservation | None:
+        if spec.gpu is None or num_replicas <= 0:
+            return None
+        return await self.gpus.reserve(spec.name, spec.version, spec.gpu, num_replicas)
 
     async def deploy_config(self, config: DeploymentConfig) -> Deployment:
         """Resolve the version in the registry, deploy it, and persist the wanted state."""
@@ -198,10 +260,16 @@ class Gateway:
     async def scale(self, name: str, num_replicas: int) -> Deployment:
         if num_replicas < 0:
             raise InvalidInput("replicas must be >= 0", field="replicas")
-        async with self._admin_lock:
-            deployment = self.deployment(name)
-            await deployment.scale(num_replicas, self.settings.drain_timeout_s)
-            logger.info("scaled %s to %d replicas", name, num_replicas)
+        lane = self.deployment(name).primary
+        reservation = await self._reserve_gpus(lane.spec, num_replicas - lane.pool.num_wanted)
+        try:
+            async with self._admin_lock:
+                deployment = self.deployment(name)
+                await deployment.scale(num_replicas, self.settings.drain_timeout_s)
+                logger.info("scaled %s to %d replicas", name, num_replicas)
+        finally:
+            if reservation is not None:
+                reservation.cancel()
         config = self.configs.get(name)
         if config is not None and self.control is not None:
             config = config.model_copy(update={"replicas": num_replicas})

@@ -16,13 +16,17 @@ import orjson
 from prometheus_client.metrics import Counter, Gauge
 from prometheus_client.metrics import Histogram as PromHistogram
 
+from aiscale.errors import InvalidInput
+from aiscale.gpus import GpuDemand, GpuPool
 from aiscale.model import Schema
 from aiscale.rollout.histogram import Histogram, latency_histogram
 from aiscale.serving.autoscaler import LaneAutoscaler
 from aiscale.serving.batcher import Batcher, BatchingSettings, BatchObservation
 from aiscale.serving.cache import ResponseCache, cache_key
 from aiscale.serving.metrics import GatewayMetrics
-from aiscale.serving.replica_pool import LocalReplicaPool, ReplicaSpec
+from aiscale.serving.pool import ReplicaPool
+from aiscale.serving.ray_pool import RayPlacement, RayReplicaPool
+from aiscale.serving.replica_pool import LocalReplicaPool, ReplicaResources, ReplicaSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,26 @@ class DeploymentSpec:
     max_inflight_batches: int = 1
     #: ``None``: the replica count changes only when someone scales it.
     autoscaling: AutoscalingSettings | None = None
+    #: GPUs each replica asks of the gateway's GPU pool; ``None`` runs on CPUs only.
+    gpu: GpuDemand | None = None
+    #: ``None``: replicas are processes on this machine; else actors on a Ray cluster.
+    placement: RayPlacement | None = None
+
+    @property
+    def num_gpus(self) -> float:
+        """GPUs per replica (a fraction shares one device); a Ray pool passes it to actors."""
+        return self.gpu.num_gpus if self.gpu is not None else 0.0
+
+
+def _gpu_resources(spec: DeploymentSpec, gpus: GpuPool | None) -> ReplicaResources | None:
+    """Each replica's devices come from the pool; a GPU deployment without a pool is refused."""
+    if spec.gpu is None or spec.gpu.num_gpus <= 0:
+        return None
+    if gpus is None:
+        raise InvalidInput(
+            f"{spec.name} asks for GPUs but this server has no GPU pool", field="gpus"
+        )
+    return gpus.for_lane(spec.name, spec.version, spec.gpu)
 
 
 class HistogramRecorder:
@@ -89,7 +113,9 @@ class LaneCounts:
 class VersionLane:
     """A running model version: ``start`` before use, ``stop`` to drain and end it."""
 
-    def __init__(self, spec: DeploymentSpec, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, spec: DeploymentSpec, metrics: GatewayMetrics, gpus: GpuPool | None = None
+    ) -> None:
         self.spec = spec
         self._metrics = metrics
         labels = (spec.name, spec.version)
@@ -101,17 +127,30 @@ class VersionLane:
         self._replica_start_seconds: PromHistogram = metrics.replica_start_seconds.labels(*labels)
         self._cache_hits: Counter = metrics.cache_lookups.labels(spec.name, "hit")
         self._cache_misses: Counter = metrics.cache_lookups.labels(spec.name, "miss")
-        self.pool = LocalReplicaPool(
-            ReplicaSpec(
-                spec.runtime,
-                spec.uri,
-                dict(spec.model_config),
-                max_inflight_batches=spec.max_inflight_batches,
-                num_threads=spec.num_threads,
-            ),
-            on_change=self._export_replicas,
-            on_started=self._replica_start_seconds.observe,
+        replica_spec = ReplicaSpec(
+            spec.runtime,
+            spec.uri,
+            dict(spec.model_config),
+            max_inflight_batches=spec.max_inflight_batches,
+            num_threads=spec.num_threads,
         )
+        self.pool: ReplicaPool[Any]
+        if spec.placement is None:
+            self.pool = LocalReplicaPool(
+                replica_spec,
+                on_change=self._export_replicas,
+                on_started=self._replica_start_seconds.observe,
+                resources=_gpu_resources(spec, gpus),
+            )
+        else:
+            # Ray assigns each actor its devices (``num_gpus`` in the placement), so the
+            # gateway's local GPU pool is not asked.
+            self.pool = RayReplicaPool(
+                replica_spec,
+                spec.placement,
+                on_change=self._export_replicas,
+                on_started=self._replica_start_seconds.observe,
+            )
         self.batcher = Batcher(
             self.pool,
             spec.batching,

@@ -11,9 +11,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiscale.config import AiscaleConfig, DeploymentConfig
+from prometheus_client import CollectorRegistry
+
+from aiscale.config import AiscaleConfig, DeploymentConfig, ServerConfig
+from aiscale.data.capture import CaptureLayout, CaptureSink, load_or_create_salt
+from aiscale.data.capture_nats import NatsCaptureSink
+from aiscale.data.capture_record import CaptureConfig
 from aiscale.errors import InvalidInput, NotFound
 from aiscale.registry import FsspecArtifactStore, SqlRegistry, register_with_artifact
+from aiscale.serving.capturing import CaptureBackend
 from aiscale.serving.control import RegistryControl
 from aiscale.serving.gateway import Gateway, GatewaySettings, spec_from_config
 
@@ -87,6 +93,24 @@ def _register_once(
     return ModelChoice(record.model, record.version)
 
 
+def build_capture(server: ServerConfig, registry: CollectorRegistry) -> CaptureBackend | None:
+    """The server's capture backend: the local durable log by default, NATS when configured."""
+    settings = server.capture
+    if not settings.is_enabled:
+        return None
+    layout = CaptureLayout.from_data_dir(server.resolved_data_dir)
+    capture_config = CaptureConfig(
+        sample_rate=settings.sample_rate,
+        redact_fields=settings.redact_fields,
+        redact_patterns=settings.redact_patterns,
+        max_queue=settings.max_queue,
+        salt=load_or_create_salt(layout.root / "salt"),
+    )
+    if settings.nats_url is not None:
+        return NatsCaptureSink(settings.nats_url, settings.nats_stream, capture_config, registry)
+    return CaptureSink(layout, capture_config, registry)
+
+
 def build_gateway(
     config: AiscaleConfig,
     registry: SqlRegistry,
@@ -104,6 +128,7 @@ def build_gateway(
         version = control.resolve_version(deployment.model, deployment.version)
         specs.append(spec_from_config(deployment, version))
     server = config.server
+    metrics_registry = CollectorRegistry()
     gateway = Gateway(
         GatewaySettings(
             max_body_bytes=server.max_body_bytes,
@@ -111,7 +136,15 @@ def build_gateway(
             key_refresh_s=server.key_refresh_s,
         ),
         specs,
+        metrics_registry=metrics_registry,
         control=control,
+        capture=build_capture(server, metrics_registry),
+        gpus=server.gpus,
+        monitor=server.monitor
+        if server.monitor.audit_path is not None
+        else server.monitor.model_copy(
+            update={"audit_path": server.resolved_data_dir / "monitor" / "audit.jsonl"}
+        ),
     )
     gateway.configs.update(by_name)
     for deployment in by_name.values():

@@ -16,11 +16,11 @@ import pickle
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from aiscale.errors import ModelLoadError, ReplicaError, ReplicaUnavailable
+from aiscale.errors import AiscaleError, ModelLoadError, ReplicaError, ReplicaUnavailable
 from aiscale.serving.ipc import (
     HEADER_SIZE,
     BatchReply,
@@ -56,6 +56,31 @@ class ReplicaSpec:
     num_threads: int | None = None
 
 
+class ReplicaLease(Protocol):
+    """Resources one replica holds (e.g. GPU devices) from before its start until it exits."""
+
+    @property
+    def env(self) -> Mapping[str, str]:
+        """Variables added to the replica's environment (e.g. ``CUDA_VISIBLE_DEVICES``)."""
+        ...
+
+    def serving(self) -> None:
+        """Called once, when the replica is ready to serve."""
+        ...
+
+    def release(self) -> None:
+        """Give the resources back; called at least once when the replica ends (idempotent)."""
+        ...
+
+
+class ReplicaResources(Protocol):
+    """Per-replica resources of a pool (the gateway's GPU pool implements it)."""
+
+    async def acquire(self) -> ReplicaLease:
+        """A lease for one replica about to start; may wait, raises an ``AiscaleError``."""
+        ...
+
+
 @dataclass(slots=True)
 class _InflightBatch:
     future: asyncio.Future[BatchReply]
@@ -76,6 +101,8 @@ class Replica:
     num_inflight_items: int = 0
     is_draining: bool = False
     is_dead: bool = False
+    #: Per-replica resources (GPU devices), released when the replica ends.
+    lease: ReplicaLease | None = None
 
     @property
     def pid(self) -> int:
@@ -95,8 +122,10 @@ class LocalReplicaPool:
         *,
         on_change: Callable[[], None] | None = None,
         on_started: Callable[[float], None] | None = None,
+        resources: ReplicaResources | None = None,
     ) -> None:
         self.spec = spec
+        self._resources = resources
         self._on_change = on_change or (lambda: None)
         self._on_started = on_started or (lambda _seconds: None)
         self._replicas: list[Replica] = []
@@ -211,9 +240,20 @@ class LocalReplicaPool:
 
     async def _start_one(self) -> Replica:
         self._num_starting += 1
-        started = time.monotonic()
         try:
-            replica = await self._spawn()
+            try:
+                lease = await self._resources.acquire() if self._resources else None
+            except BaseException:
+                # Refused (or gave up waiting): this replica will not exist.
+                self._wanted = max(0, self._wanted - 1)
+                raise
+            started = time.monotonic()
+            try:
+                replica = await self._spawn(lease)
+            except BaseException:
+                if lease is not None:
+                    lease.release()
+                raise
         finally:
             self._num_starting -= 1
         self.last_start_s = time.monotonic() - started
@@ -238,9 +278,11 @@ class LocalReplicaPool:
         )
         self._capacity.set()
         self._on_change()
+        if replica.lease is not None:
+            replica.lease.serving()
         return replica
 
-    async def _spawn(self) -> Replica:
+    async def _spawn(self, lease: ReplicaLease | None = None) -> Replica:
         parent, child = socket.socketpair()
         config = dict(self.spec.config)
         num_threads = int(config.get("num_threads") or self._threads_per_replica())
@@ -258,6 +300,8 @@ class LocalReplicaPool:
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("TRANSFORMERS_OFFLINE", "1")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        if lease is not None:
+            env.update(lease.env)
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -296,7 +340,10 @@ class LocalReplicaPool:
             process.kill()
             raise ModelLoadError(f"replica sent {type(first).__name__} before ready")
         self.schema = first.schema
-        return Replica(next(self._replica_ids), process, writer, reader, first.schema, first.load_s)
+        return Replica(
+            next(self._replica_ids), process, writer, reader, first.schema, first.load_s,
+            lease=lease,
+        )
 
     async def _read_replies(self, replica: Replica) -> None:
         """Resolve each batch's future; on EOF, fail what is left and replace the replica."""
@@ -334,6 +381,8 @@ class LocalReplicaPool:
         cause = f"replica {replica.replica_id} (pid {replica.pid}) exited with code {code}"
         self._fail_inflight(replica, cause)
         replica.writer.close()
+        if replica.lease is not None:
+            replica.lease.release()
         self._on_change()
         self._capacity.set()
         if was_expected or self._is_stopping:
@@ -343,7 +392,7 @@ class LocalReplicaPool:
             self.num_replaced += 1
             try:
                 await self._start_one()
-            except ModelLoadError:
+            except AiscaleError:  # a model that will not load, or no GPU for it
                 logger.exception("replacement of replica %d failed", replica.replica_id)
 
     def _fail_inflight(self, replica: Replica, cause: str) -> None:
@@ -373,6 +422,8 @@ class LocalReplicaPool:
             self._replicas.remove(replica)
         self._fail_inflight(replica, f"replica {replica.replica_id} was stopped")
         replica.writer.close()
+        if replica.lease is not None:
+            replica.lease.release()
 
 
 async def _read_message(reader: asyncio.StreamReader) -> object:

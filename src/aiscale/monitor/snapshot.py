@@ -1,0 +1,147 @@
+"""The monitor's JSON views: the dashboard snapshot, alerts and the audit log.
+
+What it does: ``build_snapshot`` reads a ``LiveMonitor`` and its gateway into the
+``GET /admin/monitor/snapshot`` document (the dashboard draws from it, so its names are a
+contract): per deployment its versions, series over the window, anomaly marks, the arrival
+forecast with its band, the capacity warning, SLOs with error budget and burn rates, the
+rollout (through the ``rollout_of`` callback the admin layer passes) and the estimated cost
+per hour; then the alerts and the recent actions.
+
+What it must never do: change the monitor, or write a non-finite number (JSON has none).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+from aiscale.monitor.audit import AuditEntry
+from aiscale.monitor.config import SERIES
+from aiscale.monitor.live import LiveMonitor
+
+__all__ = ["alerts_json", "audit_json", "build_snapshot", "window_label"]
+
+
+def window_label(seconds: float) -> str:
+    """``300 -> "5m"``, ``3600 -> "1h"``, ``259200 -> "3d"``, ``10 -> "10s"``."""
+    for unit, size in (("d", 86_400.0), ("h", 3600.0), ("m", 60.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+@functools.cache
+def _price_per_hour(hardware: str, kind: str) -> float:
+    from aiscale.plan.catalog import load_catalog
+
+    return load_catalog()[hardware].price_per_hour(kind)  # type: ignore[arg-type]
+
+
+def _step_for(window_s: float, interval_s: float) -> float:
+    """About 300 points per series, never finer than the sampling interval."""
+    raw = max(interval_s, window_s / 300.0)
+    for nice in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600, 21_600, 86_400):
+        if nice >= raw:
+            return float(nice)
+    return raw
+
+
+def _deployment(monitor: LiveMonitor, name: str, deployment: Any, now: float, window_s: float,
+                step_s: float, rollout_of: Callable[[str], dict[str, Any] | None]
+                ) -> dict[str, Any]:
+    start = now - window_s
+    series = {s: [[t, round(v, 6)] for t, v in monitor.history(s, name, "*", start, now + 1,
+                                                               step_s)]
+              for s in SERIES}
+    threshold = monitor.config.anomaly.threshold
+    anomalies = {}
+    for s in monitor.config.anomaly.series:
+        marks = [[t, round(v, 4)] for t, v in monitor.history(
+            f"anomaly_score:{s}", name, "*", start, now + 1, step_s) if v >= threshold]
+        if marks:
+            anomalies[s] = marks
+    forecast: dict[str, Any] | None = None
+    capacity: dict[str, Any] = {"saturates_in_s": None, "message": None}
+    state = monitor.deployment_state(name)
+    if state is not None:
+        forecaster, warning = state
+        if forecaster.num_bins_seen > 0:
+            f = monitor.config.forecast
+            points = forecaster.forecast(f.horizon_s, f.coverage).points
+            forecast = {"t": [p.t_s for p in points],
+                        "mean": [p.rate_per_s for p in points],
+                        "lower": [p.lower_per_s for p in points],
+                        "upper": [p.upper_per_s for p in points],
+                        "coverage": f.coverage, "step_s": forecaster.config.step_s}
+        if warning is not None:
+            in_s = warning.saturates_in_s
+            when = f"{in_s / 60:.0f} minutes" if in_s >= 120 else f"{in_s:.0f} seconds"
+            capacity = {
+                "saturates_in_s": in_s,
+                "message": f"at this {'trend' if warning.basis == 'trend' else 'forecast'} "
+                           f"the queue saturates in {when} ({warning.rate_per_s:.1f} req/s "
+                           f"against a capacity of {warning.capacity_per_s:.1f})"}
+    slos = []
+    for config, status in monitor.slo_statuses(name):
+        slo = config.to_slo()
+        slos.append({
+            "name": config.label, "kind": slo.kind, "objective": slo.objective,
+            "window_s": slo.window_s,
+            "latency_threshold_ms": config.latency_threshold_ms,
+            "budget_remaining": None if status is None else _finite(status.budget_remaining),
+            "burn_rates": {} if status is None else {
+                window_label(w): _finite(b) for w, b in sorted(status.burn_rates.items())},
+            "alerting": status is not None and bool(status.alerts),
+            "severity": None if status is None else status.severity})
+    versions = []
+    num_replicas = 0
+    weights = dict(deployment.split.weights)
+    for version, lane in list(deployment.lanes.items()):
+        ready, starting = lane.pool.num_ready, lane.pool.num_starting
+        num_replicas += ready + starting
+        versions.append({"version": version, "weight": weights.get(version, 0.0),
+                         "replicas": ready + starting, "ready": ready,
+                         "is_primary": version == deployment.primary_version})
+    price = _price_per_hour(monitor.config.hardware, monitor.config.price_kind)
+    return {
+        "name": name, "model": deployment.spec.model, "versions": versions,
+        "series": series, "anomalies": anomalies, "forecast": forecast, "capacity": capacity,
+        "slos": slos, "rollout": rollout_of(name), "shedding": name in monitor.gateway.shedding,
+        "cost_per_hour_usd": round(num_replicas * price, 4),
+    }
+
+
+def alerts_json(monitor: LiveMonitor) -> list[dict[str, Any]]:
+    return [r.to_json() for r in monitor.alerts.all()]
+
+
+def _action_json(entry: AuditEntry) -> dict[str, Any]:
+    result = f"{entry.outcome}: {entry.detail}" if entry.detail else entry.outcome
+    return {"time": entry.decided_at_s, "action": entry.action, "deployment": entry.deployment,
+            "rule": entry.rule, "cause": entry.cause, "result": result,
+            "outcome": entry.outcome, "recorded_at": entry.recorded_at}
+
+
+def audit_json(monitor: LiveMonitor, limit: int = 200) -> list[dict[str, Any]]:
+    """The newest ``limit`` audit entries, newest first."""
+    entries = list(monitor.actions.entries)[-limit:]
+    return [_action_json(e) for e in reversed(entries)]
+
+
+def build_snapshot(monitor: LiveMonitor, window_s: float,
+                   rollout_of: Callable[[str], dict[str, Any] | None], *,
+                   step_s: float | None = None) -> dict[str, Any]:
+    now = monitor.wall_time()
+    step = step_s if step_s is not None else _step_for(window_s, monitor.config.interval_s)
+    deployments = [
+        _deployment(monitor, name, deployment, now, window_s, step, rollout_of)
+        for name, deployment in sorted(monitor.gateway.deployments.items())]
+    return {"time": now, "window_s": window_s, "step_s": step, "interval_s":
+            monitor.config.interval_s, "deployments": deployments,
+            "alerts": alerts_json(monitor), "actions": audit_json(monitor, 50)}
