@@ -5,9 +5,18 @@ PIP := $(VENV)/bin/pip
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test lint typecheck bench clean
+.PHONY: install system-packages demo test lint typecheck bench clean
 
-install: $(VENV)/.installed
+install: system-packages $(VENV)/.installed
+
+# Debian's Chromium (the dashboard's browser tests) and Prometheus (the metrics-history
+# counterpart, tested for real); installed only where missing, so a set-up machine skips it.
+SYSTEM_BINARIES := /usr/bin/chromium /usr/bin/chromedriver /usr/bin/prometheus
+system-packages:
+	@if ! ls $(SYSTEM_BINARIES) >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver prometheus >/dev/null; \
+	fi
 
 # torch==2.13.0 goes in first and alone: it is the CPU build on this machine's disk;
 # letting a resolver pick torch would pull a multi-GB CUDA build.

@@ -15,7 +15,15 @@ import httpx
 import pytest
 from rich.console import Console
 
-from aiscale.demo import DemoFrame, StageResult, run_demo, stage_users
+from aiscale.demo import (
+    DemoFrame,
+    StageResult,
+    dashboard_url,
+    has_graphical_browser,
+    open_dashboard,
+    run_demo,
+    stage_users,
+)
 from aiscale.demo_scrape import GatewayReading, mean_batch_size, parse_reading
 from aiscale.demo_view import LiveView, PlainView, open_view, sparkline
 from aiscale.errors import InvalidInput
@@ -87,6 +95,12 @@ def test_demo_ramps_users_reports_stages_and_stops(tmp_path: Path) -> None:
         httpx.get(f"{summary.url}/v2/health/live", timeout=5)
     assert _replica_children() == []
 
+    # The demo opens with the dashboard: its URL carries the demo's temporary admin key
+    # (this registry holds keys), revoked at the end like the rest of that key.
+    shown = re.search(r"^dashboard: (http://\S+/dashboard\?key=\S+)$", text, re.MULTILINE)
+    assert shown is not None and shown.group(1).startswith(f"{summary.url}/dashboard?key=")
+    assert text.index("dashboard: ") < text.index("stage 1/")
+    assert f"dashboard: {summary.url}/dashboard\n" in text  # in the closing summary too
     assert f"metrics: {summary.url}/metrics" in text
     assert f"OpenAI: {summary.url}/v1/embeddings" in text
     assert f"OIP v2: {summary.url}/v2/models/minilm/infer" in text
@@ -113,7 +127,7 @@ def test_ctrl_c_stops_the_load_and_the_server_without_traceback() -> None:
     )
     try:
         assert process.stdout is not None
-        url, pids = "", []
+        url, dashboard, pids = "", "", []
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             line = process.stdout.readline()
@@ -124,9 +138,18 @@ def test_ctrl_c_stops_the_load_and_the_server_without_traceback() -> None:
                 url = found.group(1)
                 info = httpx.get(f"{url}/admin/deployments", timeout=10).json()
                 pids = info["deployments"][0]["replicas"]["pids"]
+            shown = re.match(r"dashboard: (http://\S+)$", line.strip())
+            if shown:
+                dashboard = shown.group(1)
             if line.startswith("stage 1/"):
                 break
         assert url and pids, "the demo did not start its load"
+        # The dashboard the demo opened with is live while the load runs.
+        assert dashboard == f"{url}/dashboard"
+        page = httpx.get(dashboard, timeout=10)
+        assert page.status_code == 200 and "dashboard.js" in page.text
+        snapshot = httpx.get(f"{url}/admin/monitor/snapshot", timeout=10).json()
+        assert [d["name"] for d in snapshot["deployments"]] == ["minilm"]
         os.killpg(process.pid, signal.SIGINT)
         rest, errors = process.communicate(timeout=90)
     finally:
@@ -238,3 +261,27 @@ def test_sparkline_scales_to_the_largest_value() -> None:
     assert sparkline([0.0, 50.0, 100.0]) == "▁▅█"
     assert sparkline([0.0, 0.0]) == "▁▁"
     assert sparkline([]) == ""
+
+
+@pytest.mark.parametrize(("environ", "platform", "expected"), [
+    ({}, "linux", False),
+    ({"DISPLAY": ":0"}, "linux", True),
+    ({"WAYLAND_DISPLAY": "wayland-0"}, "linux", True),
+    ({"DISPLAY": ""}, "freebsd14", False),
+    ({}, "darwin", True),
+    ({}, "win32", True),
+])
+def test_a_browser_is_opened_only_where_a_window_can_be_shown(
+    environ: dict[str, str], platform: str, expected: bool
+) -> None:
+    """Without a display (a test, a server over SSH) no browser is started: a console
+    browser would take over the terminal the live view draws on."""
+    assert has_graphical_browser(environ, platform) is expected
+
+
+def test_without_a_display_opening_the_dashboard_is_a_harmless_no() -> None:
+    """``open_dashboard`` with no display returns False and starts nothing; the URL of a
+    server with keys carries the admin key for the page to keep."""
+    assert open_dashboard("http://127.0.0.1:1/dashboard", environ={}, platform="linux") is False
+    assert dashboard_url("http://127.0.0.1:8000/") == "http://127.0.0.1:8000/dashboard"
+    assert dashboard_url("http://h:1", "k1") == "http://h:1/dashboard?key=k1"

@@ -170,6 +170,44 @@ def sensitivity(corpus: list[Series]) -> list[str]:
     return lines
 
 
+FORECAST_RESULTS = ROOT / "benchmarks" / "forecast" / "results.json"
+
+
+def forecast_summary(path: Path, horizon_min: float = 60.0) -> list[str]:
+    """The forecast errors on the traces (issue 7 asks for them next to the NAB scores),
+    copied from the forecast benchmark's last run (``benchmarks/forecast/run.py`` writes
+    ``results.json``; its RESULTS.md has every horizon, the coverage and the caveats)."""
+    head = ["## Forecast errors on ../shared/data/traces (from benchmarks/forecast)", ""]
+    if not path.is_file():
+        return [*head, f"`{path.relative_to(ROOT)}` is missing: run benchmarks/forecast/run.py."]
+    data = json.loads(path.read_text())
+    rows = {(r["trace"], r["stretch"], r["rate_scale"], r["method"]): r
+            for r in data["results"] if float(r["horizon_min"]) == horizon_min}
+    lines = [*head,
+             f"Arrivals per 5-min bin forecast {horizon_min:g} min ahead by aiscale's seasonal "
+             "forecaster and by the better (lower wMAPE) of seasonal-naive 1 day / 1 week, on "
+             "the same bins; under = share of bins forecast below the actual. Copied from "
+             f"`{path.relative_to(ROOT)}` (command `{data['command'].strip()}`, git "
+             f"{data['machine'].get('git_sha', '?')}, {data['machine'].get('date', '?')}); "
+             "all horizons and the caveats are in "
+             "benchmarks/forecast/RESULTS.md.", "",
+             "| trace | stretch | mean/bin | MAPE % aiscale | MAPE % naive | wMAPE % aiscale | "
+             "wMAPE % naive | under aiscale | under naive | naive used |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for (trace, stretch, scale, method), r in rows.items():
+        if method != "aiscale seasonal":
+            continue
+        naive_name = min(("naive 1 day", "naive 1 week"),
+                         key=lambda m: float(rows[(trace, stretch, scale, m)]["wmape_pct"]))
+        n = rows[(trace, stretch, scale, naive_name)]
+        lines.append(
+            f"| {trace} | {stretch} | {float(r['mean_per_bin']):.0f} | "
+            f"{float(r['mape_pct']):.1f} | {float(n['mape_pct']):.1f} | "
+            f"{float(r['wmape_pct']):.1f} | {float(n['wmape_pct']):.1f} | "
+            f"{float(r['under_rate']):.2f} | {float(n['under_rate']):.2f} | {naive_name} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -240,6 +278,7 @@ def write_report(
             cells.append(f"{f.raw:+.2f} ({f.num_tp_windows}/{f.num_fn_windows}; {f.num_fp_rows})")
         lines.append(f"| {s.name} | {len(s.windows)} | " + " | ".join(cells) + " |")
     lines += ["", *extra] if extra else []
+    lines += ["", *forecast_summary(FORECAST_RESULTS)]
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 

@@ -14,10 +14,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from aiscale.errors import ConfigError
-from aiscale.gpus.config import GpuPoolConfig, check_gpu_demand, check_teams
+from aiscale.gpus.config import GpuPoolConfig, check_gpu_memory, check_gpu_share, check_teams
 from aiscale.monitor.config import MonitorConfig
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
@@ -73,11 +80,24 @@ class DeploymentConfig(_Frozen):
     gpu_wait_s: Annotated[float, Field(ge=0, le=3600)] = 0.0
     #: Among waiting GPU requests, higher goes first; equal ones in arrival order.
     gpu_priority: Annotated[int, Field(ge=-100, le=100)] = 0
+    #: Ray runtime only: CPUs each replica's actor asks for [default: num_threads, else 1].
+    cpus: Annotated[float, Field(gt=0, le=1024)] | None = None
+    #: Ray runtime only: memory each replica's actor reserves on its node.
+    memory_mb: Annotated[int, Field(ge=1)] | None = None
+    #: Ray runtime only: custom Ray resources per replica (e.g. ``{"accelerator_a10": 1}``).
+    ray_resources: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _gpu_demand(self) -> DeploymentConfig:
-        check_gpu_demand(self.gpus, self.gpu_memory_mb)
-        return self
+    @field_validator("gpus")
+    @classmethod
+    def _gpu_share(cls, num_gpus: float) -> float:
+        check_gpu_share(num_gpus)
+        return num_gpus
+
+    @field_validator("gpu_memory_mb")
+    @classmethod
+    def _gpu_memory(cls, memory_mb: int | None, info: ValidationInfo) -> int | None:
+        check_gpu_memory(memory_mb, info.data.get("gpus"))
+        return memory_mb
 
 
 class CaptureServerConfig(_Frozen):
@@ -110,6 +130,37 @@ class ServerConfig(_Frozen):
     monitor: MonitorConfig = MonitorConfig()
     #: Accelerators (found by NVML or declared) and the teams' quotas.
     gpus: GpuPoolConfig = GpuPoolConfig()
+    #: Shared rate limits and response cache for several gateways (``redis://host:6379/0``);
+    #: ``None`` keeps both in process.
+    redis_url: str | None = None
+    #: Prefix of every Redis key this server writes (one per installation, or per test).
+    redis_key_prefix: Annotated[str, Field(min_length=1, max_length=64)] = "aiscale:"
+    #: Deadline of each Redis call; past it a limit falls back to this gateway's own bucket.
+    redis_timeout_s: Annotated[float, Field(gt=0, le=10)] = 0.25
+    #: Lifetime of a cached response in Redis (memory is bounded by Redis's ``maxmemory``).
+    redis_cache_ttl_s: Annotated[float, Field(gt=0, le=30 * 86400)] = 3600.0
+    #: How often a gateway reads traffic splits and rollouts from the registry, so that a
+    #: change made through another gateway reaches it within this plus one query.
+    split_poll_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    #: Where replicas run: ``local`` processes on this machine, or actors on a ``ray`` cluster.
+    runtime: Literal["local", "ray"] = "local"
+    #: The Ray cluster to join (``host:port`` of the head's GCS, or ``auto``); ``None`` with
+    #: ``runtime: ray`` starts a one-node Ray inside the server process.
+    ray_address: Annotated[str, Field(min_length=1)] | None = None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address_needs_ray(cls, address: str | None, info: ValidationInfo) -> str | None:
+        if address is not None and info.data.get("runtime") != "ray":
+            raise ValueError("is only used with runtime: ray (--runtime ray)")
+        return address
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -133,6 +184,9 @@ ENVIRONMENT_FIELDS = {
     "AISCALE_REGISTRY_URL": "registry_url",
     "AISCALE_MAX_BODY_BYTES": "max_body_bytes",
     "AISCALE_INSECURE": "insecure",
+    "AISCALE_REDIS_URL": "redis_url",
+    "AISCALE_RUNTIME": "runtime",
+    "AISCALE_RAY_ADDRESS": "ray_address",
 }
 
 
@@ -148,8 +202,24 @@ def parse_config(data: Mapping[str, Any]) -> AiscaleConfig:
         first = exc.errors()[0]
         path = _dotted(first["loc"])
         raise ConfigError(f"{path}: {first['msg']}", field=path) from None
-    check_teams(config.server.gpus, [(d.name, d.gpus, d.team) for d in config.deployments])
+    if config.server.runtime == "ray":
+        _check_ray_deployments(config.deployments)
+    else:
+        check_teams(config.server.gpus, [(d.name, d.gpus, d.team) for d in config.deployments])
     return config
+
+
+def _check_ray_deployments(deployments: tuple[DeploymentConfig, ...]) -> None:
+    """On Ray, Ray owns the GPUs: the gateway's GPU pool settings would silently not apply."""
+    for index, deployment in enumerate(deployments):
+        for name in ("gpu_memory_mb", "team"):
+            if getattr(deployment, name) is not None:
+                path = f"deployments.{index}.{name}"
+                raise ConfigError(
+                    f"{path}: the ray runtime places GPUs by count (gpus) only; "
+                    "GPU memory shares and team quotas need runtime: local",
+                    field=path,
+                )
 
 
 def load_config(

@@ -9,6 +9,12 @@ with its built-in lean HTTP client, while ``/metrics`` is scraped once a second.
 server is stopped in uvicorn's order (stop accepting, drain, stop replicas) and a
 ``DemoSummary`` is returned and printed.
 
+The demo opens with the live dashboard: its URL (``/dashboard``, with a temporary admin key in
+``?key=`` when the data dir's registry holds keys) is printed in a panel before the load starts
+and, when asked (``open_browser``, the CLI's default) and a graphical browser can be shown, it
+is opened with ``webbrowser``. Where there is none (no display, a test, a server over SSH)
+nothing is launched: a console browser must never take over the terminal the view draws on.
+
 Ctrl-C stops the load and the server cleanly and returns the stages finished so far, with
 ``is_interrupted`` set; the caller (``cli.py``) chooses the exit status. This module never
 exits the process and never leaves a replica behind.
@@ -19,10 +25,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
+import webbrowser
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +50,8 @@ from aiscale.serving.app import GatewayApp
 from aiscale.serving.launch import build_gateway, ensure_registered
 from aiscale.serving.server import bind_socket, make_uvicorn, url_of, wait_ready
 
-__all__ = ["DemoFrame", "DemoSummary", "StageResult", "run_demo", "stage_users"]
+__all__ = ["DemoFrame", "DemoSummary", "StageResult", "dashboard_url", "has_graphical_browser",
+           "open_dashboard", "run_demo", "stage_users"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,13 +137,15 @@ def run_demo(
     max_users: int = 64,
     console: Console | None = None,
     replicas: int = 1,
+    open_browser: bool = False,
 ) -> DemoSummary:
     """Serve minilm, ramp simulated users for ``duration_s`` seconds, stop, print a summary.
 
     ``data_dir`` holds the registry and artifacts; ``None`` uses a temporary folder removed at
-    the end. ``duration_s`` is shared equally by the stages. Raises ``InvalidInput`` for bad
-    arguments and ``AiscaleError`` when the server cannot start; Ctrl-C returns the stages
-    finished so far with ``is_interrupted=True``.
+    the end. ``duration_s`` is shared equally by the stages. ``open_browser``: also open the
+    dashboard in a graphical browser when one can be shown (``open_dashboard``). Raises
+    ``InvalidInput`` for bad arguments and ``AiscaleError`` when the server cannot start;
+    Ctrl-C returns the stages finished so far with ``is_interrupted=True``.
     """
     users = stage_users(max_users)
     if not (duration_s > 0 and math.isfinite(duration_s)):
@@ -144,7 +157,8 @@ def run_demo(
     folder = Path(tempfile.mkdtemp(prefix="aiscale-demo-")) if data_dir is None else data_dir
     folder = folder.expanduser().resolve()
     try:
-        return _run_in(folder, users, duration_s, replicas, console, is_temporary)
+        return _run_in(folder, users, duration_s, replicas, console, is_temporary,
+                       open_browser)
     finally:
         if is_temporary:
             shutil.rmtree(folder, ignore_errors=True)
@@ -157,6 +171,7 @@ def _run_in(
     replicas: int,
     console: Console,
     is_temporary: bool,
+    open_browser: bool,
 ) -> DemoSummary:
     folder.mkdir(parents=True, exist_ok=True)
     config = load_config(
@@ -178,13 +193,16 @@ def _run_in(
         artifacts = FsspecArtifactStore(folder / "artifacts", cache_dir=folder / "cache")
         choice = ensure_registered(registry, artifacts, _MODEL)
         headers: tuple[tuple[str, str], ...] = ()
+        dashboard_key: str | None = None
         if registry.active_keys():
-            # The gateway would refuse anonymous calls: use a key that lives for the demo only.
+            # The gateway would refuse anonymous calls: use a key that lives for the demo only
+            # (admin too, for the dashboard's data); it is revoked when the demo ends.
             plaintext, key = registry.create_key(
-                "aiscale demo (temporary)", frozenset({"inference"})
+                "aiscale demo (temporary)", frozenset({"inference", "admin"})
             )
             temporary_key_id = key.key_id
             headers = (("authorization", f"Bearer {plaintext}"),)
+            dashboard_key = plaintext
         deployment = parse_config(
             {"deployments": [{"name": _MODEL, "model": choice.model,
                               "version": choice.version, "replicas": replicas}]}
@@ -200,6 +218,7 @@ def _run_in(
         _first_embedding(served.url, headers)
         cold_start_s = time.monotonic() - launched
         _say(console, f"serving on {served.url}; first embedding after {cold_start_s:.1f} s")
+        _show_dashboard(console, dashboard_url(served.url, dashboard_key), open_browser)
         _say(console, "press Ctrl-C to stop early")
         asyncio.run(_drive(served.url, users, duration_s, headers, console, stages))
     except KeyboardInterrupt:
@@ -225,6 +244,48 @@ def _run_in(
     for part in render_summary(summary, is_data_dir_temporary=is_temporary):
         console.print(part, markup=False, highlight=False, soft_wrap=True)
     return summary
+
+
+def dashboard_url(url: str, admin_key: str | None = None) -> str:
+    """The dashboard page of the server at ``url``; with ``admin_key`` in ``?key=`` (the page
+    keeps it in the browser's storage and drops it from the address bar)."""
+    page = f"{url.rstrip('/')}/dashboard"
+    return page if admin_key is None else f"{page}?key={admin_key}"
+
+
+def has_graphical_browser(environ: Mapping[str, str], platform: str) -> bool:
+    """Whether ``webbrowser`` would show a window rather than a console browser: macOS and
+    Windows always, Linux and the BSDs only with a display (X11 or Wayland)."""
+    if platform == "darwin" or platform.startswith("win"):
+        return True
+    return bool(environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"))
+
+
+def open_dashboard(url: str, *, environ: Mapping[str, str] | None = None,
+                   platform: str | None = None) -> bool:
+    """Open ``url`` in a graphical browser if one can be shown; ``True`` when one was asked
+    to. Never raises: no browser, or one that fails to start, is only logged."""
+    if not has_graphical_browser(os.environ if environ is None else environ,
+                                 sys.platform if platform is None else platform):
+        return False
+    try:
+        return webbrowser.open(url, new=2)
+    except (webbrowser.Error, OSError) as exc:
+        logger.info("could not open a browser at %s: %s", url, exc)
+        return False
+
+
+def _show_dashboard(console: Console, url: str, open_browser: bool) -> None:
+    is_opened = open_browser and open_dashboard(url)
+    note = ("opened in your browser; " if is_opened else "open it in a browser; ") + \
+        "it updates live while the demo runs"
+    # Ruled off from the rest, on a line of its own that is never wrapped (soft_wrap), so
+    # the URL can be clicked or copied whole on any terminal width.
+    console.rule("live dashboard", style="bold")
+    console.print(f"dashboard: {url}", markup=False, highlight=False, soft_wrap=True,
+                  style="bold")
+    _say(console, note)
+    console.rule(style="bold")
 
 
 def _say(console: Console, text: str) -> None:

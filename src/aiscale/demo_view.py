@@ -200,6 +200,7 @@ def render_summary(summary: DemoSummary, *, is_data_dir_temporary: bool) -> list
     lines = [f"total: {summary.num_requests:,} requests, {summary.num_errors} errors"]
     if url:
         lines += [
+            f"dashboard: {url}/dashboard",
             f"metrics: {url}/metrics",
             f"OpenAI: {url}/v1/embeddings",
             f"OIP v2: {url}/v2/models/minilm/infer",

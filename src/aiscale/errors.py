@@ -16,7 +16,8 @@ The gateway maps each class to a status code in one table (``serving/errors.py``
     ├── DeadlineExceeded            the request's deadline passed before it was answered
     ├── ReplicaError                the model raised inside a replica (keeps the original type name)
     ├── ReplicaUnavailable          a replica died or no replica is ready (names the cause)
-    └── ModelLoadError              a runtime could not load a model
+    ├── ModelLoadError              a runtime could not load a model
+    └── UpstreamUnavailable         a service we read from (Prometheus, ...) failed or is down
 """
 
 from __future__ import annotations
@@ -96,3 +97,7 @@ class ReplicaUnavailable(AiscaleError):
 
 class ModelLoadError(AiscaleError):
     """A runtime could not load a model."""
+
+
+class UpstreamUnavailable(AiscaleError):
+    """A service aiscale reads from on the caller's behalf (Prometheus, ...) failed or is down."""

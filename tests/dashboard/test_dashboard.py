@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +13,9 @@ import httpx
 import pytest
 
 from aiscale.dashboard import plotly_js_path
+from aiscale.monitor.config import MonitorConfig
 from aiscale.registry import FsspecArtifactStore, SqlRegistry
-from aiscale.serving import GatewaySettings
+from aiscale.serving import Gateway, GatewayApp, GatewaySettings, start_in_thread
 from aiscale.serving.control import RegistryControl
 from tests.dashboard.conftest import PageErrors
 from tests.serving.conftest import python_spec, start_gateway
@@ -23,10 +25,24 @@ TEXT = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [
 WAIT_MS = 15_000
 
 
+#: A monitor that fills every live section within seconds: two SLOs, 2 s forecast bins, and
+#: a detector that scores after 15 points (defaults: 5 min bins, 100 points of warm-up).
+LIVE_MONITOR = MonitorConfig.model_validate({
+    "interval_s": 0.5,
+    "slos": [{"deployment": "echo", "kind": "availability", "objective": 0.999},
+             {"deployment": "echo", "name": "p99 under 100 ms", "kind": "latency",
+              "objective": 0.99, "latency_threshold_ms": 100}],
+    "forecast": {"step_s": 2, "horizon_s": 120, "trend_window_s": 30},
+    "anomaly": {"params": {"history": 200, "shape_len": 4, "warmup": 15}},
+})
+
+
 @pytest.fixture(scope="module")
 def open_server() -> Iterator[str]:
-    """A gateway with one Echo deployment and no API keys."""
-    server = start_gateway(python_spec("echo", "Echo"))
+    """A gateway with one Echo deployment, no API keys and a fast live monitor."""
+    gateway = Gateway(GatewaySettings(drain_timeout_s=5.0), [python_spec("echo", "Echo")],
+                      monitor=LIVE_MONITOR)
+    server = start_in_thread(GatewayApp(gateway))
     yield server.url
     server.stop()
 
@@ -70,11 +86,9 @@ def wait_until(check: Any, timeout_s: float = WAIT_MS / 1000) -> None:
 
 
 def number_in(page: Any, selector: str) -> float | None:
-    text = page.inner_text(selector).replace(",", "").split()[0]
-    try:
-        return float(text)
-    except ValueError:
-        return None
+    """The number a KPI shows (``"0.79ms"`` -> 0.79); ``None`` for the "–" of no value."""
+    found = re.match(r"\s*(-?[0-9][0-9.]*)", page.inner_text(selector).replace(",", ""))
+    return float(found.group(1)) if found else None
 
 
 # ----- the files -----------------------------------------------------------------------------
@@ -102,7 +116,8 @@ def test_page_and_plotly_are_served_from_this_server(open_server: str) -> None:
     plain = httpx.get(f"{open_server}/dashboard/plotly.min.js", headers={"accept-encoding": ""})
     assert plain.status_code == 200 and "content-encoding" not in plain.headers
     assert plain.content == bundled.read_bytes()
-    packed = httpx.get(f"{open_server}/dashboard/plotly.min.js", headers={"accept-encoding": "gzip"})
+    packed = httpx.get(f"{open_server}/dashboard/plotly.min.js",
+                       headers={"accept-encoding": "gzip"})
     assert packed.headers["content-encoding"] == "gzip"
     assert int(packed.headers["content-length"]) < len(plain.content) / 2
     assert packed.content == plain.content  # httpx decodes the gzip body
@@ -140,7 +155,9 @@ def test_dashboard_shows_live_values_that_change_under_load(
     browser: Any, open_server: str, artifacts: Path
 ) -> None:
     """The page loads without JS errors, shows the deployment with its version, and its
-    requests/s figure rises from idle once bounded load is applied; a screenshot is kept."""
+    requests/s figure rises from idle once bounded load is applied; while the load runs the
+    live SLO table, the latency percentiles and the forecast band appear; a screenshot is
+    kept (``test-artifacts/dashboard.png``)."""
     context, page, errors = open_page(browser, f"{open_server}/dashboard")
     try:
         page.wait_for_selector('#dep-echo h2:text("echo")', timeout=WAIT_MS)
@@ -153,13 +170,25 @@ def test_dashboard_shows_live_values_that_change_under_load(
                         max_seconds=20) as load:
             wait_until(lambda: (number_in(page, "#kpi-echo-rps") or 0.0) > 5)
             page.wait_for_selector("#chart-echo-traffic .main-svg", timeout=WAIT_MS)
+            page.wait_for_selector("#chart-echo-latency .main-svg", timeout=WAIT_MS)
+            page.wait_for_selector("#chart-echo-forecast .main-svg", timeout=WAIT_MS)
+            wait_until(lambda: number_in(page, "#kpi-echo-p99_ms") is not None)
+            wait_until(lambda: "99.90%" in page.inner_text("#slos-echo"))
+            # The forecaster has learnt bins under load (its first bins were idle).
+            wait_until(lambda: page.eval_on_selector(
+                "#chart-echo-forecast", "el => el.data[3].y[el.data[3].y.length - 1]") > 5)
             under_load = number_in(page, "#kpi-echo-rps")
             total = number_in(page, "#total-rps")
+            slos = page.inner_text("#slos-echo")
+            band = page.eval_on_selector("#chart-echo-forecast", "el => el.data.map(t => t.name)")
             page.screenshot(path=str(artifacts / "dashboard.png"), full_page=True)
         assert load.statuses[200] > 0 and set(load.statuses) == {200}
         assert under_load is not None and under_load > 5
         assert total is not None and total > 5
         assert page.inner_text("#total-deployments") == "1"
+        assert "p99 under 100 ms" in slos and "99.00%" in slos and "ok" in slos
+        assert band == ["observed", "upper", "prediction band", "forecast"]
+        assert page.inner_text("#cost-echo") == "$0.17 / h"  # one CPU replica, catalog price
         assert errors.all() == []
     finally:
         context.close()

@@ -304,3 +304,39 @@ def test_one_writer_per_folder_and_orphan_segments_are_sealed(tmp_path: Path) ->
     assert not orphan.exists()
     assert all(p.suffix == ".log" for p in list_segments(tmp_path))
     assert [r.request_id for r in read_records(tmp_path, CaptureRecord)] == ["old", "req-1"]
+
+
+def test_open_segment_is_prefilled_and_sealed_segments_hold_exactly_their_frames(
+    tmp_path: Path,
+) -> None:
+    """While writing, the open segment is zero-filled ahead of its records (so a group
+    commit's fdatasync has no size change to journal); sealing cuts it to its frames, and an
+    orphan left by a crash loses its prefilled zeros but keeps every record."""
+    from aiscale.data.capture_segment import PREFILL_BYTES, seal_orphans
+
+    log, _ = new_log(tmp_path)
+
+    async def write_some() -> int:
+        await log.start()
+        await asyncio.gather(*(log.append(make_record(i)) for i in range(20)))
+        (open_segment,) = list_segments(tmp_path)
+        size = open_segment.stat().st_size
+        await log.stop()
+        return size
+
+    open_size = asyncio.run(write_some())
+    (sealed,) = list_segments(tmp_path)
+    frames = b"".join(frame(scan) for scan in scan_segment(sealed).payloads)
+    assert open_size == PREFILL_BYTES > len(frames)
+    assert sealed.read_bytes() == frames and scan_segment(sealed).torn_bytes == 0
+
+    orphan = tmp_path / "orphan"
+    orphan.mkdir()
+    path = orphan / "seg-00000000000000000001.open"
+    path.write_bytes(frames + bytes(1000))
+    assert seal_orphans(orphan) == 1
+    (resealed,) = list_segments(orphan)
+    assert resealed.read_bytes() == frames
+    assert [r.request_id for r in read_records(orphan, CaptureRecord)] == [
+        f"req-{i}" for i in range(20)
+    ]

@@ -60,7 +60,10 @@ def state(*grants_for: GpuRequest, devices: tuple[Device, ...] = FOUR_L4) -> Poo
     ],
 )
 def test_placement_table(
-    held: tuple[GpuRequest, ...], asked: GpuRequest, devices: tuple[str, ...], memory: tuple[int, ...]
+    held: tuple[GpuRequest, ...],
+    asked: GpuRequest,
+    devices: tuple[str, ...],
+    memory: tuple[int, ...],
 ) -> None:
     """Each request lands on the devices the rules say, with the memory they say."""
     result = place(state(*held), asked)
@@ -150,7 +153,8 @@ def test_admit_is_fifo_per_priority() -> None:
     ]
     admitted, after = admit(held, waiting)
     assert [r.request_id for r, _ in admitted] == [6]
-    admitted, _ = admit(release(after, [g.grant_id for g in after.grants]), waiting[:1] + waiting[2:])
+    emptied = release(after, [g.grant_id for g in after.grants])
+    admitted, _ = admit(emptied, waiting[:1] + waiting[2:])
     assert [r.request_id for r, _ in admitted] == [7, 5]
 
 

@@ -109,3 +109,35 @@ def test_users_list_is_parsed_or_refused() -> None:
         with pytest.raises(InvalidInput) as error:
             parse_users(text)
         assert error.value.field == "users"
+
+
+def test_simulate_says_whether_server_terms_were_applied(tmp_path: Path) -> None:
+    """The JSON names the profile's server terms (measured) or None for the model alone, and
+    the terms make the same traffic slower."""
+    from aiscale.plan.profile import ServerTerms
+
+    terms = ServerTerms(
+        overhead_levels=(0.0, 0.5, 1.0),
+        overhead_ms=(2.0, 3.0, 8.0),
+        overhead_growth_per_rps=0.001,
+        model_slowdown=1.3,
+        model_slowdown_per_rps=0.001,
+    )
+    latencies = {1: 8.0, 8: 30.0, 32: 110.0, 64: 220.0}
+    results = {}
+    for name, server in (("alone", None), ("served", terms)):
+        path = tmp_path / f"{name}.json"
+        save_profile(profile_from_latencies("minilm", "CPU", latencies, server=server), path)
+        results[name] = simulate_command(
+            profile=path,
+            policy="static",
+            replicas=1,
+            slo_p99_ms=500.0,
+            trace=TRACES / "AzureLLMInferenceTrace_conv.csv",
+            time_scale=0.1,
+            duration_s=60.0,
+            mode="exact",
+        )
+    assert results["alone"]["server_terms"] is None
+    assert results["served"]["server_terms"] == "measured"
+    assert results["served"]["p50_ms"] > results["alone"]["p50_ms"] + 2.0

@@ -31,6 +31,8 @@ def test_profile_round_trips_through_json(tmp_path: Path) -> None:
     save_profile(profile, path)
     data = json.loads(path.read_text())
     assert set(data) == {
+        "version",
+        "server",
         "model",
         "hardware",
         "batch_sizes",
@@ -41,6 +43,7 @@ def test_profile_round_trips_through_json(tmp_path: Path) -> None:
         "estimated",
     }
     assert load_profile(path) == profile
+    assert data["version"] == 2 and data["server"] is None
     assert data["throughput_per_s"][0] == pytest.approx(125.0)
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from prometheus_client import CollectorRegistry
 
 from aiscale.data.capture import CaptureLayout, CaptureSink, read_records

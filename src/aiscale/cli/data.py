@@ -1,5 +1,5 @@
-"""``aiscale data ...``: the captured production data — query, compact, check, drift, export,
-retrain. Each command is a thin call into :mod:`aiscale.data`.
+"""``aiscale data ...``: the captured production data — query, compact, consume (NATS), check,
+drift, export, retrain. Each command is a thin call into :mod:`aiscale.data`.
 
 The data is read from ``<data-dir>/capture`` (the server's data dir). Exit status: 0 fine,
 1 an error (one line on stderr), 2 a usage error, 3 the data failed a check (quality
@@ -192,6 +192,48 @@ def _sealed_bytes(log_dir: Path) -> int:
                 except FileNotFoundError:  # removed by the compaction meanwhile
                     pass
     return total
+
+
+@data_app.command("consume")
+def data_consume(
+    nats_url: Annotated[
+        str, typer.Option(help="The NATS JetStream server the gateways publish to.")
+    ] = "nats://127.0.0.1:4222",
+    stream: Annotated[
+        str, typer.Option(help="The capture stream (server.capture.nats_stream).")
+    ] = "AISCALE_CAPTURE",
+    idle_s: Annotated[
+        float, typer.Option("--idle", help="Stop once no record came for this many seconds.")
+    ] = 1.0,
+    max_s: Annotated[
+        float | None, typer.Option("--max", help="Stop after this many seconds at most.")
+    ] = None,
+    is_compact_after: Annotated[
+        bool, typer.Option("--compact/--no-compact", help="Compact into Parquet afterwards.")
+    ] = True,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Land the records that gateways published to NATS JetStream in this data dir's capture
+    log (acknowledged only once durable), then compact them: one dataset for every gateway."""
+    import asyncio
+
+    from aiscale.data.capture import CaptureLayout
+    from aiscale.data.capture_nats import NatsCaptureConsumer
+
+    with reported_errors():
+        if idle_s <= 0 or (max_s is not None and max_s <= 0):
+            raise InvalidInput("--idle and --max must be positive", field="idle")
+        folder = resolve_paths(data_dir, None).data_dir
+        consumer = NatsCaptureConsumer(nats_url, stream, CaptureLayout.from_data_dir(folder))
+        report = asyncio.run(consumer.run(idle_s=idle_s, max_s=max_s))
+        _stdout().print(
+            f"landed {report.requests} requests and {report.feedback} feedback records from "
+            f"{stream} in {folder / 'capture'}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        if is_compact_after:
+            _compact(folder, is_quiet=False)
 
 
 # --------------------------------------------------------------- quality and drift

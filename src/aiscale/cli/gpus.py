@@ -49,7 +49,7 @@ def render_pool(pool: dict[str, Any]) -> list[Table | str]:
             _limit(team["quota"]["max_gpu_memory_mb"], " MB"),
         )
     waiting = Table(
-        "request", "holder", "team", "GPUs each", "replicas", "priority", "waited", "gives up at",
+        "request", "holder", "team", "GPUs each", "replicas", "priority", "waited", "may wait",
         title="waiting",
     )
     for request in pool["waiting"]:

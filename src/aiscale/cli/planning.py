@@ -27,18 +27,45 @@ def profile(
         str | None, typer.Option(help="Catalog hardware to derive an estimate for.")
     ] = None,
     seconds_per_size: Annotated[float, typer.Option(help="Seconds measured per batch size.")] = 1.0,
+    server: Annotated[
+        bool,
+        typer.Option(
+            "--server/--no-server",
+            help="Also measure the server terms through a real aiscale serve (minilm).",
+        ),
+    ] = True,
+    server_seconds: Annotated[
+        float, typer.Option(help="Seconds of load per server calibration level.")
+    ] = 5.0,
 ) -> None:
-    """Measure latency and throughput against batch size, and memory per replica, here."""
+    """Measure latency and throughput against batch size, memory per replica, and what a real
+    server adds (per-request overhead, in-server slowdown under load), here."""
     from aiscale.plan.commands import profile_command
 
     with reported_errors():
-        result = profile_command(model, out, hardware=hardware, seconds_per_size=seconds_per_size)
+        result = profile_command(
+            model,
+            out,
+            hardware=hardware,
+            seconds_per_size=seconds_per_size,
+            is_server_measured=server,
+            server_seconds_per_level=server_seconds,
+        )
     table = Table("batch size", "latency ms", "items/s")
     for size, latency_ms, rate in zip(
         result.batch_sizes, result.latency_ms, result.throughput_per_s, strict=True
     ):
         table.add_row(str(size), f"{latency_ms:.1f}", f"{rate:.1f}")
     _stdout().print(table)
+    if result.server is not None:
+        terms = result.server
+        _stdout().print(
+            f"server ({terms.label}): overhead p50 {float(terms.overhead_at(0.5)) * 1000:.1f} ms, "
+            f"p99 {float(terms.overhead_at(0.99)) * 1000:.1f} ms, "
+            f"+{terms.overhead_growth_per_rps * 100:.2f}%/(req/s); model slowdown "
+            f"{terms.model_slowdown:.2f} + {terms.model_slowdown_per_rps:.4f}/(req/s)",
+            highlight=False,
+        )
     _stdout().print(f"written: {out}", highlight=False)
 
 
@@ -62,6 +89,9 @@ def simulate(
     duration: Annotated[float | None, typer.Option(help="Seconds to simulate.")] = None,
     mode: Annotated[str, typer.Option(help="exact, aggregated or auto.")] = "auto",
     replicas: Annotated[int | None, typer.Option(help="Replicas for the static policy.")] = None,
+    max_batch_size: Annotated[
+        int | None, typer.Option(help="Largest batch [default: the largest fitting the SLO].")
+    ] = None,
     hardware: Annotated[str | None, typer.Option(help="Catalog hardware.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -85,6 +115,7 @@ def simulate(
             replicas=replicas,
             hardware=hardware,
             seed=seed,
+            max_batch_size=max_batch_size,
         )
     if as_json:
         print(json.dumps(result))

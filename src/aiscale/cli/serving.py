@@ -36,6 +36,8 @@ def _deployment_flags(
     timeout_ms: float | None,
     num_threads: int | None,
     cache_mb: float | None,
+    cpus: float | None = None,
+    memory_mb: int | None = None,
 ) -> DeploymentConfig:
     """A deployment config from command-line flags; unset flags keep the defaults."""
     batching: dict[str, Any] = {}
@@ -52,6 +54,10 @@ def _deployment_flags(
         data["num_threads"] = num_threads
     if cache_mb:
         data["cache"] = {"enabled": True, "max_bytes": int(cache_mb * 1024 * 1024)}
+    if cpus is not None:
+        data["cpus"] = cpus
+    if memory_mb is not None:
+        data["memory_mb"] = memory_mb
     return parse_config({"deployments": [data]}).deployments[0]
 
 
@@ -102,6 +108,30 @@ def serve(
         str | None,
         typer.Option(help="Publish capture to this NATS JetStream server (several gateways)."),
     ] = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(help="Share rate limits and the response cache through Redis (several "
+                     "gateways) [default: in process]."),
+    ] = None,
+    runtime: Annotated[
+        str | None,
+        typer.Option(
+            help="Where replicas run: 'local' processes or 'ray' actors [default: local]."
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster to join (head host:port, or 'auto') with --runtime ray "
+            "[default: a one-node Ray in this process]."
+        ),
+    ] = None,
+    cpus: Annotated[
+        float | None, typer.Option(help="Ray runtime: CPUs per replica [default: threads].")
+    ] = None,
+    memory_mb: Annotated[
+        int | None, typer.Option(help="Ray runtime: memory per replica in MiB [default: none].")
+    ] = None,
     data_dir: DataDirOption = None,
     registry_url: RegistryUrlOption = None,
 ) -> None:
@@ -120,6 +150,9 @@ def serve(
                 "insecure": insecure or None,
                 "data_dir": str(paths.data_dir),
                 "registry_url": paths.registry_url,
+                "redis_url": redis_url,
+                "runtime": runtime,
+                "ray_address": ray_address,
                 "capture": {
                     "enabled": capture,
                     "sample_rate": capture_sample_rate,
@@ -127,6 +160,12 @@ def serve(
                 },
             },
         )
+        if config.server.runtime == "ray":
+            from aiscale.serving.ray_pool import connect
+
+            # Join now, in the main thread: a bad address is one line and exit 1, before
+            # anything is registered or bound.
+            connect(config.server.ray_address)
         paths.data_dir.mkdir(parents=True, exist_ok=True)
         registry = SqlRegistry.open(paths.registry_url)
         artifacts = open_artifacts(paths)
@@ -141,6 +180,8 @@ def serve(
             timeout_ms,
             num_threads,
             cache_mb,
+            cpus,
+            memory_mb,
         )
         server = config.server
         if not is_loopback(server.host) and not registry.active_keys() and not server.is_insecure:
@@ -325,8 +366,14 @@ def demo(
         Path | None,
         typer.Option("--data-dir", help="Keep state here [default: a temporary folder]."),
     ] = None,
+    open_browser: Annotated[
+        bool,
+        typer.Option("--open-browser/--no-browser",
+                     help="Open the dashboard in a browser when a graphical one is available."),
+    ] = True,
 ) -> None:
-    """Serve the bundled minilm and drive a ramp of simulated users at it, with a live view."""
+    """Serve the bundled minilm and drive a ramp of simulated users at it, with a live view
+    and the live dashboard (its URL is printed; opened in a browser where one can be shown)."""
     from aiscale.demo import run_demo
 
     with reported_errors():
@@ -336,6 +383,7 @@ def demo(
             max_users=users,
             replicas=replicas,
             console=Console(),
+            open_browser=open_browser,
         )
     if summary.is_interrupted:
         raise typer.Exit(130)

@@ -13,6 +13,7 @@
   var STALE_MS = 5000;
   var ANOMALY_MIN_SCORE = 0.5;
   var BASIC_POINTS = 300;
+  var FEW_POINTS = 30;
   var KEY_STORAGE = "aiscale.adminKey";
   var COLORS = { blue: "#2f6fde", red: "#d64545", green: "#1f9d55", amber: "#d98a00",
                  violet: "#7b4fd6", grey: "#8896a4", teal: "#138f8f" };
@@ -274,7 +275,7 @@
     } else {
       banner.classList.add("hidden");
     }
-    renderDeployments(deployments);
+    renderDeployments(deployments, snap);
     renderAlerts(alerts);
     renderActions(actions);
   }
@@ -284,7 +285,7 @@
     return s === "firing" || s === "active";
   }
 
-  function renderDeployments(deployments) {
+  function renderDeployments(deployments, snap) {
     var root = $("deployments");
     var seen = {};
     $("no-deployments").classList.toggle("hidden", deployments.length > 0);
@@ -296,7 +297,7 @@
         card = state.cards[d.name] = makeCard(d.name);
         root.appendChild(card.root);
       }
-      fillCard(card, d);
+      fillCard(card, d, isNum(snap.time) ? snap.time : null);
     });
     Object.keys(state.cards).forEach(function (name) {
       if (!seen[name]) {
@@ -371,7 +372,7 @@
     return card;
   }
 
-  function fillCard(card, d) {
+  function fillCard(card, d, nowS) {
     var series = d.series || {};
     card.model.textContent = d.model ? "model " + d.model : "";
     card.cost.textContent = isNum(d.cost_per_hour_usd) ? usd(d.cost_per_hour_usd) + " / h" : "";
@@ -387,7 +388,8 @@
     });
     fillCapacity(card.capacity, d.capacity);
     fillRollout(card.rollout, d.rollout);
-    card.charts.forEach(function (chart) { drawChart(chart, d); });
+    var range = timeRange(series, nowS);
+    card.charts.forEach(function (chart) { drawChart(chart, d, range); });
     fillSlos(card.slos, Array.isArray(d.slos) ? d.slos : []);
   }
 
@@ -597,7 +599,22 @@
     };
   }
 
-  function drawChart(chart, d) {
+  // One time axis for every series chart of a card: from the oldest point of any series to
+  // the snapshot's time, so the charts line up and a series that began late is seen as late.
+  function timeRange(series, nowS) {
+    var first = null, last = isNum(nowS) ? nowS : null;
+    Object.keys(series).forEach(function (name) {
+      var points = series[name];
+      if (!Array.isArray(points) || points.length === 0 || !Array.isArray(points[0])) { return; }
+      var t0 = points[0][0], t1 = points[points.length - 1][0];
+      if (isNum(t0) && (first === null || t0 < first)) { first = t0; }
+      if (isNum(t1) && (last === null || t1 > last)) { last = t1; }
+    });
+    if (first === null || last === null || last <= first) { return null; }
+    return [new Date(first * 1000), new Date(last * 1000)];
+  }
+
+  function drawChart(chart, d, range) {
     var spec = chart.spec, traces = [], emptyText = "no data yet";
     if (spec.forecast) {
       traces = forecastTraces(d) || [];
@@ -609,7 +626,10 @@
         var points = series[s[0]];
         var data = xy(points, spec.scale);
         if (data.x.length > 0) { hasData = true; }
-        traces.push({ x: data.x, y: data.y, type: "scatter", mode: "lines", name: s[1],
+        // A young series (a few points) is drawn with markers too: a lone point is visible.
+        traces.push({ x: data.x, y: data.y, type: "scatter",
+                      mode: data.x.length < FEW_POINTS ? "lines+markers" : "lines", name: s[1],
+                      marker: { color: s[2], size: 4 },
                       line: { color: s[2], width: 1.8, shape: spec.shape || "linear" } });
       });
       spec.series.forEach(function (s) {
@@ -624,7 +644,13 @@
     chart.plot.classList.toggle("hidden", isEmpty);
     if (isEmpty) { return; }
     var layout = chartLayout();
-    if (spec.forecast) { layout.xaxis.tickformat = "%H:%M"; }
+    if (spec.forecast) {
+      // Seconds on a horizon of minutes, minutes on one of hours, days past two days.
+      var t = d.forecast && Array.isArray(d.forecast.t) ? d.forecast.t : [];
+      var spanS = t.length > 1 ? t[t.length - 1] - t[0] : 0;
+      layout.xaxis.tickformat = spanS < 900 ? "%H:%M:%S" : spanS < 172800 ? "%H:%M" : "%a %H:%M";
+    }
+    else if (range) { layout.xaxis.range = range; }
     window.Plotly.react(chart.plot, traces, layout, { displayModeBar: false, responsive: true });
     chart.drawn = true;
   }

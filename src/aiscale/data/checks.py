@@ -23,6 +23,7 @@ from aiscale.data.examples import (
     META_COLUMNS,
     CapturedExamples,
     feature_columns,
+    flatten,
     is_output_feature,
     load_examples,
 )
@@ -114,8 +115,16 @@ def _columns_from_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]
         raise InvalidInput("the reference file has no rows", field="reference")
     if any("input" in row for row in rows):
         return feature_columns(rows)
+    # A plain table (training data): its columns are the features, except the example
+    # metadata; an ``output`` column (the training labels) is the model's output, flattened
+    # like a captured output so that output drift is tested against it too.
     names = [n for n in dict.fromkeys(k for row in rows for k in row) if n not in META_COLUMNS]
-    return {name: [row.get(name) for row in rows] for name in names}
+    columns = {name: [row.get(name) for row in rows] for name in names}
+    if any("output" in row for row in rows):
+        flat = [flatten(row.get("output"), "output") for row in rows]
+        for name in dict.fromkeys(k for f in flat for k in f):
+            columns[name] = [f.get(name) for f in flat]
+    return columns
 
 
 def compare(

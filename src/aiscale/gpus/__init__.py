@@ -11,7 +11,7 @@ from aiscale.gpus.config import GpuDeviceGroup, GpuPoolConfig, TeamQuota
 from aiscale.gpus.errors import GpuCapacityUnavailable, GpuQuotaExceeded
 from aiscale.gpus.inventory import GpuDevice, build_inventory, discover_nvml
 from aiscale.gpus.placement import GpuDemand, Quota
-from aiscale.gpus.pool import GpuLease, GpuPool, LaneGpus, Reservation
+from aiscale.gpus.pool import GpuLease, GpuPool, LaneGpus, NoGpus, Reservation
 
 __all__ = [
     "GpuCapacityUnavailable",
@@ -23,6 +23,7 @@ __all__ = [
     "GpuPoolConfig",
     "GpuQuotaExceeded",
     "LaneGpus",
+    "NoGpus",
     "Quota",
     "Reservation",
     "TeamQuota",

@@ -2,14 +2,15 @@
 
 Part of the one frozen config tree (``aiscale.config`` holds it as ``server.gpus``); it has
 its own frozen base because ``aiscale.config`` imports this module, never the other way.
-An unknown key, a negative quota, a duplicate team or device id rejects the whole file.
+An unknown key, a negative quota, a duplicate team or device id rejects the whole file,
+naming the dotted path of the field (``server.gpus.teams``, ``deployments.0.gpus``).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from aiscale.errors import ConfigError
 
@@ -62,47 +63,61 @@ class GpuPoolConfig(_Frozen):
     #: Requests that may wait for capacity at once; past this they are refused (503).
     max_waiting: Annotated[int, Field(ge=1, le=100_000)] = 1024
 
-    @model_validator(mode="after")
-    def _unique_names(self) -> GpuPoolConfig:
-        names = [team.name for team in self.teams]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"team names must be unique; repeated: {duplicates}")
-        ids = [device_id for device_id, _, _ in self.declared_devices()]
+    @field_validator("devices")
+    @classmethod
+    def _unique_device_ids(cls, groups: tuple[GpuDeviceGroup, ...]) -> tuple[GpuDeviceGroup, ...]:
+        ids = [device_id for device_id, _, _ in _numbered(groups)]
         repeated = sorted({i for i in ids if ids.count(i) > 1})
         if repeated:
             raise ValueError(f"device ids must be unique; repeated: {repeated}")
-        return self
+        return groups
+
+    @field_validator("teams")
+    @classmethod
+    def _unique_teams(cls, teams: tuple[TeamQuota, ...]) -> tuple[TeamQuota, ...]:
+        names = [team.name for team in teams]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"team names must be unique; repeated: {repeated}")
+        return teams
 
     def declared_devices(self) -> list[tuple[str, str, int]]:
         """``(device_id, kind, memory_mb)`` of every declared device, in order.
 
         Counted groups are numbered from 0 across all groups, as CUDA numbers devices.
         """
-        devices: list[tuple[str, str, int]] = []
-        next_index = 0
-        for group in self.devices:
-            if group.ids is not None:
-                devices.extend((device_id, group.kind, group.memory_mb) for device_id in group.ids)
-                continue
-            for _ in range(group.count or 0):
-                devices.append((str(next_index), group.kind, group.memory_mb))
-                next_index += 1
-        return devices
+        return _numbered(self.devices)
 
     @property
     def team_names(self) -> frozenset[str]:
         return frozenset(team.name for team in self.teams)
 
 
-def check_gpu_demand(num_gpus: float, gpu_memory_mb: int | None) -> None:
+def _numbered(groups: tuple[GpuDeviceGroup, ...]) -> list[tuple[str, str, int]]:
+    devices: list[tuple[str, str, int]] = []
+    next_index = 0
+    for group in groups:
+        if group.ids is not None:
+            devices.extend((device_id, group.kind, group.memory_mb) for device_id in group.ids)
+            continue
+        for _ in range(group.count or 0):
+            devices.append((str(next_index), group.kind, group.memory_mb))
+            next_index += 1
+    return devices
+
+
+def check_gpu_share(num_gpus: float) -> None:
     """A replica asks for a fraction of one GPU, or whole GPUs; raises ``ValueError``.
 
-    Called by ``DeploymentConfig``'s validator so that a bad request never loads.
+    Called by ``DeploymentConfig``'s field validators so that a bad request never loads.
     """
     if num_gpus > 1 and num_gpus != int(num_gpus):
         raise ValueError(f"gpus must be below 1 (a share) or a whole number, not {num_gpus:g}")
-    if gpu_memory_mb is not None and num_gpus == 0:
+
+
+def check_gpu_memory(gpu_memory_mb: int | None, num_gpus: float | None) -> None:
+    """``gpu_memory_mb`` sizes a GPU request, so it needs ``gpus > 0`` (``None``: gpus invalid)."""
+    if gpu_memory_mb is not None and num_gpus is not None and num_gpus == 0:
         raise ValueError("gpu_memory_mb needs gpus > 0")
 
 

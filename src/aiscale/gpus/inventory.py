@@ -74,12 +74,27 @@ def declared_inventory(config: GpuPoolConfig) -> list[GpuDevice]:
 
 
 def build_inventory(config: GpuPoolConfig) -> list[GpuDevice]:
-    """The devices the pool hands out, chosen by ``config.discovery`` (see ``GpuPoolConfig``)."""
+    """The devices the pool hands out, chosen by ``config.discovery`` (see ``GpuPoolConfig``).
+
+    Logs which inventory it chose and why, once, when the server starts.
+    """
+    declared = declared_inventory(config)
     if config.discovery == "declared":
-        return declared_inventory(config)
+        logger.info("GPU pool: %d declared devices (discovery: declared)", len(declared))
+        return declared
     found = discover_nvml()
-    if config.discovery == "nvml" or found:
-        if found and config.devices:
-            logger.info("NVML found %d GPUs; the declared devices are not used", len(found))
+    if found:
+        unused = f"; the {len(declared)} declared are not used" if declared else ""
+        logger.info("GPU pool: %d devices found by NVML%s", len(found), unused)
         return found
-    return declared_inventory(config)
+    if config.discovery == "nvml":
+        if declared:
+            logger.warning(
+                "NVML found no GPUs and discovery is 'nvml': the %d declared devices are not "
+                "used and the GPU pool is empty",
+                len(declared),
+            )
+        return []
+    if declared:
+        logger.info("GPU pool: NVML found none; using the %d declared devices", len(declared))
+    return declared

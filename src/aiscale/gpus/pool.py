@@ -113,6 +113,27 @@ class Reservation:
         self._pool._cancel_reserved(self.holder, self.leases)
 
 
+class _NoGpuLease:
+    """A CPU replica's lease: it sees no device, so it cannot use one the pool hands out."""
+
+    @property
+    def env(self) -> Mapping[str, str]:
+        return {"CUDA_VISIBLE_DEVICES": ""}
+
+    def serving(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+class NoGpus:
+    """The hook of a lane that asks for no GPUs on a server that has some: hides them all."""
+
+    async def acquire(self) -> _NoGpuLease:
+        return _NoGpuLease()
+
+
 def _team_label(team: str | None) -> str:
     return team if team is not None else "-"
 
@@ -138,6 +159,8 @@ class GpuPool:
         self._leases: dict[int, GpuLease] = {}
         self._reserved: dict[str, list[GpuLease]] = {}
         self._serving_s: deque[float] = deque(maxlen=_SERVING_SAMPLES)
+        #: Teams with exported gauges, so that one holding nothing any more reads 0.
+        self._exported_teams: set[str | None] = set()
         self._metrics = GpuMetrics(metrics_registry or CollectorRegistry())
         self._metrics.waiting.set_function(lambda: len(self._waiting))
         self._export()
@@ -158,6 +181,11 @@ class GpuPool:
     # ----- asking and giving back ------------------------------------------------------
     def for_lane(self, deployment: str, version: str, demand: GpuDemand) -> LaneGpus:
         return LaneGpus(self, f"{deployment}/{version}", demand)
+
+    def for_cpu_lane(self) -> NoGpus | None:
+        """The hook of a lane without GPUs: with devices in the pool its replicas see none
+        (``CUDA_VISIBLE_DEVICES=""``), so no uncounted use takes memory a team was granted."""
+        return NoGpus() if self.devices else None
 
     async def acquire(
         self, holder: str, demand: GpuDemand, num_replicas: int = 1
@@ -303,7 +331,8 @@ class GpuPool:
         return GpuCapacityUnavailable(message, field="gpus")
 
     def _export(self) -> None:
-        for team in {*self._state.quotas, *(g.team for g in self._state.grants)}:
+        self._exported_teams |= {*self._state.quotas, *(g.team for g in self._state.grants)}
+        for team in self._exported_teams:
             gpus, memory_mb = team_use(self._state, team)
             self._metrics.team_gpus.labels(_team_label(team)).set(gpus)
             self._metrics.team_memory_bytes.labels(_team_label(team)).set(memory_mb * 1024 * 1024)

@@ -24,6 +24,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+
 from aiscale.errors import InvalidInput, Overloaded
 from aiscale.monitor.actions import ActionRunner
 from aiscale.monitor.alert_log import AlertLog
@@ -44,6 +46,7 @@ from aiscale.monitor.config import MonitorConfig, SloConfig
 from aiscale.monitor.forecast import ForecastConfig, SeasonalForecaster
 from aiscale.monitor.history import Aggregation, InMemoryMetricsStore
 from aiscale.monitor.notifiers import LogNotifier, NotificationFailed, Notifier, WebhookNotifier
+from aiscale.monitor.prometheus import PrometheusError, PrometheusReader
 from aiscale.monitor.sampler import DeploymentSample, GatewaySampler
 from aiscale.monitor.slo import RollingCounts, Slo, SloStatus, evaluate
 from aiscale.rollout.histogram import Histogram
@@ -161,6 +164,8 @@ class LiveMonitor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self.last_t_s: float | None = None
+        #: Wall-clock unix s at ``start`` (``None`` before): no history is older than this.
+        self.started_at_s: float | None = None
         self.num_ticks = 0
         #: Seconds the last tick took (the monitor's own cost, on the event loop).
         self.last_tick_cost_s = 0.0
@@ -168,11 +173,14 @@ class LiveMonitor:
     # ----- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
         now = self._clock()
+        self.started_at_s = now
         for silence in self.config.silences:
             self.add_silence(silence.to_silence(now))
         # Prime the counters: the first interval starts now, not when the server started.
         self._sampler.sample(self.gateway, now, self.config.interval_s)
         self._loop_task = asyncio.create_task(self._run(), name="live-monitor")
+        if self.config.prometheus_url is not None:
+            self._spawn(self._check_prometheus(self.config.prometheus_url), "check-prometheus")
 
     async def stop(self) -> None:
         tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
@@ -314,6 +322,18 @@ class LiveMonitor:
                 Signal("slo_budget_remaining", name,
                        min(s.budget_remaining for s in statuses), t)]
         return signals
+
+    @staticmethod
+    async def _check_prometheus(url: str) -> None:
+        """Says at start-up, in the log, when the configured Prometheus cannot be read (the
+        history endpoint would fail with the same message); the server runs on regardless."""
+        reader = PrometheusReader(url, timeout=httpx.Timeout(5.0))
+        try:
+            await reader.query("1")
+        except PrometheusError as exc:
+            logger.error("monitor history: %s", exc.message)
+        finally:
+            await reader.aclose()
 
     # ----- notifications, actions, silences ---------------------------------------------
     def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:

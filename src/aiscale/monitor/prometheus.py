@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from aiscale.errors import AiscaleError, InvalidInput
+from aiscale.errors import InvalidInput, UpstreamUnavailable
 from aiscale.monitor.config import SERIES
 
 __all__ = ["PrometheusError", "PrometheusReader", "promql_for"]
@@ -29,7 +29,7 @@ __all__ = ["PrometheusError", "PrometheusReader", "promql_for"]
 Points = list[tuple[float, float]]
 
 
-class PrometheusError(AiscaleError):
+class PrometheusError(UpstreamUnavailable):
     """Prometheus could not be reached, or answered with an error."""
 
 
@@ -95,8 +95,10 @@ class PrometheusReader:
             response = await self._client.get(f"{self.url}{path}", params=params,
                                                timeout=self.timeout)
         except httpx.HTTPError as exc:
-            raise PrometheusError(f"prometheus at {self.url}: {type(exc).__name__}: {exc}",
-                                  field="prometheus_url") from exc
+            raise PrometheusError(
+                f"cannot reach Prometheus at {self.url} (monitor.prometheus_url): "
+                f"{type(exc).__name__}: {exc or 'no answer'}; is it running and listening "
+                "there?", field="prometheus_url") from exc
         try:
             body = response.json()
         except ValueError:

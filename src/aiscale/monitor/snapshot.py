@@ -138,7 +138,11 @@ def build_snapshot(monitor: LiveMonitor, window_s: float,
                    rollout_of: Callable[[str], dict[str, Any] | None], *,
                    step_s: float | None = None) -> dict[str, Any]:
     now = monitor.wall_time()
-    step = step_s if step_s is not None else _step_for(window_s, monitor.config.interval_s)
+    # A young monitor has less history than the window: its step follows the span it has,
+    # so the first minutes are drawn at the sampling interval rather than as two points.
+    started = monitor.started_at_s
+    span_s = window_s if started is None else min(window_s, max(now - started, 1.0))
+    step = step_s if step_s is not None else _step_for(span_s, monitor.config.interval_s)
     deployments = [
         _deployment(monitor, name, deployment, now, window_s, step, rollout_of)
         for name, deployment in sorted(monitor.gateway.deployments.items())]

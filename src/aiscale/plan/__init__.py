@@ -4,7 +4,14 @@ drives the same scaling policies as the live controller on simulated time."""
 from __future__ import annotations
 
 from aiscale.plan.catalog import HardwareSpec, SourcedFigure, derive_profile, load_catalog
-from aiscale.plan.profile import ModelProfile, load_profile, profile_from_latencies, save_profile
+from aiscale.plan.profile import (
+    CalibrationPoint,
+    ModelProfile,
+    ServerTerms,
+    load_profile,
+    profile_from_latencies,
+    save_profile,
+)
 from aiscale.plan.simulator import (
     ModeComparison,
     SimulationConfig,
@@ -24,10 +31,12 @@ from aiscale.plan.traffic import (
 __all__ = [
     "ArrivalCounts",
     "Arrivals",
+    "CalibrationPoint",
     "HardwareSpec",
     "ModeComparison",
     "ModelProfile",
     "SimulationConfig",
+    "ServerTerms",
     "SimulationResult",
     "SourcedFigure",
     "SyntheticTraffic",

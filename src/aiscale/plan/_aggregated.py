@@ -33,6 +33,23 @@ from aiscale.scaling.policies.base import ScalingObservation, ScalingPolicy
 #: standard deviations a step's count must exceed that average by to count as a burst.
 RATE_WINDOW_S = 10.0
 BURST_SIGMAS = 1.0
+#: Quantile levels whose bins discretise the per-request overhead (finer in the tail).
+OVERHEAD_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
+
+
+def _erlang_c_one(servers: float, offered: float) -> float:
+    """``_erlang_c`` for one value (the per-decision path, where numpy's call overhead on
+    one-element arrays cost 95% of a day's simulation)."""
+    n = int(servers)
+    erlang_b = 1.0
+    for k in range(1, max(n, 1) + 1):
+        erlang_b = offered * erlang_b / (k + offered * erlang_b)
+    rho = min(offered / max(n, 1), 0.999999)
+    return min(max(erlang_b / (1 - rho * (1 - erlang_b)), 0.0), 1.0)
+
+
+def _clip(value: float, low: float, high: float) -> float:
+    return low if value < low else high if value > high else value
 
 
 def _erlang_c(servers: FloatArray, offered: FloatArray) -> FloatArray:
@@ -55,18 +72,75 @@ class _StepModel:
         self.max_batch = config.max_batch_size
         self.max_delay_s = config.max_batch_delay_s
         self.sizes = np.arange(1, self.max_batch + 1, dtype=np.float64)
-        self.max_rate = self.max_batch / self.table[self.max_batch]
+        self.max_rate = float(self.max_batch / self.table[self.max_batch])
+        self._table_list = [float(v) for v in self.table]
 
     def latency(self, batch: FloatArray) -> FloatArray:
         result: FloatArray = np.interp(batch, self.sizes, self.table[1:])
         return result
 
+    def stats_one(
+        self, rate: float, ready: float, is_overloaded: bool, slowdown: float = 1.0
+    ) -> tuple[float, float, float, float, float]:
+        """``stats`` for one step, in plain floats: the same formulas, line by line (the
+        policy observation's path, once per decision)."""
+        table, max_batch, factor = self._table_list, float(self.max_batch), slowdown
+
+        def latency(batch: float) -> float:
+            if batch <= 1.0:
+                return table[1] * factor
+            if batch >= max_batch:
+                return table[self.max_batch] * factor
+            low = int(batch)
+            return (table[low] + (table[low + 1] - table[low]) * (batch - low)) * factor
+
+        servers = max(ready, 1.0)
+        per_replica = rate / servers
+        max_rate = self.max_rate / factor
+        batch = 1.0
+        for _ in range(30):
+            batch = _clip(per_replica * latency(batch), 1.0, max_batch)
+        all_busy = _erlang_c_one(servers, min(per_replica * latency(batch) / batch, 0.99) * servers)
+        gathered = _clip(1.0 + max(rate * self.max_delay_s - 1.0, 0.0) * all_busy, 1.0, max_batch)
+        for _ in range(30):
+            batch = _clip(max(per_replica * latency(batch), gathered), 1.0, max_batch)
+        load_max = min(per_replica / max_rate, 0.99)
+        overloaded = per_replica >= max_rate or is_overloaded
+        if overloaded:
+            batch = max_batch
+        batch_latency = latency(batch)
+        busy = min(per_replica * batch_latency / batch, 0.99)
+        p_wait = 1.0 if overloaded else _erlang_c_one(servers, busy * servers)
+        if overloaded:
+            mean_wait = batch_latency / (2 * servers)
+        else:
+            mean_wait = batch_latency / (2 * servers * (1 - load_max))
+        if self.max_batch > 1:  # the cap explained in ``stats``
+            high = max_batch
+            for _ in range(60):
+                high = _clip(per_replica * latency(high), 1.0, max_batch)
+            cap = max(latency(max(high, batch)), table[1] * factor)
+            mean_wait = min(mean_wait, cap)
+        gather_s = min(self.max_delay_s, (batch - 1) / max(rate, 1e-9)) / 2
+        return gather_s + batch_latency, batch_latency, p_wait, mean_wait, batch
+
     def stats(
-        self, rate: FloatArray, ready: FloatArray, is_overloaded: FloatArray
+        self,
+        rate: FloatArray,
+        ready: FloatArray,
+        is_overloaded: FloatArray,
+        slowdown: FloatArray | None = None,
     ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
-        """``(no-wait latency, batch latency, P(wait), mean wait, batch size)``; seconds."""
+        """``(no-wait latency, batch latency, P(wait), mean wait, batch size)``; seconds.
+        ``slowdown`` multiplies every batch latency (the server terms; default 1)."""
+        factor = np.ones_like(rate) if slowdown is None else slowdown
+
+        def latency(batch: FloatArray) -> FloatArray:
+            return self.latency(batch) * factor
+
         servers = np.maximum(ready, 1.0)
         per_replica = rate / servers
+        max_rate = self.max_rate / factor
         # The batcher waits (up to max_batch_delay_s) for as many as the last batch had, so
         # batches hold at least what arrives in that delay; the rest is what arrives while
         # a batch runs.
@@ -74,21 +148,19 @@ class _StepModel:
         # takes it alone and the last batch size stays 1), hence the Erlang C weight.
         batch = np.ones_like(rate)
         for _ in range(30):
-            batch = np.clip(per_replica * self.latency(batch), 1.0, self.max_batch)
+            batch = np.clip(per_replica * latency(batch), 1.0, self.max_batch)
         all_busy = _erlang_c(
-            servers, np.minimum(per_replica * self.latency(batch) / batch, 0.99) * servers
+            servers, np.minimum(per_replica * latency(batch) / batch, 0.99) * servers
         )
         gathered = np.clip(
             1.0 + np.maximum(rate * self.max_delay_s - 1.0, 0.0) * all_busy, 1.0, self.max_batch
         )
         for _ in range(30):
-            batch = np.clip(
-                np.maximum(per_replica * self.latency(batch), gathered), 1.0, self.max_batch
-            )
-        load_max = np.minimum(per_replica / self.max_rate, 0.99)
-        overloaded = (per_replica >= self.max_rate) | is_overloaded
+            batch = np.clip(np.maximum(per_replica * latency(batch), gathered), 1.0, self.max_batch)
+        load_max = np.minimum(per_replica / max_rate, 0.99)
+        overloaded = np.greater_equal(per_replica, max_rate) | is_overloaded.astype(bool)
         batch = np.where(overloaded, float(self.max_batch), batch)
-        batch_latency = self.latency(batch)
+        batch_latency = latency(batch)
         busy = np.minimum(per_replica * batch_latency / batch, 0.99)
         p_wait = np.where(overloaded, 1.0, _erlang_c(servers, busy * servers))
         # Past saturation the fluid backlog carries the queueing; only a batch residual is left.
@@ -108,9 +180,9 @@ class _StepModel:
             # KPA) saw 2-5x the exact mode's concurrency (benchmarks/simulator/RESULTS.md).
             high = np.full_like(rate, float(self.max_batch))
             for _ in range(60):
-                high = np.clip(per_replica * self.latency(high), 1.0, self.max_batch)
+                high = np.clip(per_replica * latency(high), 1.0, self.max_batch)
             # Never below one batch of one: at light load the M/D/c term is the better one.
-            cap = np.maximum(self.latency(np.maximum(high, batch)), self.table[1])
+            cap = np.maximum(latency(np.maximum(high, batch)), self.table[1] * factor)
             mean_wait = np.minimum(mean_wait, cap)
         # A request that finds a replica idle still waits, on average half the time the
         # batch takes to fill to its target (capped by the delay).
@@ -138,6 +210,7 @@ def run_aggregated(
     capacity_per_replica = model.max_rate * dt
     interval_steps = max(1, round(config.decision_interval_s / dt))
     startup = config.replica_startup_s
+    server = config.profile.server
 
     ready = config.initial_replicas
     starting: deque[float] = deque()
@@ -160,14 +233,15 @@ def run_aggregated(
         if k and k % interval_steps == 0:
             interval = interval_steps * dt
             rate = arrived_since / interval
-            _, batch_latency, p_wait, mean_wait, batch = model.stats(
-                np.array([rate]), np.array([float(ready)]), np.array([backlog > 0])
+            interval_slowdown = 1.0 if server is None else server.slowdown(rate / max(ready, 1))
+            _, one_latency, one_p_wait, one_wait, one_batch = model.stats_one(
+                rate, float(ready), backlog > 0, interval_slowdown
             )
             # Little's law for the requests inside the step model, plus the fluid backlog.
-            in_flight = min(rate * float(batch_latency[0]), ready * config.max_batch_size)
+            in_flight = min(rate * one_latency, ready * config.max_batch_size)
             # The steady-state wait explodes near saturation, but a queue cannot build for
             # longer than the interval the rate was measured over: cap it there.
-            queued = rate * float(p_wait[0]) * min(float(mean_wait[0]), interval) + backlog
+            queued = rate * one_p_wait * min(one_wait, interval) + backlog
             history.advance(t)
             observation = ScalingObservation(
                 now_s=t,
@@ -178,7 +252,7 @@ def run_aggregated(
                 num_queued=round(queued),
                 arrival_rate_per_s=rate,
                 completed_rate_per_s=served_since / interval,
-                mean_service_time_s=(float(batch_latency[0] / batch[0]) if served_since else None),
+                mean_service_time_s=(one_latency / one_batch if served_since else None),
                 arrival_history=history,
             )
             decision, policy_state = policy.decide(observation, policy_state)
@@ -195,7 +269,10 @@ def run_aggregated(
             num_decisions += 1
         arriving = given[k] if k < num_given else 0.0
         total = backlog + arriving
-        served = min(total, ready * capacity_per_replica)
+        step_capacity = ready * capacity_per_replica
+        if server is not None:
+            step_capacity /= server.slowdown(arriving / dt / max(ready, 1))
+        served = min(total, step_capacity)
         backlog = total - served
         if backlog < 1e-9:
             backlog = 0.0
@@ -236,8 +313,21 @@ def run_aggregated(
     excess = np.maximum(arrived - smooth - BURST_SIGMAS * np.sqrt(smooth), 0.0)
     rates = (smooth + excess) / dt
     ready_at_departure = np.maximum(ready_arr[j], 1.0)
+    per_replica_rate = rates / ready_at_departure
+    if server is None:
+        step_slowdown = None
+        # One point of no overhead: the model alone.
+        overhead = np.zeros((1, 1))
+        overhead_weights = np.ones((1, 1))
+    else:
+        step_slowdown = server.model_slowdown + server.model_slowdown_per_rps * per_replica_rate
+        grid = np.asarray(OVERHEAD_GRID)
+        points = server.overhead_at((grid[1:] + grid[:-1]) / 2)
+        scale = 1.0 + server.overhead_growth_per_rps * per_replica_rate
+        overhead = points[:, None] * scale[None, :]
+        overhead_weights = np.diff(grid)[:, None]
     no_wait, batch_latency, p_wait, mean_wait, _ = model.stats(
-        rates, ready_at_departure, fluid_wait > dt
+        rates, ready_at_departure, fluid_wait > dt, step_slowdown
     )
     low = fluid_wait + no_wait
     high = fluid_wait + batch_latency
@@ -248,21 +338,26 @@ def run_aggregated(
     def cdf(x: float) -> float:
         if total_completed <= 0:
             return 0.0
-        part_low = (1 - p_wait) * (low <= x)
-        tail = 1 - np.exp(-np.maximum(x - high, 0.0) / np.maximum(mean_wait, 1e-12))
-        return float(np.sum(weights * (part_low + p_wait * tail))) / total_completed
+        shifted = x - overhead  # (points, steps): the core latency left after each overhead
+        part_low = (1 - p_wait) * (low <= shifted)
+        tail = 1 - np.exp(-np.maximum(shifted - high, 0.0) / np.maximum(mean_wait, 1e-12))
+        mixed = np.sum(overhead_weights * (part_low + p_wait * tail), axis=0)
+        return float(np.sum(weights * mixed)) / total_completed
 
     def quantile(q: float) -> float:
-        lo, hi = 0.0, float(np.max(np.maximum(low, high + 40 * mean_wait), initial=0.0))
-        for _ in range(60):
+        top = np.maximum(low, high + 40 * mean_wait) + np.max(overhead, axis=0)
+        lo, hi = 0.0, float(np.max(top, initial=0.0))
+        for _ in range(40):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if cdf(mid) < q else (lo, mid)
         return hi
 
     if total_completed > 0:
         p50, p99 = quantile(0.5), quantile(0.99)
+        mean_overhead = np.sum(overhead_weights * overhead, axis=0)
         mean = float(
-            np.sum(weights * ((1 - p_wait) * low + p_wait * (high + mean_wait))) / total_completed
+            np.sum(weights * ((1 - p_wait) * low + p_wait * (high + mean_wait) + mean_overhead))
+            / total_completed
         )
         within = cdf(config.slo_p99_ms / 1000.0) * total_completed
     else:

@@ -11,6 +11,12 @@ Routing: one deployment queue, as in the live batcher; an idle ready replica tak
 (all idle replicas are equally, i.e. least, loaded). Scaling down cancels starting replicas
 first (newest first), then stops idle ones, then drains busy ones (they finish their batch).
 A replica is paid for from its launch to its removal.
+
+Server terms (``profile.server``, see ``ServerTerms``): a batch occupies its replica for the
+profile's latency times the slowdown at the arrival rate per ready replica over the last
+``CONTENTION_WINDOW_S``; each request's latency then gets its per-request overhead, drawn
+with ``config.seed`` (after the event loop, vectorised: the overhead never occupies a
+replica, so it does not change the event order or count).
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ from aiscale.plan.traffic import Arrivals
 from aiscale.policies.batching import batch_size_to_take
 from aiscale.scaling.policies.base import ScalingObservation, ScalingPolicy
 
+#: Seconds of arrivals over which the rate behind the server terms is counted.
+CONTENTION_WINDOW_S = 1.0
+
 _READY, _DONE, _TIMEOUT, _TICK = 0, 1, 2, 3
 _STARTING, _IDLE, _BUSY, _DRAINING, _GONE = 0, 1, 2, 3, 4
 
@@ -47,6 +56,10 @@ def run_exact(
     max_delay = config.max_batch_delay_s
     startup = config.replica_startup_s
     history = make_history(config, arrivals.counts(config.history_bin_s))
+    server = config.profile.server
+    #: Per request: the overhead's rate scaling, from the rate when its batch was sent.
+    overhead_scale = np.ones(num_requests) if server is not None else None
+    window_start = 0  # first arrival inside the contention window
 
     heap: list[tuple[float, int, int, int]] = []
     seq = 0
@@ -59,21 +72,30 @@ def run_exact(
     state: list[int] = []
     launched_s: list[float] = []
     batches: list[list[int]] = []
+    service_s: list[float] = []
+    batch_scale: list[float] = []
     idle: list[int] = []  # heap of replica ids, lazily cleaned
     replica_seconds = 0.0
+    num_ready = 0  # replicas idle or busy (not starting, draining or gone)
 
     def launch(now: float, is_ready: bool) -> None:
+        nonlocal num_ready
         rid = len(state)
         state.append(_IDLE if is_ready else _STARTING)
         launched_s.append(now)
         batches.append([])
+        service_s.append(0.0)
+        batch_scale.append(1.0)
         if is_ready:
             heapq.heappush(idle, rid)
+            num_ready += 1
         else:
             push(now + startup, _READY, rid)
 
     def remove(rid: int, now: float) -> None:
-        nonlocal replica_seconds
+        nonlocal replica_seconds, num_ready
+        if state[rid] in (_IDLE, _BUSY):
+            num_ready -= 1
         state[rid] = _GONE
         replica_seconds += now - launched_s[rid]
 
@@ -92,7 +114,7 @@ def run_exact(
     busy_seconds_since = 0.0
 
     def dispatch(now: float) -> None:
-        nonlocal target_size, is_timeout_pending
+        nonlocal target_size, is_timeout_pending, window_start
         while queue and idle:
             wait_start = max(times[queue[0]], last_free_s)
             # The 1 ns slack: a timeout set at ``wait_start + delay`` must see the full delay
@@ -111,7 +133,15 @@ def run_exact(
             batches[rid] = batch
             state[rid] = _BUSY
             target_size = take
-            push(now + lat_table[take], _DONE, rid)
+            service = lat_table[take]
+            if server is not None:
+                while window_start < index and times[window_start] <= now - CONTENTION_WINDOW_S:
+                    window_start += 1
+                rate = (index - window_start) / CONTENTION_WINDOW_S / max(num_ready, 1)
+                service *= server.slowdown(rate)
+                batch_scale[rid] = server.overhead_scale(rate)
+            service_s[rid] = service
+            push(now + service, _DONE, rid)
 
     policy_state = policy.initial_state()
     timeline: list[tuple[float, int, int]] = []
@@ -147,8 +177,10 @@ def run_exact(
             batch = batches[rid]
             for request in batch:
                 latencies[request] = now - times[request]
+            if overhead_scale is not None and batch_scale[rid] != 1.0:
+                overhead_scale[batch] = batch_scale[rid]
             completed_since += len(batch)
-            busy_seconds_since += lat_table[len(batch)]
+            busy_seconds_since += service_s[rid]
             batches[rid] = []
             if state[rid] == _DRAINING:
                 remove(rid, now)
@@ -159,6 +191,7 @@ def run_exact(
                 dispatch(now)
         elif kind == _READY:
             if state[rid] == _STARTING:
+                num_ready += 1
                 state[rid] = _IDLE
                 heapq.heappush(idle, rid)
                 last_free_s = now
@@ -168,7 +201,6 @@ def run_exact(
             dispatch(now)
         else:  # a decision tick
             num_starting = state.count(_STARTING)
-            num_ready = state.count(_IDLE) + state.count(_BUSY)
             in_flight = sum(
                 len(batches[r]) for r in range(len(state)) if state[r] in (_BUSY, _DRAINING)
             )
@@ -188,7 +220,12 @@ def run_exact(
                 arrival_history=history,
             )
             decision, policy_state = policy.decide(observation, policy_state)
-            _apply(decision.target_replicas - observation.num_replicas, now, state, launch, remove)
+            # Not ``num_ready += _apply(...)``: that reads num_ready before ``remove`` (called
+            # inside) updates it.
+            drained = _apply(
+                decision.target_replicas - observation.num_replicas, now, state, launch, remove
+            )
+            num_ready += drained
             arrived_since = completed_since = 0
             busy_seconds_since = 0.0
             num_paid = sum(1 for s in state if s != _GONE)
@@ -202,6 +239,9 @@ def run_exact(
     for rid, s in enumerate(state):
         if s != _GONE:
             remove(rid, sim_end)
+    if server is not None and overhead_scale is not None:
+        draws = np.random.default_rng(config.seed).random(num_requests)
+        latencies += server.overhead_at(draws) * overhead_scale
     completed = latencies[~np.isnan(latencies)]
     unfinished = num_requests - int(completed.size) - dropped
     return summarize(
@@ -216,24 +256,31 @@ def run_exact(
     )
 
 
-def _apply(change: int, now: float, state: list[int], launch: Any, remove: Any) -> None:
-    """Start ``change`` replicas, or stop ``-change`` (starting first, then idle, then busy)."""
+def _apply(change: int, now: float, state: list[int], launch: Any, remove: Any) -> int:
+    """Start ``change`` replicas, or stop ``-change`` (starting first, then idle, then busy).
+
+    Returns the change in ready replicas it made itself (draining ones taken back or busy
+    ones set draining); ``launch`` and ``remove`` keep their own count."""
+    num_ready_change = 0
     if change > 0:
         for rid, s in enumerate(state):  # a draining replica is the cheapest one to "add"
             if change and s == _DRAINING:
                 state[rid] = _BUSY
                 change -= 1
+                num_ready_change += 1
         for _ in range(change):
             launch(now, False)
-        return
+        return num_ready_change
     to_stop = -change
     for wanted in (_STARTING, _IDLE, _BUSY):
         for rid in range(len(state) - 1, -1, -1):
             if to_stop == 0:
-                return
+                return num_ready_change
             if state[rid] == wanted:
                 if wanted == _BUSY:
                     state[rid] = _DRAINING
+                    num_ready_change -= 1
                 else:
                     remove(rid, now)
                 to_stop -= 1
+    return num_ready_change

@@ -27,7 +27,8 @@ class SimulationConfig:
     ``max_queue`` bounds the deployment queue as the live batcher does: a request arriving to a
     full queue is dropped (the gateway's 503) and counted. ``startup_s`` defaults to the
     profile's. ``prior_counts`` are arrivals before ``t = 0`` in bins of ``history_bin_s``
-    (for example the previous week), shown to policies in ``arrival_history``.
+    (for example the previous week), shown to policies in ``arrival_history``. ``seed``
+    draws the per-request server overhead (``profile.server``) in the exact mode.
     """
 
     profile: ModelProfile
@@ -43,6 +44,7 @@ class SimulationConfig:
     step_s: float = 1.0
     history_bin_s: float = 60.0
     drain_timeout_s: float = 600.0
+    seed: int = 0
     prior_counts: ArrivalCounts | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:

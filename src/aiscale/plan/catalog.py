@@ -90,7 +90,11 @@ def derive_profile(
     """An estimated profile on ``target`` hardware from one measured on other hardware.
 
     Latencies scale by the inverse ratio of relative speeds (throughput by the ratio); the
-    start-up time and memory stay. Raises ``NotFound`` for hardware not in the catalog and
+    start-up time and memory stay. Server terms (``ServerTerms``), when present, keep the
+    measured per-request overhead (HTTP, gateway and IPC run on host CPUs either way) but
+    drop the contention terms (slowdown 1, no growth with the rate): on other hardware the
+    model does not share the gateway's cores, and a fleet that size runs gateways of its
+    own; they are labelled ``estimated``. Raises ``NotFound`` for hardware not in the catalog and
     ``InvalidInput`` when the model does not fit the target's memory.
     """
     for name in (measured.hardware, target):
@@ -105,10 +109,20 @@ def derive_profile(
     if target == measured.hardware:
         return measured
     ratio = spec.relative_speed.value / catalog[measured.hardware].relative_speed.value
+    server = measured.server
+    if server is not None:
+        server = replace(
+            server,
+            overhead_growth_per_rps=0.0,
+            model_slowdown=1.0,
+            model_slowdown_per_rps=0.0,
+            label="estimated",
+        )
     return replace(
         measured,
         hardware=target,
         latency_ms=tuple(lat / ratio for lat in measured.latency_ms),
         throughput_per_s=tuple(tp * ratio for tp in measured.throughput_per_s),
         estimated=True,
+        server=server,
     )

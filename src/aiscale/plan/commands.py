@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from aiscale.errors import ConfigError, InvalidInput
+from aiscale.errors import ConfigError, InvalidInput, NotFound
+from aiscale.plan.calibration import calibrate_server
 from aiscale.plan.catalog import derive_profile, load_catalog
 from aiscale.plan.planner import (
     POLICY_NAMES,
@@ -42,16 +44,34 @@ def profile_command(
     hardware: str | None = None,
     batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
     seconds_per_size: float = 1.0,
+    is_server_measured: bool = True,
+    server_seconds_per_level: float = 5.0,
 ) -> ModelProfile:
-    """``aiscale profile MODEL --out PROFILE``: measure and write the profile JSON."""
+    """``aiscale profile MODEL --out PROFILE``: measure and write the profile JSON.
+
+    First the model alone (``profiling.profile_model``); then, unless ``is_server_measured``
+    is false, the server terms through a real ``aiscale serve MODEL`` on this machine
+    (``calibration.calibrate_server``; the bundled minilm only, whose endpoint the load
+    generator knows: other models get ``server: null``). ``hardware`` other than this
+    machine's derives the estimate from the measured profile at the end.
+    """
+    if server_seconds_per_level <= 0:
+        raise InvalidInput("must be > 0", field="server_seconds_per_level")
     profile = profile_model(
         model,
         runtime=runtime,
         config=config,
         batch_sizes=batch_sizes,
         min_seconds_per_size=seconds_per_size,
-        hardware=hardware,
     )
+    if is_server_measured and model == "minilm" and runtime in (None, "minilm"):
+        terms = calibrate_server(model, profile, seconds_per_level=server_seconds_per_level)
+        profile = replace(profile, server=terms)
+    if hardware is not None and hardware != profile.hardware:
+        catalog = load_catalog()
+        if hardware not in catalog:
+            raise NotFound(f"hardware {hardware!r} is not in the catalog", field="hardware")
+        profile = derive_profile(profile, hardware, catalog)
     save_profile(profile, out)
     return profile
 
@@ -99,6 +119,7 @@ def simulate_command(
     startup_s: float | None = None,
     decision_interval_s: float = 10.0,
     seed: int = 0,
+    max_batch_size: int | None = None,
 ) -> dict[str, Any]:
     """``aiscale simulate``: one policy over a trace or synthetic users; returns the JSON
     object (``p50_ms``, ``p99_ms``, ``slo_attainment`` 0-1, ``replica_hours``, ``cost_usd``,
@@ -106,7 +127,9 @@ def simulate_command(
     stretched by ``time_scale``; each extra copy of a request lands within the stretched span
     of its original second) or ``users`` x ``requests_per_user`` a day with ``shape``.
     The policy is configured from the profile and the SLO (``planner`` docstring);
-    ``replicas`` fixes the static count (default: enough for the peak).
+    ``replicas`` fixes the static count (default: enough for the peak); ``max_batch_size``
+    fixes the batch (default: the largest that fits the SLO). ``server_terms`` in
+    the result says whether the profile's server terms were applied (``ServerTerms``).
     """
     if policy not in POLICY_NAMES:
         raise InvalidInput(
@@ -131,7 +154,9 @@ def simulate_command(
     if (trace is None) == (users is None):
         raise InvalidInput("give either --trace or --users (not both)", field="trace")
     model_profile = _load_profile_arg(profile, hardware)
-    sizing = size_replica(model_profile, slo_p99_ms, startup_s=startup_s)
+    sizing = size_replica(
+        model_profile, slo_p99_ms, startup_s=startup_s, max_batch_size=max_batch_size
+    )
     counts: ArrivalCounts
     exact_input: Arrivals | None = None
     if trace is not None:
@@ -184,6 +209,8 @@ def simulate_command(
             "traffic": source,
             "hardware": model_profile.hardware,
             "estimated_profile": model_profile.estimated,
+            # "measured", "estimated", or None: the model alone (a version-1 profile).
+            "server_terms": None if model_profile.server is None else model_profile.server.label,
             "max_batch_size": sizing.max_batch_size,
             "capacity_per_replica_per_s": sizing.capacity_per_s,
             "max_replicas": max((paid for _, paid, _ in result.timeline), default=0),

@@ -98,7 +98,31 @@ class ReplicaSizing:
             mode="exact",
         )
         result = simulate(Arrivals(times, duration), StaticPolicy(StaticConfig(1)), config)
-        return max(1.0, rate * result.mean_ms / 1000.0)
+        mean_s = result.mean_ms / 1000.0
+        server = self.profile.server
+        if server is not None:
+            # The per-request overhead is spent outside the replica (HTTP, gateway): the
+            # ongoing count a policy sees holds only the queued and batched requests.
+            mean_s -= server.mean_overhead_s * server.overhead_scale(rate)
+        return max(1.0, rate * mean_s)
+
+
+def served_capacity_per_s(profile: ModelProfile, batch_size: int) -> float:
+    """Requests/s one replica serves with full batches of ``batch_size`` in the server.
+
+    With server terms the batch takes ``latency(b) * (s0 + s1 * c)`` at the rate ``c`` it
+    serves, so ``c`` solves ``s1 * latency * c**2 + s0 * latency * c - b = 0``; without,
+    ``b / latency(b)``.
+    """
+    latency = profile.latency_s(batch_size)
+    server = profile.server
+    if server is None:
+        return batch_size / latency
+    s0, s1 = server.model_slowdown, server.model_slowdown_per_rps
+    if s1 <= 0:
+        return batch_size / (latency * s0)
+    a, b = s1 * latency, s0 * latency
+    return (-b + math.sqrt(b * b + 4 * a * batch_size)) / (2 * a)
 
 
 def size_replica(
@@ -108,31 +132,52 @@ def size_replica(
     target_utilization: float = 0.7,
     max_batch_delay_s: float = 0.010,
     startup_s: float | None = None,
+    max_batch_size: int | None = None,
 ) -> ReplicaSizing:
     """The largest batch ``b <= 128`` with ``2 * latency(b) + delay <= SLO`` and its capacity.
 
-    Raises ``InvalidInput`` (field ``slo_p99_ms``) when even a batch of one cannot meet it.
+    With server terms (``profile.server``) the latency is the one served at full capacity
+    (``served_capacity_per_s``), and the SLO budget also pays the per-request overhead's
+    99th percentile at that rate. ``max_batch_size`` fixes the batch instead (as ``aiscale
+    serve --max-batch-size`` does; the SLO then only scores the result). Raises
+    ``InvalidInput`` (field ``slo_p99_ms``) when even a batch of one cannot meet it.
     """
     if slo_p99_ms <= 0:
         raise InvalidInput("the SLO must be > 0 ms", field="slo_p99_ms")
     if not 0 < target_utilization <= 1:
         raise InvalidInput("must be in (0, 1]", field="target_utilization")
     budget_s = slo_p99_ms / 1000.0 - max_batch_delay_s
-    fitting = [b for b in range(1, MAX_BATCH_LIMIT + 1) if 2 * profile.latency_s(b) <= budget_s]
+    server = profile.server
+    capacity = {b: served_capacity_per_s(profile, b) for b in range(1, MAX_BATCH_LIMIT + 1)}
+
+    def cost_s(b: int) -> float:
+        """Two served batches of ``b`` plus the overhead's p99, at full capacity."""
+        if server is None:
+            return 2 * profile.latency_s(b)
+        rate = capacity[b]
+        overhead = float(server.overhead_at(0.99)) * server.overhead_scale(rate)
+        return 2 * profile.latency_s(b) * server.slowdown(rate) + overhead
+
+    if max_batch_size is not None:
+        if not 1 <= max_batch_size <= MAX_BATCH_LIMIT:
+            raise InvalidInput(f"must be in 1..{MAX_BATCH_LIMIT}", field="max_batch_size")
+        fitting = [max_batch_size]
+    else:
+        fitting = [b for b in range(1, MAX_BATCH_LIMIT + 1) if cost_s(b) <= budget_s]
     if not fitting:
         raise InvalidInput(
-            f"{profile.model} on {profile.hardware} needs {2 * profile.latency_s(1) * 1000:.0f} ms"
+            f"{profile.model} on {profile.hardware} needs {cost_s(1) * 1000:.0f} ms"
             f" for two batches of one; the SLO of {slo_p99_ms:g} ms cannot be met",
             field="slo_p99_ms",
         )
     # The throughput can peak below the largest fitting batch (a measured dip); take the best.
-    best = max(fitting, key=lambda b: (b / profile.latency_s(b), b))
+    best = max(fitting, key=lambda b: (capacity[b], b))
     return ReplicaSizing(
         profile=profile,
         slo_p99_ms=slo_p99_ms,
         max_batch_size=best,
         max_batch_delay_s=max_batch_delay_s,
-        full_capacity_per_s=best / profile.latency_s(best),
+        full_capacity_per_s=capacity[best],
         target_utilization=target_utilization,
         startup_s=profile.startup_s if startup_s is None else startup_s,
     )

@@ -5,9 +5,10 @@ aiscale.plan.profiling``) through the same runtime code the replicas use
 (``aiscale.runtimes.load_model``), so the measurement owns its process: start-up time is the
 runtime's build plus ``load()``, and memory is the process's resident set after loading. For
 each batch size it calls ``predict`` until both a minimum count and a minimum time are reached
-and keeps the median. Inputs are built from the model's declared schema (realistic sentences
-for text inputs). Hardware not present here is derived from the catalog
-(``catalog.derive_profile``) and marked ``estimated``.
+(in rounds over all sizes, so that outside load hits every size alike) and keeps the median.
+Inputs are built from the model's declared schema (realistic sentences for text inputs).
+Hardware not present here is derived from the catalog (``catalog.derive_profile``) and marked
+``estimated``.
 
 The parent side only starts the subprocess and parses its one JSON line; it never loads a
 model itself. The worker prints only that line (a subprocess protocol, not user output).
@@ -33,6 +34,8 @@ from aiscale.plan.profile import ModelProfile, profile_from_latencies
 DEFAULT_BATCH_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
 #: The catalog entry this machine's CPU measurements are filed under.
 MEASURED_HARDWARE = "CPU"
+#: Seconds of calls per batch size in each round of the measurement.
+_SLICE_S = 0.05
 
 
 def resolve_model(model: str, runtime: str | None = None) -> tuple[str, str]:
@@ -176,21 +179,33 @@ def measure(
     model.load()
     startup_s = clock() - started
     memory_bytes = _rss_bytes()
-    latency_ms: dict[str, float] = {}
     min_seconds = float(request["min_seconds"])
     min_calls = int(request["min_calls"])
-    for size in request["batch_sizes"]:
-        batch = sample_batch(model, int(size))
+    sizes = [int(size) for size in request["batch_sizes"]]
+    batches = {size: sample_batch(model, size) for size in sizes}
+    for batch in batches.values():
         outputs = model.predict(batch)  # warm-up, and a check of the contract
         if len(outputs) != len(batch):
             raise ModelLoadError(f"predict returned {len(outputs)} outputs for {len(batch)}")
-        samples: list[float] = []
-        begun = clock()
-        while len(samples) < min_calls or clock() - begun < min_seconds:
-            t0 = clock()
-            model.predict(batch)
-            samples.append(clock() - t0)
-        latency_ms[str(size)] = max(statistics.median(samples) * 1000.0, 1e-6)
+    # Round robin over the sizes, a short slice of calls each, so that a burst of load from
+    # elsewhere on a shared machine slows every size alike instead of skewing one of them.
+    samples: dict[int, list[float]] = {size: [] for size in sizes}
+    begun = clock()
+    while any(
+        len(found) < min_calls for found in samples.values()
+    ) or clock() - begun < min_seconds * len(sizes):
+        for size in sizes:
+            slice_begun = clock()
+            while True:
+                t0 = clock()
+                model.predict(batches[size])
+                done = clock()
+                samples[size].append(done - t0)
+                if done - slice_begun >= _SLICE_S:
+                    break
+    latency_ms = {
+        str(size): max(statistics.median(found) * 1000.0, 1e-6) for size, found in samples.items()
+    }
     return {"latency_ms": latency_ms, "memory_bytes": memory_bytes, "startup_s": startup_s}
 
 

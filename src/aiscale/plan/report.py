@@ -30,12 +30,22 @@ def _plot_traffic(phase: PhasePlan, path: Path) -> None:
     hours = [i / 60.0 for i in range(len(phase.rate_per_minute))]
     ax.plot(hours, phase.rate_per_minute, color="black", linewidth=1.0, label="arrivals (req/s)")
     capacity = phase.capacity_per_replica_per_s
-    for outcome in phase.outcomes:
-        if outcome.hardware != phase.hardware or not outcome.timeline:
-            continue
+    # Strategies often give the same fleet: a distinct style and width each (widest first,
+    # drawn underneath) keeps every one of them visible where the lines coincide.
+    styles = ["-", "--", "-.", ":", (0, (5, 1, 1, 1))]
+    shown = [o for o in phase.outcomes if o.hardware == phase.hardware and o.timeline]
+    for k, outcome in enumerate(shown):
         times = [t / 3600.0 for t, _, _ in outcome.timeline]
         ready = [r * capacity for _, _, r in outcome.timeline]
-        ax.step(times, ready, where="post", linewidth=1.0, label=f"{outcome.strategy} capacity")
+        ax.step(
+            times,
+            ready,
+            where="post",
+            linewidth=max(3.5 - 0.6 * k, 1.0),
+            linestyle=styles[k % len(styles)],
+            alpha=0.85,
+            label=f"{outcome.strategy} capacity",
+        )
     # A strategy that overshoots (a reactive rule after a backlog) must not flatten the rest:
     # the axis stops a little above the busier of the traffic and static capacity.
     static = [
@@ -47,6 +57,18 @@ def _plot_traffic(phase: PhasePlan, path: Path) -> None:
     )
     if top > 0:
         ax.set_ylim(0, top * 1.3)
+        overshoot = max((o.max_replicas for o in shown), default=0) * capacity
+        if overshoot > top * 1.3:
+            ax.text(
+                0.99,
+                0.97,
+                f"axis cut at {top * 1.3:,.0f} req/s; the highest fleet reached "
+                f"{overshoot:,.0f} req/s of capacity",
+                transform=ax.transAxes,
+                ha="right",
+                va="top",
+                fontsize=8,
+            )
     ax.set_xlabel("hour")
     ax.set_ylabel("requests/s")
     ax.set_title(
@@ -78,12 +100,21 @@ def _plot_costs(result: PlanResult, path: Path) -> None:
             ]
             costs.append(match[0] if match else 0.0)
         xs = [i + (k - (len(STRATEGIES) - 1) / 2) * width for i in range(len(result.phases))]
-        ax.bar(xs, costs, width=width, label=strategy)
+        bars = ax.bar(xs, costs, width=width, label=strategy)
+        # The amount on each bar: a log axis's few ticks cannot be read to the dollar.
+        ax.bar_label(bars, labels=[_money(c) for c in costs], fontsize=7, rotation=90, padding=2)
     ax.set_xticks(range(len(result.phases)))
     ax.set_xticklabels([f"{p.num_users:,} users\n({p.hardware})" for p in result.phases])
     ax.set_ylabel("USD per month")
     if any(p.num_users for p in result.phases) and len(result.phases) > 1:
         ax.set_yscale("log")
+        from matplotlib.ticker import FuncFormatter, LogLocator
+
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda _v, _p: ""))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: _money(v)))
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high * 2.5)  # room for the labels above the tallest bars
     ax.set_title("Monthly cost per phase and strategy")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)

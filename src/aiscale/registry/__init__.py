@@ -7,6 +7,7 @@ It never serves requests and never loads models; the gateway and controllers rea
 from __future__ import annotations
 
 from aiscale.registry.artifacts import ArtifactStore, FsspecArtifactStore
+from aiscale.registry.leases import SqlLeases
 from aiscale.registry.records import (
     ACTIVE_ROLLOUT_STATUSES,
     ROLLOUT_STATUSES,
@@ -38,6 +39,7 @@ __all__ = [
     "ModelRecord",
     "RolloutDecisionRecord",
     "RolloutRecord",
+    "SqlLeases",
     "SqlRegistry",
     "SqlRolloutRecords",
     "TrafficRecord",

@@ -86,10 +86,12 @@ ROLLOUT_STATUSES: frozenset[str] = frozenset(
     {"running", "paused", "promoted", "rolled_back", "aborted"}
 )
 ACTIVE_ROLLOUT_STATUSES: frozenset[str] = frozenset({"running", "paused"})
-#: What a rollout decision may say: the analysis's verdicts, then operator actions.
+#: What a rollout decision may say: the analysis's verdicts, then operator actions, then
+#: ``requested``: an operator action asked through a gateway that does not drive the rollout,
+#: for the one that does (``numbers["action"]``).
 ROLLOUT_VERDICTS: frozenset[str] = frozenset({
     "promote", "wait", "rollback", "not_enough_data",
-    "pause", "resume", "promote_manual", "abort", "rollback_manual",
+    "pause", "resume", "promote_manual", "abort", "rollback_manual", "requested",
 })
 
 

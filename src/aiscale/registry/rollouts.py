@@ -352,6 +352,15 @@ class SqlRolloutRecords:
             ).all()
         return [_traffic_record(row) for row in rows]
 
+    def latest_traffic(self, deployment: str) -> TrafficRecord | None:
+        """The split ``deployment`` recorded last (by insertion order, so gateways with
+        skewed clocks agree), or None if none was ever recorded."""
+        with self._transaction() as conn:
+            row = conn.execute(traffic_history.select().where(
+                traffic_history.c.deployment == deployment
+            ).order_by(traffic_history.c.traffic_id.desc()).limit(1)).one_or_none()
+        return None if row is None else _traffic_record(row)
+
     def traffic_at(self, deployment: str, at: datetime) -> TrafficRecord | None:
         """The split ``deployment`` served at ``at`` (its last record at or before it), or
         None if nothing was recorded by then. Raises InvalidInput for a naive ``at``."""

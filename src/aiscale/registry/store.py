@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 
 from aiscale.errors import ConfigError, Conflict, InvalidInput, NotFound
 from aiscale.registry import _database
+from aiscale.registry.leases import SqlLeases
 from aiscale.registry.records import (
     SCOPES,
     DeploymentRecord,
@@ -87,12 +88,15 @@ class SqlRegistry:
     ``InvalidInput`` (bad name, scope or value; ``field`` set), ``ConfigError`` (unusable URL).
     """
 
-    def __init__(self, base_engine: Engine, engine: Engine, *, clock: Clock) -> None:
+    def __init__(
+        self, base_engine: Engine, engine: Engine, *, clock: Clock, schema: str | None = None
+    ) -> None:
         """Internal: use ``open``. ``engine`` may map tables into a schema; ``base_engine`` owns
         the pool."""
         self._base_engine = base_engine
         self._engine = engine
         self._clock = clock
+        self._schema = schema
         #: Rollouts, their decisions and traffic history, on the same database and clock.
         self.rollouts = SqlRolloutRecords(engine, clock=clock)
 
@@ -116,7 +120,12 @@ class SqlRegistry:
             raise ConfigError(
                 f"cannot open registry at {shown}: {exc.orig}", field="registry_url"
             ) from exc
-        return cls(base, engine, clock=clock or _utc_now)
+        return cls(base, engine, clock=clock or _utc_now, schema=schema)
+
+    def open_leases(self) -> SqlLeases:
+        """Leases (who drives what) on this database, held by the calling process; see
+        ``leases.py``. Close them before closing the store."""
+        return SqlLeases(self._engine, self._schema or "")
 
     def close(self) -> None:
         """Release every pooled connection. The store must not be used afterwards."""
@@ -306,6 +315,19 @@ class SqlRegistry:
 
     # ------------------------------------------------------------- deployments
 
+    def _upsert_deployment(self, name: str, values: dict[str, Any], now: datetime) -> datetime:
+        with self._transaction(is_write=True) as conn:
+            created: datetime | None = conn.execute(sa.select(deployments.c.created_at).where(
+                deployments.c.name == name
+            )).scalar_one_or_none()
+            if created is None:
+                conn.execute(deployments.insert().values(name=name, created_at=now, **values))
+                return now
+            conn.execute(deployments.update().where(
+                deployments.c.name == name
+            ).values(**values))
+            return created
+
     def put_deployment(self, record: DeploymentRecord) -> DeploymentRecord:
         """Insert or replace a deployment; returns it as stored (timestamps set).
 
@@ -320,19 +342,11 @@ class SqlRegistry:
         now = self._clock()
         values = {"model": record.model, "version": record.version,
                   "replicas": record.replicas, "config": config, "updated_at": now}
-        with self._transaction(is_write=True) as conn:
-            created = conn.execute(sa.select(deployments.c.created_at).where(
-                deployments.c.name == record.name
-            )).scalar_one_or_none()
-            if created is None:
-                conn.execute(
-                    deployments.insert().values(name=record.name, created_at=now, **values)
-                )
-                created = now
-            else:
-                conn.execute(deployments.update().where(
-                    deployments.c.name == record.name
-                ).values(**values))
+        try:
+            created = self._upsert_deployment(record.name, values, now)
+        except sa.exc.IntegrityError:
+            # Another gateway inserted the same new deployment at the same moment: update it.
+            created = self._upsert_deployment(record.name, values, now)
         return DeploymentRecord(name=record.name, model=record.model, version=record.version,
                                 replicas=record.replicas, config=config,
                                 created_at=_as_utc(created), updated_at=now)

@@ -79,6 +79,7 @@ def describe_lane(lane: VersionLane) -> dict[str, Any]:
             "starting": lane.pool.num_starting,
             "wanted": lane.pool.num_wanted,
             "pids": [r.pid for r in lane.pool.replicas() if not r.is_dead],
+            "nodes": [r.node for r in lane.pool.replicas() if not r.is_dead],
         },
         "queue_depth": lane.batcher.queue_depth,
         "max_batch_size": spec.batching.max_batch_size,
@@ -90,6 +91,15 @@ def describe_lane(lane: VersionLane) -> dict[str, Any]:
             "num_gpus": spec.gpu.num_gpus,
             "memory_mb": spec.gpu.memory_mb,
             "team": spec.gpu.team,
+        },
+        # Each replica's Ray actor resources; ``None`` for local replica processes.
+        "ray": None
+        if spec.placement is None
+        else {
+            "num_cpus": spec.placement.num_cpus,
+            "num_gpus": spec.placement.num_gpus,
+            "memory_bytes": spec.placement.memory_bytes,
+            "resources": dict(spec.placement.resources),
         },
     }
 
@@ -175,24 +185,18 @@ class AdminApi:
             await manager.begin(deployment, body.version, plan)
             return _ok(rollout_status(gateway, name))
         if rest == ["rollout"] and method == "GET":
-            return _ok(rollout_status(gateway, name))
+            return _ok(await any_rollout_status(gateway, name))
         if len(rest) == 2 and rest[0] == "rollout" and method == "POST":
-            controller = manager.controller(name)
-            actions = {
-                "pause": controller.pause,
-                "resume": controller.resume,
-                "promote": controller.promote,
-                "abort": controller.abort,
-            }
-            action = actions.get(rest[1])
-            if action is None:
-                raise NotFound(
-                    f"no rollout action {rest[1]!r}; use {sorted(actions)}", field="action"
-                )
-            await action()
-            return _ok(rollout_status(gateway, name))
+            # Whichever gateway drives the rollout applies it (``rollout_sync.py``).
+            await gateway.rollout_sync.command(deployment, rest[1])
+            return _ok(await any_rollout_status(gateway, name))
         if rest == ["rollback"] and method == "POST":
-            version = await manager.rollback(deployment)
+            view = None if manager.is_driving(name) else await gateway.rollout_sync.status(name)
+            if view is not None and view["status"] in ("running", "paused"):
+                await gateway.rollout_sync.command(deployment, "abort")
+                version = str(view["baseline"])
+            else:
+                version = await manager.rollback(deployment)
             return _ok({"deployment": name, "version": version, **describe(gateway, name)})
         if rest == ["split"] and method == "PUT":
             body = _validated(SplitBody, await request.body())
@@ -203,6 +207,7 @@ class AdminApi:
                 salt=name,
             )
             deployment.set_split(split)
+            await gateway.rollout_sync.record_split(name, split, "manual split")
             return _ok(describe(gateway, name))
         if rest == ["versions"] and method == "POST":
             body = _validated(VersionBody, await request.body())
@@ -271,6 +276,22 @@ def rollout_status(gateway: Gateway, name: str) -> dict[str, Any]:
         },
         "versions": {version: counts_json(lane) for version, lane in deployment.lanes.items()},
     }
+
+
+async def any_rollout_status(gateway: Gateway, name: str) -> dict[str, Any]:
+    """The rollout's status from this gateway's controller when it drives the rollout, else
+    the registry's record (driven by another gateway) with this gateway's own counts."""
+    local = gateway.rollouts.controllers.get(name)
+    if gateway.rollouts.is_driving(name):
+        return {**rollout_status(gateway, name), "driven_here": True}
+    view = await gateway.rollout_sync.status(name)
+    if local is not None and (view is None or view["rollout_id"] == local.rollout_id):
+        return {**rollout_status(gateway, name), "driven_here": True}
+    if view is None:
+        raise NotFound(f"no rollout of {name!r}", field="deployment")
+    deployment = gateway.deployment(name)
+    view["versions"] = {version: counts_json(lane) for version, lane in deployment.lanes.items()}
+    return view
 
 
 def _ok(payload: Any) -> Response:

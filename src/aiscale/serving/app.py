@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from aiscale.dashboard import DashboardAssets
 from aiscale.errors import (
     AiscaleError,
     Conflict,
@@ -26,7 +27,6 @@ from aiscale.errors import (
     PayloadTooLarge,
     ReplicaUnavailable,
 )
-from aiscale.dashboard import DashboardAssets
 from aiscale.serving import feedback, oip_v2, openai_api
 from aiscale.serving.admin import AdminApi
 from aiscale.serving.deployment import Deployment
@@ -242,7 +242,8 @@ class GatewayApp:
                 request.header(b"authorization"), "inference"
             )
             user_key = user_key or caller.key_id
-            self.gateway.admit(caller)
+            if caller.rate_limit_per_s is not None:
+                await self.gateway.admit(caller)
             if self.gateway.shedding:
                 self.gateway.check_priority(deployment.name, request.header(b"x-aiscale-priority"))
             body = await request.body()
@@ -316,7 +317,8 @@ class GatewayApp:
         texts: list[str] | None = None
         user_key: str | None = request.header(b"x-user-id") or caller.key_id
         try:
-            self.gateway.admit(caller)
+            if caller.rate_limit_per_s is not None:
+                await self.gateway.admit(caller)
             parsed = openai_api.parse_embeddings_request(await request.body())
             deployment = self.gateway.deployment(parsed.model)
             name = deployment.name
@@ -357,7 +359,8 @@ class GatewayApp:
         capture = self.gateway.capture
         if capture is None:
             raise Conflict("feedback needs capture, which is off on this server", field="capture")
-        self.gateway.admit(caller)
+        if caller.rate_limit_per_s is not None:
+            await self.gateway.admit(caller)
         user_key = request.header(b"x-user-id") or caller.key_id
         record = feedback.parse_feedback(
             await request.body(),

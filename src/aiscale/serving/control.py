@@ -19,6 +19,8 @@ class RegistryControl:
     def __init__(self, registry: SqlRegistry, artifacts: FsspecArtifactStore) -> None:
         self.registry = registry
         self.artifacts = artifacts
+        #: Which rollouts this process drives (several gateways share the registry).
+        self.leases = registry.open_leases()
 
     def active_keys(self) -> list[Any]:
         return list(self.registry.active_keys())
@@ -95,6 +97,29 @@ class RegistryControl:
 
     def aliases(self, model: str) -> dict[str, str]:
         return dict(self.registry.list_aliases(model))
+
+    # ----- several gateways (the ``SharedRollouts`` protocol of serving/rollout_sync.py) -----
+    def latest_traffic(self, deployment: str) -> Any:
+        return self.registry.rollouts.latest_traffic(deployment)
+
+    def latest_rollout(self, deployment: str) -> Any:
+        found = self.registry.rollouts.list_rollouts(deployment)
+        return found[-1] if found else None
+
+    def decisions(self, rollout_id: Any) -> list[Any]:
+        return list(self.registry.rollouts.list_decisions(rollout_id))
+
+    def try_lease(self, name: str) -> bool:
+        return self.leases.try_acquire(name)
+
+    def release_lease(self, name: str) -> None:
+        self.leases.release(name)
+
+    def check_leases(self) -> bool:
+        return self.leases.check()
+
+    def close_leases(self) -> None:
+        self.leases.close()
 
     def last_promoted_baseline(self, deployment: str) -> str | None:
         """The version the last promoted rollout replaced: where a rollback goes."""

@@ -14,7 +14,7 @@ import logging
 import os
 import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from aiscale.rollout.split import TrafficSplit, choose_version, should_shadow
 from aiscale.serving.errors import status_for
 from aiscale.serving.lane import DeploymentSpec, VersionLane
 from aiscale.serving.metrics import GatewayMetrics
+
+if TYPE_CHECKING:
+    from aiscale.serving.shared_state import RedisResponseCache
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +60,21 @@ class Deployment:
     """A named deployment; starts with one lane (``spec``) taking all traffic."""
 
     def __init__(
-        self, spec: DeploymentSpec, metrics: GatewayMetrics, gpus: GpuPool | None = None
+        self,
+        spec: DeploymentSpec,
+        metrics: GatewayMetrics,
+        gpus: GpuPool | None = None,
+        shared_cache: RedisResponseCache | None = None,
     ) -> None:
         self.name = spec.name
         self._metrics = metrics
         #: Where the lanes' replicas get GPUs (the gateway's pool).
         self._gpus = gpus
-        self.lanes: dict[str, VersionLane] = {spec.version: VersionLane(spec, metrics, gpus)}
+        #: The Redis response cache every lane uses when its cache is on (``None``: in process).
+        self._shared_cache = shared_cache
+        self.lanes: dict[str, VersionLane] = {
+            spec.version: VersionLane(spec, metrics, gpus, shared_cache)
+        }
         self.primary_version = spec.version
         self.split = TrafficSplit.of({spec.version: 100.0})
         #: Alias name → version, for the ``x-aiscale-version`` header.
@@ -120,8 +131,13 @@ class Deployment:
             raise Conflict(
                 f"version {spec.version!r} is already deployed in {self.name!r}", field="version"
             )
-        lane = VersionLane(spec, self._metrics, self._gpus)
-        await lane.start()
+        lane = VersionLane(spec, self._metrics, self._gpus, self._shared_cache)
+        try:
+            await lane.start()
+        except BaseException:
+            # E.g. one replica refused a GPU: the others must not keep processes or devices.
+            await lane.stop(0.0)
+            raise
         self.lanes[spec.version] = lane
         return lane
 

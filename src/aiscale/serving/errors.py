@@ -28,6 +28,7 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.AiscaleError], int], ...] = (
     (errors.ReplicaUnavailable, 503),
     (errors.ReplicaError, 500),
     (errors.ModelLoadError, 500),
+    (errors.UpstreamUnavailable, 502),
 )
 
 

@@ -42,7 +42,8 @@ def parse_feedback(body: bytes, *, feedback_id: str, user_hash: str | None) -> F
     comment = _optional_text(data, "comment", MAX_COMMENT_CHARS)
     score = data.get("score")
     if score is not None:
-        if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+        is_number = isinstance(score, int | float) and not isinstance(score, bool)
+        if not is_number or not math.isfinite(score):
             raise InvalidInput("score must be a finite number", field="score")
         score = float(score)
     if label is None and score is None and comment is None:

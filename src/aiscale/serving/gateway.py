@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 from prometheus_client import CollectorRegistry
@@ -28,7 +28,13 @@ from aiscale.serving.deployment import Deployment
 from aiscale.serving.lane import AutoscalingSettings, DeploymentSpec
 from aiscale.serving.limits import RateLimiter
 from aiscale.serving.metrics import GatewayMetrics
+from aiscale.serving.pool import ReplicaRuntime
+from aiscale.serving.ray_pool import placement_from_config
+from aiscale.serving.rollout_sync import RolloutSync
 from aiscale.serving.rollouts import RolloutManager, RolloutRecords
+
+if TYPE_CHECKING:
+    from aiscale.serving.shared_state import SharedState
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +62,22 @@ class GatewaySettings:
     key_refresh_s: float = 2.0
     server_name: str = "aiscale"
     server_version: str = "0.1.0"
+    #: How often splits and rollouts are read back from the registry (several gateways).
+    split_poll_s: float = 0.5
+    #: Where replicas run (local processes, or Ray actors); admin deploys use it too.
+    runtime: ReplicaRuntime = ReplicaRuntime()
 
 
-def spec_from_config(config: DeploymentConfig, version: Any) -> DeploymentSpec:
-    """A runnable spec from a deployment's config and its registry version record."""
+def spec_from_config(
+    config: DeploymentConfig, version: Any, runtime: ReplicaRuntime | None = None
+) -> DeploymentSpec:
+    """A runnable spec from a deployment's config and its registry version record.
+
+    With the Ray ``runtime`` the replicas' resources become Ray actor options and Ray, not
+    the gateway's GPU pool, assigns the GPUs.
+    """
     batching = config.batching
+    placement = placement_from_config(config, runtime or ReplicaRuntime())
     return DeploymentSpec(
         name=config.name,
         model=config.model,
@@ -89,8 +106,9 @@ def spec_from_config(config: DeploymentConfig, version: Any) -> DeploymentSpec:
         gpu=GpuDemand(
             config.gpus, config.gpu_memory_mb, config.team, config.gpu_wait_s, config.gpu_priority
         )
-        if config.gpus > 0
+        if config.gpus > 0 and placement is None
         else None,
+        placement=placement,
     )
 
 
@@ -107,8 +125,11 @@ class Gateway:
         capture: CaptureBackend | None = None,
         monitor: MonitorConfig | None = None,
         gpus: GpuPoolConfig | None = None,
+        shared: SharedState | None = None,
     ) -> None:
         self.settings = settings
+        #: Redis for rate limits and the response cache (``None``: both in process).
+        self.shared = shared
         self.metrics_registry = metrics_registry or CollectorRegistry()
         #: Devices, team quotas and waiting GPU requests (NVML discovery unless configured).
         self.gpus = GpuPool.from_config(
@@ -132,6 +153,8 @@ class Gateway:
             on_finish=self._version_changed,
             metrics=self.metrics,
         )
+        #: Follows splits and rollouts other gateways change; takes over orphaned rollouts.
+        self.rollout_sync = RolloutSync(self, settings.split_poll_s)
         self.is_ready = False
         self.is_draining = False
         #: Deployments refusing ``x-aiscale-priority: low`` requests (the monitor's ``shed``).
@@ -143,7 +166,7 @@ class Gateway:
         await self.refresh_keys()
         if self.capture is not None:
             await self.capture.backend.start()
-        started = [Deployment(spec, self.metrics, self.gpus) for spec in self._initial_specs]
+        started = [self._new_deployment(spec) for spec in self._initial_specs]
         results = await asyncio.gather(*(d.start() for d in started), return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
@@ -160,6 +183,7 @@ class Gateway:
             raise
         if self.control is not None:
             self._spawn(self._refresh_keys_forever(), "key-refresh")
+            self._spawn(self.rollout_sync.run(), "rollout-sync")
         if self.monitor is not None:
             self.monitor.start()
         self.is_ready = True
@@ -179,6 +203,13 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.capture is not None:
             await self.capture.backend.stop(self.settings.drain_timeout_s)
+        if self.shared is not None:
+            await self.shared.aclose()
+
+    def _new_deployment(self, spec: DeploymentSpec) -> Deployment:
+        return Deployment(
+            spec, self.metrics, self.gpus, self.shared.cache if self.shared is not None else None
+        )
 
     def _spawn(self, coroutine: Any, name: str) -> None:
         task = asyncio.create_task(coroutine, name=name)
@@ -192,11 +223,19 @@ class Gateway:
             raise NotFound(f"no deployment named {name!r}", field="model")
         return found
 
-    def admit(self, caller: Caller) -> None:
-        """Apply the caller's rate limit; raises ``RateLimited`` with the wait in seconds."""
+    async def admit(self, caller: Caller) -> None:
+        """Apply the caller's rate limit; raises ``RateLimited`` with the wait in seconds.
+
+        In process by default; with Redis, one atomic call shared by every gateway (this
+        gateway's own bucket while Redis is unreachable, see ``shared_state.py``)."""
         if caller.rate_limit_per_s is None:
             return
-        wait_s = self.limiter.try_take(caller.key_id, caller.rate_limit_per_s, time.monotonic())
+        if self.shared is None:
+            wait_s = self.limiter.try_take(
+                caller.key_id, caller.rate_limit_per_s, time.monotonic()
+            )
+        else:
+            wait_s = await self.shared.limits.try_take(caller.key_id, caller.rate_limit_per_s)
         if wait_s > 0:
             raise RateLimited(
                 f"rate limit of {caller.rate_limit_per_s:g} requests/s exceeded",
@@ -222,7 +261,7 @@ class Gateway:
         reservation = await self._reserve_gpus(spec, max(1, spec.replicas))
         try:
             async with self._admin_lock:
-                fresh = Deployment(spec, self.metrics, self.gpus)
+                fresh = self._new_deployment(spec)
                 try:
                     await fresh.start()
                 except BaseException:
@@ -241,7 +280,8 @@ class Gateway:
                 reservation.cancel()
 
     async def _reserve_gpus(self, spec: DeploymentSpec, num_replicas: int) -> Reservation | None:
-        if spec.gpu is None or num_replicas <= 0:
+        # Ray places its actors' GPUs itself (``num_gpus``); the local pool is not asked.
+        if spec.gpu is None or spec.placement is not None or num_replicas <= 0:
             return None
         return await self.gpus.reserve(spec.name, spec.version, spec.gpu, num_replicas)
 
@@ -252,7 +292,7 @@ class Gateway:
         version = await anyio.to_thread.run_sync(
             self.control.resolve_version, config.model, config.version
         )
-        deployment = await self.deploy(spec_from_config(config, version))
+        deployment = await self.deploy(spec_from_config(config, version, self.settings.runtime))
         self.configs[config.name] = config
         await anyio.to_thread.run_sync(self.control.save_deployment, config)
         return deployment

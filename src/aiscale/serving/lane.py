@@ -10,7 +10,7 @@ import asyncio
 import bisect
 import pickle
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client.metrics import Counter, Gauge
@@ -27,6 +27,9 @@ from aiscale.serving.metrics import GatewayMetrics
 from aiscale.serving.pool import ReplicaPool
 from aiscale.serving.ray_pool import RayPlacement, RayReplicaPool
 from aiscale.serving.replica_pool import LocalReplicaPool, ReplicaResources, ReplicaSpec
+
+if TYPE_CHECKING:
+    from aiscale.serving.shared_state import RedisResponseCache
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +74,8 @@ class DeploymentSpec:
 def _gpu_resources(spec: DeploymentSpec, gpus: GpuPool | None) -> ReplicaResources | None:
     """Each replica's devices come from the pool; a GPU deployment without a pool is refused."""
     if spec.gpu is None or spec.gpu.num_gpus <= 0:
-        return None
+        # A CPU lane's replicas see no device, so none uses memory the pool granted to a team.
+        return gpus.for_cpu_lane() if gpus is not None else None
     if gpus is None:
         raise InvalidInput(
             f"{spec.name} asks for GPUs but this server has no GPU pool", field="gpus"
@@ -114,7 +118,11 @@ class VersionLane:
     """A running model version: ``start`` before use, ``stop`` to drain and end it."""
 
     def __init__(
-        self, spec: DeploymentSpec, metrics: GatewayMetrics, gpus: GpuPool | None = None
+        self,
+        spec: DeploymentSpec,
+        metrics: GatewayMetrics,
+        gpus: GpuPool | None = None,
+        shared_cache: RedisResponseCache | None = None,
     ) -> None:
         self.spec = spec
         self._metrics = metrics
@@ -169,7 +177,13 @@ class VersionLane:
             if spec.autoscaling is not None
             else None
         )
-        self.cache = ResponseCache(spec.cache_max_bytes) if spec.cache_max_bytes > 0 else None
+        #: With Redis configured, a cache-enabled lane uses the shared cache instead.
+        self.shared_cache = shared_cache if spec.cache_max_bytes > 0 else None
+        self.cache = (
+            ResponseCache(spec.cache_max_bytes)
+            if spec.cache_max_bytes > 0 and self.shared_cache is None
+            else None
+        )
         self._queue_depth.set_function(lambda: self.batcher.queue_depth)
         self.schema: Schema | None = None
         self._num_replaced_seen = 0
@@ -261,14 +275,15 @@ class VersionLane:
         """One output per item, in order; items already validated against ``schema``."""
         timeout = self.spec.timeout_s if timeout_s is None else timeout_s
         if self.cache is None:
+            if self.shared_cache is not None:
+                return await self._infer_shared(items, timeout)
             if len(items) == 1:
                 return [await self.batcher.submit(items[0], timeout)]
             return list(await asyncio.gather(*(self.batcher.submit(i, timeout) for i in items)))
         return await self._infer_cached(items, timeout)
 
-    async def _infer_cached(self, items: list[Any], timeout_s: float) -> list[Any]:
-        assert self.cache is not None
-        keys = [
+    def _cache_keys(self, items: list[Any]) -> list[bytes]:
+        return [
             cache_key(
                 self.spec.name,
                 self.spec.version,
@@ -276,6 +291,35 @@ class VersionLane:
             )
             for item in items
         ]
+
+    async def _infer_shared(self, items: list[Any], timeout_s: float) -> list[Any]:
+        """The Redis cache: one lookup for all items, writes in the background."""
+        assert self.shared_cache is not None
+        keys = self._cache_keys(items)
+        found = await self.shared_cache.get_many(keys)
+        results: list[Any] = [None] * len(items)
+        missing = [index for index, value in enumerate(found) if value is None]
+        for index, value in enumerate(found):
+            if value is not None:
+                results[index] = pickle.loads(value)
+        if len(missing) < len(items):
+            self._cache_hits.inc(len(items) - len(missing))
+        if missing:
+            self._cache_misses.inc(len(missing))
+            outputs = await asyncio.gather(
+                *(self.batcher.submit(items[i], timeout_s) for i in missing)
+            )
+            for index, output in zip(missing, outputs, strict=True):
+                results[index] = output
+            self.shared_cache.put_many(
+                [(keys[i], pickle.dumps(results[i], protocol=5)) for i in missing],
+                self.spec.cache_max_bytes,
+            )
+        return results
+
+    async def _infer_cached(self, items: list[Any], timeout_s: float) -> list[Any]:
+        assert self.cache is not None
+        keys = self._cache_keys(items)
         results: list[Any] = [None] * len(items)
         missing: list[int] = []
         for index, key in enumerate(keys):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
@@ -22,6 +23,10 @@ from aiscale.registry import FsspecArtifactStore, SqlRegistry, register_with_art
 from aiscale.serving.capturing import CaptureBackend
 from aiscale.serving.control import RegistryControl
 from aiscale.serving.gateway import Gateway, GatewaySettings, spec_from_config
+from aiscale.serving.pool import ReplicaRuntime
+
+if TYPE_CHECKING:
+    from aiscale.serving.shared_state import SharedState
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -111,6 +116,23 @@ def build_capture(server: ServerConfig, registry: CollectorRegistry) -> CaptureB
     return CaptureSink(layout, capture_config, registry)
 
 
+def build_shared_state(server: ServerConfig, registry: CollectorRegistry) -> SharedState | None:
+    """Redis for rate limits and the response cache when ``redis_url`` is set; checked now,
+    so an unreachable or bad URL stops ``serve`` with a ``ConfigError`` before it binds."""
+    if server.redis_url is None:
+        return None
+    from aiscale.serving.shared_state import RedisSettings, SharedState, check_reachable
+
+    settings = RedisSettings(
+        server.redis_url,
+        key_prefix=server.redis_key_prefix,
+        timeout_s=server.redis_timeout_s,
+        cache_ttl_s=server.redis_cache_ttl_s,
+    )
+    check_reachable(settings)
+    return SharedState(settings, registry)
+
+
 def build_gateway(
     config: AiscaleConfig,
     registry: SqlRegistry,
@@ -123,23 +145,27 @@ def build_gateway(
     by_name: dict[str, DeploymentConfig] = {}
     for deployment in [*control.saved_deployments(), *config.deployments, *extra]:
         by_name[deployment.name] = deployment
+    server = config.server
+    runtime = ReplicaRuntime(server.runtime, server.ray_address)
     specs = []
     for deployment in by_name.values():
         version = control.resolve_version(deployment.model, deployment.version)
-        specs.append(spec_from_config(deployment, version))
-    server = config.server
+        specs.append(spec_from_config(deployment, version, runtime))
     metrics_registry = CollectorRegistry()
     gateway = Gateway(
         GatewaySettings(
             max_body_bytes=server.max_body_bytes,
             drain_timeout_s=server.drain_timeout_s,
             key_refresh_s=server.key_refresh_s,
+            split_poll_s=server.split_poll_s,
+            runtime=runtime,
         ),
         specs,
         metrics_registry=metrics_registry,
         control=control,
         capture=build_capture(server, metrics_registry),
         gpus=server.gpus,
+        shared=build_shared_state(server, metrics_registry),
         monitor=server.monitor
         if server.monitor.audit_path is not None
         else server.monitor.model_copy(

@@ -25,6 +25,11 @@ class ReplicaHandle(Protocol):
     def pid(self) -> int: ...
 
     @property
+    def node(self) -> str:
+        """Where it runs: ``local`` for a process on this machine, else the Ray node id."""
+        ...
+
+    @property
     def is_dead(self) -> bool: ...
 
 

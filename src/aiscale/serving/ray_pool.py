@@ -25,12 +25,16 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from aiscale.errors import ModelLoadError, ReplicaUnavailable
+from aiscale.errors import InvalidInput, ModelLoadError, ReplicaUnavailable
 from aiscale.serving.ipc import BatchReply, LoadFailedMessage
+from aiscale.serving.pool import ReplicaRuntime
 from aiscale.serving.ray_replica import RayReplicaActor, RayReplicaInfo
 from aiscale.serving.replica_pool import OPENMP_SPIN_COUNT, THREADED_RUNTIMES, ReplicaSpec
+
+if TYPE_CHECKING:
+    from aiscale.config import DeploymentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +62,30 @@ class RayPlacement:
     batch_timeout_s: float = 300.0
 
 
+def placement_from_config(config: DeploymentConfig, runtime: ReplicaRuntime) -> RayPlacement | None:
+    """A deployment's resource requests as Ray actor options; ``None`` for the local runtime.
+
+    CPUs default to the deployment's ``num_threads`` (else 1), so a replica's torch threads
+    and its Ray reservation agree.
+    """
+    if runtime.kind != "ray":
+        return None
+    for name in ("gpu_memory_mb", "team"):
+        if getattr(config, name) is not None:
+            raise InvalidInput(
+                f"{config.name}: the ray runtime places GPUs by count (gpus) only; "
+                f"{name} needs runtime: local",
+                field=name,
+            )
+    return RayPlacement(
+        address=runtime.ray_address,
+        num_cpus=config.cpus or float(config.num_threads or 1),
+        num_gpus=config.gpus,
+        memory_bytes=config.memory_mb * 1024 * 1024 if config.memory_mb is not None else None,
+        resources=dict(config.ray_resources),
+    )
+
+
 @dataclass(slots=True)
 class _InflightBatch:
     future: asyncio.Future[BatchReply]
@@ -79,14 +107,24 @@ class RayReplica:
     is_draining: bool = False
     is_dead: bool = False
 
+    @property
+    def node(self) -> str:
+        """The Ray node id the actor runs on."""
+        return self.node_id
+
 
 _connect_lock = threading.Lock()
+#: The address this process joined through ``connect`` (``""``: a local instance it started).
+_connected: list[str] = []
 
 
 def connect(address: str | None) -> None:
-    """Join the Ray cluster at ``address`` once per process (blocking: call it in a thread).
+    """Join the Ray cluster at ``address`` once per process (blocking: call it in a thread,
+    or before the event loop starts). ``None`` starts a new one-node Ray instance inside this
+    process; ``"auto"`` joins the cluster last started on this machine.
 
-    Raises ``ModelLoadError`` when Ray is not installed or the head cannot be reached.
+    Raises ``ModelLoadError`` when Ray is not installed, the head cannot be reached, or this
+    process already joined another cluster.
     """
     try:
         import ray
@@ -95,20 +133,41 @@ def connect(address: str | None) -> None:
             "the ray runtime needs the 'ray' package: pip install 'aiscale[ray]'"
         ) from None
     with _connect_lock:
+        wanted = address or ""
         if ray.is_initialized():
+            # One process is one Ray driver: every pool of it shares one cluster.
+            if _connected and _connected[0] != wanted:
+                joined = _connected[0] or "a local instance"
+                raise ModelLoadError(
+                    f"this process already joined the Ray cluster at {joined}; "
+                    f"it cannot also join {address or 'a local instance'}"
+                )
             return
         if address is not None:
             _check_reachable(address)
         try:
             ray.init(
-                address=address,
+                # "local", not None: Ray would otherwise join whichever cluster was last
+                # started on this machine (or RAY_ADDRESS) instead of starting one.
+                address=address if address is not None else "local",
                 namespace="aiscale",
                 include_dashboard=False,
                 configure_logging=False,
             )
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise ModelLoadError(f"cannot join the Ray cluster at {address}: {exc}") from exc
+            raise ModelLoadError(f"cannot join the Ray cluster at {address}: {exc}") from None
+        _connected[:] = [wanted]
     logger.info("joined the Ray cluster at %s", address or "a new local instance")
+
+
+def disconnect() -> None:
+    """Leave the Ray cluster joined by ``connect`` (blocking); a no-op when not joined."""
+    import ray
+
+    with _connect_lock:
+        if ray.is_initialized():
+            ray.shutdown()
+        _connected.clear()
 
 
 def _check_reachable(address: str) -> None:
@@ -190,6 +249,7 @@ class RayReplicaPool:
         """Start ``num_replicas`` actors; return when all are ready (``ModelLoadError`` if not)."""
         self._wanted = num_replicas
         await asyncio.to_thread(connect, self.placement.address)
+        await asyncio.to_thread(self._warn_if_no_node_fits)
         await asyncio.gather(*(self._start_one() for _ in range(num_replicas)))
 
     async def scale(self, num_replicas: int, *, drain_timeout_s: float = 30.0) -> None:
@@ -356,6 +416,27 @@ class RayReplicaPool:
         self.schema = info.schema
         return RayReplica(
             next(self._replica_ids), actor, info.pid, info.node_id, info.schema, info.load_s
+        )
+
+    def _warn_if_no_node_fits(self) -> None:
+        """Say so at once when no live node could hold one replica; the actors still wait
+        (up to ``startup_timeout_s``), since a Ray autoscaler may add such a node."""
+        import ray
+
+        placement = self.placement
+        wanted = {"CPU": placement.num_cpus, "GPU": placement.num_gpus, **placement.resources}
+        if placement.memory_bytes is not None:
+            wanted["memory"] = float(placement.memory_bytes)
+        wanted = {name: amount for name, amount in wanted.items() if amount > 0}
+        for node in ray.nodes():  # type: ignore[no-untyped-call]
+            have = node.get("Resources") or {}
+            if node.get("Alive") and all(have.get(k, 0.0) >= v for k, v in wanted.items()):
+                return
+        logger.warning(
+            "no node of the Ray cluster has %s for a replica of %s; waiting up to %gs for one",
+            self._actor_options_text(),
+            self.spec.uri,
+            self.spec.startup_timeout_s,
         )
 
     def _actor_options_text(self) -> str:

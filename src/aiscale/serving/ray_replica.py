@@ -42,10 +42,13 @@ class RayReplicaActor:
     def load(
         self, runtime: str, uri: str, config: dict[str, Any], env: dict[str, str]
     ) -> RayReplicaInfo | LoadFailedMessage:
-        """Load the model; the environment is set first, before torch/OpenMP are imported."""
+        """Load the model; the environment is set first, before torch/OpenMP are imported.
+
+        The values replace Ray's own (Ray sets ``OMP_NUM_THREADS`` to the actor's CPUs),
+        as the local pool's do: this worker process is the replica's alone.
+        """
         started = time.monotonic()
-        for key, value in env.items():
-            os.environ.setdefault(key, value)
+        os.environ.update(env)
         try:
             from aiscale.runtimes import load_model
 

@@ -108,6 +108,10 @@ class Replica:
     def pid(self) -> int:
         return int(self.process.pid)
 
+    @property
+    def node(self) -> str:
+        return "local"
+
 
 class LocalReplicaPool:
     """Replica processes on this machine for one model version.

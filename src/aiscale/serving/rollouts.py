@@ -70,6 +70,25 @@ class RolloutRecords(Protocol):
     def aliases(self, model: str) -> dict[str, str]: ...
 
 
+@runtime_checkable
+class RolloutLeases(Protocol):
+    """Who drives a rollout when several gateways share the registry (synchronous SQL)."""
+
+    def try_lease(self, name: str) -> bool:
+        """Take ``name`` unless another process holds it; True if this one holds it now."""
+        ...
+
+    def release_lease(self, name: str) -> None: ...
+
+    def check_leases(self) -> bool:
+        """False once the held leases were lost (the registry connection broke)."""
+        ...
+
+    def close_leases(self) -> None:
+        """Give every lease back (the gateway stops)."""
+        ...
+
+
 class DeploymentTarget:
     """A serving deployment as the rollout controller steers it."""
 
@@ -151,6 +170,9 @@ class RolloutManager:
         self.on_finish = on_finish
         self.controllers: dict[str, RolloutController] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._task_of: dict[str, asyncio.Task[None]] = {}
+        #: ``None``: one gateway, which drives every rollout of its deployments.
+        self.leases = records if isinstance(records, RolloutLeases) else None
 
     def controller(self, deployment: str) -> RolloutController:
         found = self.controllers.get(deployment)
@@ -186,8 +208,14 @@ class RolloutManager:
         self.controllers[plan.deployment] = controller
         task = asyncio.create_task(self._run(controller), name=f"rollout-{plan.deployment}")
         self._tasks.add(task)
+        self._task_of[plan.deployment] = task
         task.add_done_callback(self._tasks.discard)
         return controller
+
+    def is_driving(self, deployment: str) -> bool:
+        """True while this gateway runs the active rollout of ``deployment``."""
+        current = self.controllers.get(deployment)
+        return current is not None and current.status.is_active
 
     async def _run(self, controller: RolloutController) -> None:
         try:
@@ -199,11 +227,27 @@ class RolloutManager:
                 "rollout of %s failed; traffic stays at the current split",
                 controller.plan.deployment,
             )
+        finally:
+            if not controller.status.is_active and self.leases is not None:
+                # Ended: the next rollout of this deployment may be driven by any gateway.
+                await anyio.to_thread.run_sync(
+                    self.leases.release_lease, controller.plan.deployment
+                )
+
+    async def step_down(self, deployment: str) -> None:
+        """Stop driving ``deployment``'s rollout here (its lease was lost); the split stays."""
+        task = self._task_of.pop(deployment, None)
+        self.controllers.pop(deployment, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.leases is not None:
+            await anyio.to_thread.run_sync(self.leases.close_leases)
 
     # ----- from admin calls and start-up ------------------------------------------------------
     async def begin(
@@ -216,19 +260,37 @@ class RolloutManager:
             raise Conflict(
                 f"{deployment.name!r} already has a rollout in progress", field="deployment"
             )
-        await self.warm_lane(deployment, version)
-        try:
-            record = await anyio.to_thread.run_sync(
-                lambda: records.start_rollout(
-                    deployment.name,
-                    plan.baseline,
-                    plan.canary,
-                    list(plan.steps),
-                    plan_config(plan),
-                )
+        leases = self.leases
+        if leases is not None and not await anyio.to_thread.run_sync(
+            leases.try_lease, deployment.name
+        ):
+            raise Conflict(
+                f"another gateway is driving a rollout of {deployment.name!r}",
+                field="deployment",
             )
-        except Exception:
-            await deployment.remove_lane(plan.canary, self.drain_timeout_s)
+        try:
+            active = await anyio.to_thread.run_sync(records.active_rollouts)
+            if any(r.deployment == deployment.name for r in active):
+                raise Conflict(
+                    f"{deployment.name!r} already has a rollout in progress", field="deployment"
+                )
+            await self.warm_lane(deployment, version)
+            try:
+                record = await anyio.to_thread.run_sync(
+                    lambda: records.start_rollout(
+                        deployment.name,
+                        plan.baseline,
+                        plan.canary,
+                        list(plan.steps),
+                        plan_config(plan),
+                    )
+                )
+            except Exception:
+                await deployment.remove_lane(plan.canary, self.drain_timeout_s)
+                raise
+        except BaseException:
+            if leases is not None:
+                await anyio.to_thread.run_sync(leases.release_lease, deployment.name)
             raise
         return self.start(record.rollout_id, plan, deployment)
 
@@ -242,22 +304,30 @@ class RolloutManager:
             found = deployments.get(record.deployment)
             if found is None:
                 continue
-            deployment = found
-            plan = plan_from_record(record)
-            try:
-                await self.warm_lane(deployment, plan.canary)
-            except Conflict:
-                pass  # already deployed (the canary lane survived in this process)
-            logger.info(
-                "resuming the rollout of %s at step %d", record.deployment, record.step_index
-            )
-            self.start(
-                record.rollout_id,
-                plan,
-                deployment,
-                step_index=record.step_index,
-                status=RolloutStatus(record.status),
-            )
+            await self.resume(record, found)
+
+    async def resume(self, record: Any, deployment: Deployment) -> None:
+        """Drive an active rollout from the step its record is at, if no other gateway does
+        (with several gateways: at start-up, or after the one driving it went away)."""
+        if self.leases is not None and not await anyio.to_thread.run_sync(
+            self.leases.try_lease, record.deployment
+        ):
+            return
+        plan = plan_from_record(record)
+        try:
+            await self.warm_lane(deployment, plan.canary)
+        except Conflict:
+            pass  # already deployed (the canary lane survived in this process)
+        logger.info(
+            "resuming the rollout of %s at step %d", record.deployment, record.step_index
+        )
+        self.start(
+            record.rollout_id,
+            plan,
+            deployment,
+            step_index=record.step_index,
+            status=RolloutStatus(record.status),
+        )
 
     async def rollback(self, deployment: Deployment) -> str:
         """Back to the previous version at once: abort a running rollout, else undo the last one."""

@@ -1,0 +1,273 @@
+"""Server terms in the profile: the file format (version 2, old files, bad fields), how both
+simulator modes apply them, the sizing that accounts for them, and their calibration against a
+real server."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from aiscale.errors import ConfigError
+from aiscale.plan import (
+    Arrivals,
+    ModelProfile,
+    SimulationConfig,
+    derive_profile,
+    load_catalog,
+    load_profile,
+    profile_from_latencies,
+    save_profile,
+    simulate,
+)
+from aiscale.plan.calibration import calibrate_server, fit_server_terms
+from aiscale.plan.planner import served_capacity_per_s, size_replica
+from aiscale.plan.profile import CalibrationPoint, ServerTerms
+from aiscale.scaling.policies import StaticConfig, StaticPolicy
+
+ROOT = Path(__file__).resolve().parents[2]
+LEVELS = (0.0, 0.5, 0.9, 0.99, 0.999, 1.0)
+
+
+def terms(**change: Any) -> ServerTerms:
+    values: dict[str, Any] = {
+        "overhead_levels": LEVELS,
+        "overhead_ms": (1.0, 2.0, 3.0, 6.0, 9.0, 12.0),
+        "overhead_growth_per_rps": 0.002,
+        "model_slowdown": 1.2,
+        "model_slowdown_per_rps": 0.001,
+    }
+    values.update(change)
+    return ServerTerms(**values)
+
+
+def profile(server: ServerTerms | None = None) -> ModelProfile:
+    return profile_from_latencies(
+        "minilm", "CPU", {1: 8.0, 8: 30.0, 64: 220.0}, startup_s=5.0, server=server
+    )
+
+
+def test_profile_with_server_terms_round_trips(tmp_path: Path) -> None:
+    """A version-2 profile with measured server terms (and calibration points) saves and loads
+    back equal."""
+    point = CalibrationPoint(100.0, 1.0, 9.0, 8.0, 0.1, 2.0, 11.0, 30.0)
+    measured = profile(replace(terms(), points=(point,)))
+    path = tmp_path / "p.json"
+    save_profile(measured, path)
+    data = json.loads(path.read_text())
+    assert data["version"] == 2 and data["server"]["label"] == "measured"
+    assert load_profile(path) == measured
+
+
+def test_an_old_profile_loads_with_the_documented_default(tmp_path: Path) -> None:
+    """A version-1 file (no version key, no server) loads with no server terms: the model
+    alone, as the simulator ran before."""
+    data = profile().to_dict()
+    del data["version"], data["server"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    assert load_profile(path).server is None
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"version": 3}, "version"),
+        ({"server": "fast"}, "server"),
+        ({"server": {"model_slowdown": 1.0}}, "server.overhead_levels"),
+        ({"server": {**terms().to_dict(), "extra": 1}}, "server.extra"),
+        ({"server": {**terms().to_dict(), "model_slowdown": 0.0}}, "server.model_slowdown"),
+        ({"server": {**terms().to_dict(), "model_slowdown": "x"}}, "server.model_slowdown"),
+        (
+            {"server": {**terms().to_dict(), "overhead_ms": [3, 2, 1, 1, 1, 1]}},
+            "server.overhead_ms",
+        ),
+        (
+            {"server": {**terms().to_dict(), "overhead_levels": [0.1, 0.5, 0.9, 0.99, 0.999, 1]}},
+            "server.overhead_levels",
+        ),
+        (
+            {"server": {**terms().to_dict(), "model_slowdown_per_rps": -1}},
+            "server.model_slowdown_per_rps",
+        ),
+        ({"server": {**terms().to_dict(), "points": [{"rate": 1}]}}, "server.points"),
+    ],
+)
+def test_bad_server_fields_are_rejected_with_their_path(change: dict[str, Any], field: str) -> None:
+    """A bad or missing server field is a ConfigError naming server.<field>; so is an unknown
+    format version."""
+    data = {**profile(terms()).to_dict(), **change}
+    with pytest.raises(ConfigError) as error:
+        ModelProfile.from_dict(data)
+    assert error.value.field == field
+
+
+def test_a_version_2_profile_must_say_whether_it_has_server_terms() -> None:
+    """Version 2 without the server key is an error (null is the explicit 'none')."""
+    data = profile().to_dict()
+    del data["server"]
+    with pytest.raises(ConfigError) as error:
+        ModelProfile.from_dict(data)
+    assert error.value.field == "server"
+
+
+def test_derived_hardware_keeps_the_overhead_and_drops_the_contention() -> None:
+    """On other hardware the per-request overhead stays; the slowdown terms do not apply and
+    the terms are labelled estimated."""
+    derived = derive_profile(profile(terms()), "T4", load_catalog())
+    assert derived.server is not None
+    assert derived.server.overhead_ms == terms().overhead_ms
+    assert derived.server.slowdown(500.0) == 1.0
+    assert derived.server.overhead_scale(500.0) == 1.0
+    assert derived.server.label == "estimated"
+
+
+def spaced(num: int, gap_s: float) -> Arrivals:
+    times = np.arange(num) * gap_s
+    return Arrivals(times, float(times[-1]) + gap_s)
+
+
+def run(server: ServerTerms | None, arrivals: Arrivals, mode: str = "exact") -> Any:
+    config = SimulationConfig(
+        profile=profile(server),
+        max_batch_size=64,
+        decision_interval_s=10.0,
+        mode=mode,  # type: ignore[arg-type]
+    )
+    return simulate(arrivals, StaticPolicy(StaticConfig(1)), config)
+
+
+def test_exact_mode_adds_the_overhead_without_changing_the_events() -> None:
+    """A constant overhead shifts every latency by exactly that much and leaves the event
+    count alone (it never occupies a replica)."""
+    arrivals = spaced(500, 0.5)  # 2 req/s, one at a time: every batch is a batch of one
+    flat = terms(
+        overhead_ms=(5.0,) * 6,
+        overhead_growth_per_rps=0.0,
+        model_slowdown=1.0,
+        model_slowdown_per_rps=0.0,
+    )
+    alone, served = run(None, arrivals), run(flat, arrivals)
+    assert served.num_events == alone.num_events
+    assert served.p50_ms == pytest.approx(alone.p50_ms + 5.0)
+    assert served.p99_ms == pytest.approx(alone.p99_ms + 5.0)
+
+
+def test_the_slowdown_stretches_batches_and_grows_with_the_rate() -> None:
+    """A slowdown s at light load makes a batch of one take s times longer; with a slope per
+    request/s, a higher rate gives longer batches (both modes)."""
+    light = spaced(500, 0.5)
+    slow = terms(overhead_ms=(0.0,) * 6, model_slowdown=2.0, model_slowdown_per_rps=0.0)
+    assert run(slow, light).p50_ms == pytest.approx(2 * run(None, light).p50_ms)
+    steep = terms(overhead_ms=(0.0,) * 6, model_slowdown=1.0, model_slowdown_per_rps=0.01)
+    rng = np.random.default_rng(3)
+    for mode in ("exact", "aggregated"):
+        ratios = []
+        for rate in (20.0, 100.0):
+            times = np.cumsum(rng.exponential(1 / rate, int(rate * 120)))
+            arrivals = Arrivals(times, float(times[-1]) + 1e-3)
+            ratios.append(run(steep, arrivals, mode).mean_ms / run(None, arrivals, mode).mean_ms)
+        assert 1.0 < ratios[0] < ratios[1], mode
+
+
+def test_modes_agree_on_the_overhead_distribution() -> None:
+    """At light load both modes give p50 and p99 near the overhead's own quantiles plus a
+    batch of one (the aggregated mode mixes over the overhead's quantiles)."""
+    rng = np.random.default_rng(5)
+    times = np.cumsum(rng.exponential(1 / 5.0, 3000))
+    arrivals = Arrivals(times, float(times[-1]) + 1e-3)
+    spread = terms(overhead_growth_per_rps=0.0, model_slowdown=1.0, model_slowdown_per_rps=0.0)
+    exact, aggregated = run(spread, arrivals), run(spread, arrivals, "aggregated")
+    assert exact.p50_ms == pytest.approx(8.0 + 2.0, rel=0.1)
+    assert aggregated.p50_ms == pytest.approx(exact.p50_ms, rel=0.1)
+    assert aggregated.p99_ms == pytest.approx(exact.p99_ms, rel=0.15)
+
+
+def test_sizing_pays_for_the_server_terms() -> None:
+    """With a slowdown slope the served capacity solves c = b / (latency(b) * (s0 + s1 c)),
+    below the model-alone capacity; the sizing uses it."""
+    measured = profile(terms())
+    capacity = served_capacity_per_s(measured, 64)
+    latency = measured.latency_s(64)
+    assert capacity == pytest.approx(64 / (latency * terms().slowdown(capacity)))
+    assert capacity < served_capacity_per_s(profile(), 64)
+    assert (
+        size_replica(measured, 500.0).full_capacity_per_s
+        < size_replica(profile(), 500.0).full_capacity_per_s
+    )
+
+
+def test_fit_recovers_lines_and_clips_negative_slopes() -> None:
+    """The fit: slowdown = model / alone as a line in the rate, overhead growth as the line's
+    relative slope; the quantiles come from the light level's percentiles minus its time in
+    queue and model; a falling line is clipped to a flat one."""
+    points = [
+        CalibrationPoint(r, 1.0, 8.0 * (1.1 + 0.002 * r), 8.0, 0.0, 2.0 * (1 + 0.01 * r), 0, 0)
+        for r in (50.0, 100.0, 200.0)
+    ]
+    light = {"p50_ms": 12.0, "p90_ms": 14.0, "p99_ms": 20.0, "p999_ms": 30.0, "max_ms": 40.0}
+    fitted = fit_server_terms(light, points)
+    assert fitted.model_slowdown == pytest.approx(1.1)
+    assert fitted.model_slowdown_per_rps == pytest.approx(0.002)
+    assert fitted.overhead_growth_per_rps == pytest.approx(0.01)
+    inside = points[0].model_ms
+    assert fitted.overhead_ms[1] == pytest.approx(12.0 - inside)
+    assert fitted.overhead_ms[-1] == pytest.approx(40.0 - inside)
+    falling = [replace(p, model_ms=10.0 - p.rate_per_s / 100) for p in points]
+    assert fit_server_terms(light, falling).model_slowdown_per_rps == 0.0
+
+
+@pytest.mark.timeout(240)
+def test_calibration_against_a_real_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """calibrate_server runs a real aiscale serve and load generator and gives measured terms
+    with one point per level (concurrency 1, then each open-loop fraction)."""
+    monkeypatch.chdir(ROOT)
+    alone = profile_from_latencies("echo", "CPU", {1: 0.05, 64: 0.5})
+    measured = calibrate_server(
+        "tests.models:Echo",
+        alone,
+        path="/v2/models/echo/infer",
+        seconds_per_level=0.5,
+        fractions=(0.3,),
+        cwd=ROOT,
+    )
+    assert measured.label == "measured"
+    assert len(measured.points) == 2
+    assert all(p.rate_per_s > 0 and p.model_ms > 0 for p in measured.points)
+    assert list(measured.overhead_ms) == sorted(measured.overhead_ms)
+    assert measured.overhead_ms[1] > 0
+
+
+def test_a_fixed_batch_size_skips_the_slo_fit() -> None:
+    """max_batch_size fixes the batch as aiscale serve does (the SLO only scores); out of
+    range is refused naming the field."""
+    from aiscale.errors import InvalidInput
+
+    sized = size_replica(profile(terms()), 10.0, max_batch_size=64)
+    assert sized.max_batch_size == 64
+    assert sized.full_capacity_per_s == pytest.approx(served_capacity_per_s(profile(terms()), 64))
+    with pytest.raises(InvalidInput) as error:
+        size_replica(profile(), 500.0, max_batch_size=0)
+    assert error.value.field == "max_batch_size"
+
+
+def test_saturated_levels_are_left_out_of_the_fit() -> None:
+    """A level served below 90% of its offered rate, or with a queue longer than two batches,
+    measures a backlog: the lines ignore it (it stays in the points for the record)."""
+    from aiscale.plan.calibration import is_saturated
+
+    steady = [
+        CalibrationPoint(r, 1.0, 8.0 * 1.1, 8.0, 1.0, 2.0, 0, 0, offered_per_s=r)
+        for r in (50.0, 100.0)
+    ]
+    backlog = CalibrationPoint(120.0, 40.0, 300.0, 200.0, 900.0, 300.0, 0, 0, offered_per_s=200)
+    assert not any(is_saturated(p) for p in steady) and is_saturated(backlog)
+    light = {"p50_ms": 12.0, "p90_ms": 14.0, "p99_ms": 20.0, "p999_ms": 30.0, "max_ms": 40.0}
+    fitted = fit_server_terms(light, [*steady, backlog])
+    assert fitted.overhead_growth_per_rps == pytest.approx(0.0, abs=1e-12)
+    assert fitted.model_slowdown == pytest.approx(1.1)
+    assert len(fitted.points) == 3
