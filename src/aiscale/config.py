@@ -23,6 +23,7 @@ from pydantic import (
     field_validator,
 )
 
+from aiscale.data.quality import Expectations
 from aiscale.errors import ConfigError
 from aiscale.gpus.config import GpuPoolConfig, check_gpu_memory, check_gpu_share, check_teams
 from aiscale.monitor.config import MonitorConfig
@@ -58,6 +59,41 @@ class AutoscalingConfig(_Frozen):
     knobs: dict[str, Any] = Field(default_factory=dict)
 
 
+class _NestedFieldError(ValueError):
+    """A validator's error deeper than its field: ``sub_path`` continues the dotted path."""
+
+    def __init__(self, sub_path: str, message: str) -> None:
+        super().__init__(f"{sub_path}: {message}" if sub_path else message)
+        self.sub_path = sub_path
+        self.message = message
+
+
+class QualityConfig(_Frozen):
+    """The rolling-window data-quality check of one deployment's served traffic.
+
+    Every ``interval_s`` the gateway checks the examples of the last ``window_s`` (at most
+    ``max_examples``, the newest kept) against ``expectations`` (the mapping that
+    ``Expectations.from_dict`` takes, checked when the file is loaded).
+    """
+
+    expectations: dict[str, Any]
+    window_s: Annotated[float, Field(gt=0, le=7 * 86400)] = 300.0
+    interval_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    max_examples: Annotated[int, Field(ge=1, le=1_000_000)] = 5000
+
+    @field_validator("expectations")
+    @classmethod
+    def _valid_expectations(cls, data: dict[str, Any]) -> dict[str, Any]:
+        try:
+            Expectations.from_dict(data)
+        except ConfigError as exc:
+            raise _NestedFieldError(exc.field or "", exc.message) from None
+        return data
+
+    def to_expectations(self) -> Expectations:
+        return Expectations.from_dict(self.expectations)
+
+
 class DeploymentConfig(_Frozen):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     model: Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -86,6 +122,8 @@ class DeploymentConfig(_Frozen):
     memory_mb: Annotated[int, Field(ge=1)] | None = None
     #: Ray runtime only: custom Ray resources per replica (e.g. ``{"accelerator_a10": 1}``).
     ray_resources: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    #: Rolling-window data-quality checks of the served traffic; ``None``: none.
+    quality: QualityConfig | None = None
 
     @field_validator("gpus")
     @classmethod
@@ -201,7 +239,12 @@ def parse_config(data: Mapping[str, Any]) -> AiscaleConfig:
     except ValidationError as exc:
         first = exc.errors()[0]
         path = _dotted(first["loc"])
-        raise ConfigError(f"{path}: {first['msg']}", field=path) from None
+        message = first["msg"]
+        nested = first.get("ctx", {}).get("error")
+        if isinstance(nested, _NestedFieldError):
+            path = f"{path}.{nested.sub_path}" if nested.sub_path else path
+            message = nested.message
+        raise ConfigError(f"{path}: {message}", field=path) from None
     if config.server.runtime == "ray":
         _check_ray_deployments(config.deployments)
     else:

@@ -52,7 +52,7 @@ ACTION_ALIASES: dict[str, ActionName] = {
     "shed_low_priority": "shed_low_priority",
 }
 _SIGNAL = re.compile(
-    r"^(slo_page|slo_ticket|slo_budget_remaining|capacity_saturates_in_s)$"
+    r"^(slo_page|slo_ticket|slo_budget_remaining|capacity_saturates_in_s|data_quality_failed)$"
     r"|^(slo_page|slo_ticket|slo_budget_remaining):.+$"
     r"|^(value|anomaly_score):(" + "|".join(SERIES) + r")$"
 )
@@ -132,6 +132,7 @@ class RuleConfig(_Frozen):
 
     Signals: ``slo_page``, ``slo_ticket``, ``slo_budget_remaining`` (over the deployment's
     SLOs, or ``slo_page:<slo name>`` for one), ``capacity_saturates_in_s``,
+    ``data_quality_failed`` (failed checks in the deployment's last data-quality window),
     ``anomaly_score:<series>`` and ``value:<series>`` for a series in ``SERIES``.
     """
 
@@ -152,8 +153,8 @@ class RuleConfig(_Frozen):
         if not _SIGNAL.match(value):
             raise ValueError(
                 f"unknown signal {value!r}; use slo_page, slo_ticket, slo_budget_remaining, "
-                f"capacity_saturates_in_s, anomaly_score:<series> or value:<series> with a "
-                f"series in {', '.join(SERIES)}")
+                f"capacity_saturates_in_s, data_quality_failed, anomaly_score:<series> or "
+                f"value:<series> with a series in {', '.join(SERIES)}")
         return value
 
     @field_validator("actions")

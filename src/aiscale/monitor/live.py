@@ -5,7 +5,8 @@ and version (``sampler.py``) into the embedded history (``InMemoryMetricsStore``
 retention from the config), scores each deployment's series with its own streaming anomaly
 detector (the ``aiscale detect`` code), counts good and bad requests for each SLO and
 evaluates its multiwindow burn rates, feeds arrivals to a seasonal forecaster, estimates when
-the queue would saturate, and hands all of it as signals to the alert engine. Notifications go
+the queue would saturate, and hands all of it as signals to the alert engine, with the number
+of failed checks of the gateway's data-quality window (``data_quality_failed``). Notifications go
 to the log and the configured webhooks (in tasks it owns); actions go to ``ActionRunner``.
 Timestamps in the store are wall-clock unix seconds; intervals use ``time.monotonic``.
 
@@ -271,6 +272,9 @@ class LiveMonitor:
                                     else old + 0.2 * (sample.capacity_per_s - old))
         state.warning = self._capacity(name, state, sample, t)
         signals.append(capacity_signal(name, state.warning, t))
+        num_failed = self.gateway.quality.num_failed(name)  # ``None``: no quality section
+        if num_failed is not None:
+            signals.append(Signal("data_quality_failed", name, float(num_failed), t))
         return signals
 
     def _capacity(self, name: str, state: _DeploymentState, sample: DeploymentSample,

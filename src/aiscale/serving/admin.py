@@ -1,4 +1,5 @@
-"""Admin endpoints under ``/admin``: list, deploy, scale and remove deployments; refresh keys.
+"""Admin endpoints under ``/admin``: list, deploy, scale and remove deployments; refresh keys;
+the last rolling-window data-quality report of a deployment.
 
 Called by ``GatewayApp`` after the caller was checked for the ``admin`` scope. Bodies are
 validated with the same pydantic config models as the config file (the edge of the system).
@@ -12,13 +13,14 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aiscale.config import DeploymentConfig
-from aiscale.errors import InvalidInput, MethodNotAllowed, NotFound
+from aiscale.errors import Conflict, InvalidInput, MethodNotAllowed, NotFound
 from aiscale.rollout.analysis import AnalysisConfig
 from aiscale.rollout.controller import RolloutPlan, decision_numbers
 from aiscale.rollout.split import TrafficSplit
 from aiscale.serving.gateway import Gateway
 from aiscale.serving.lane import VersionLane
 from aiscale.serving.monitor_admin import MonitorApi
+from aiscale.serving.quality_window import QualityStatus
 
 if TYPE_CHECKING:
     from aiscale.serving.app import Request, Response
@@ -49,6 +51,22 @@ class VersionBody(BaseModel):
 
 
 _RELEASE_PATHS = frozenset({"rollout", "rollback", "split", "stats", "versions"})
+
+
+def quality_status(gateway: Gateway, name: str) -> dict[str, Any]:
+    """The last rolling-window quality report of ``name``: 404 for an unknown deployment,
+    409 for one without a ``quality:`` section."""
+    deployment = gateway.deployment(name)
+    if deployment.spec.quality is None:
+        raise Conflict(
+            f"deployment {name!r} has no quality section; add quality.expectations to its "
+            "config to check its traffic",
+            field="quality",
+        )
+    status = gateway.quality.status(name)
+    if status is None:  # configured, but the loop has not picked it up yet
+        status = QualityStatus(name, deployment.spec.quality, None, 0, None)
+    return status.to_dict()
 
 
 class ScaleBody(BaseModel):
@@ -152,6 +170,10 @@ class AdminApi:
             body = _validated(ScaleBody, await request.body())
             await gateway.scale(parts[1], body.replicas)
             return _ok(describe(gateway, parts[1]))
+        if len(parts) == 3 and parts[0] == "deployments" and parts[2] == "quality":
+            if method != "GET":
+                raise MethodNotAllowed("use GET", field="method")
+            return _ok(quality_status(gateway, parts[1]))
         if len(parts) >= 3 and parts[0] == "deployments" and parts[2] in _RELEASE_PATHS:
             return await self._release(request, method, parts[1], parts[2:])
         if parts == ["gpus"]:

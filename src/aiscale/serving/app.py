@@ -384,6 +384,18 @@ class GatewayApp:
         started: float,
         user_key: str | None,
     ) -> None:
+        latency_s = time.perf_counter() - started
+        quality = lane.spec.quality
+        if status == 200 and quality is not None:  # the rolling data-quality window
+            self.gateway.quality.observe(
+                name,
+                quality,
+                request_id=request.request_id,
+                version=lane.version,
+                inputs=inputs,
+                outputs=outputs,
+                latency_s=latency_s,
+            )
         capture = self.gateway.capture
         if capture is None:
             return
@@ -393,7 +405,7 @@ class GatewayApp:
             version=lane.version,
             inputs=inputs,
             outputs=outputs,
-            latency_s=time.perf_counter() - started,
+            latency_s=latency_s,
             status=status,
             user_key=user_key,
         )

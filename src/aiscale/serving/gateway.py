@@ -29,6 +29,7 @@ from aiscale.serving.lane import AutoscalingSettings, DeploymentSpec
 from aiscale.serving.limits import RateLimiter
 from aiscale.serving.metrics import GatewayMetrics
 from aiscale.serving.pool import ReplicaRuntime
+from aiscale.serving.quality_window import QualitySettings, QualityWindows
 from aiscale.serving.ray_pool import placement_from_config
 from aiscale.serving.rollout_sync import RolloutSync
 from aiscale.serving.rollouts import RolloutManager, RolloutRecords
@@ -109,6 +110,14 @@ def spec_from_config(
         if config.gpus > 0 and placement is None
         else None,
         placement=placement,
+        quality=None
+        if config.quality is None
+        else QualitySettings(
+            config.quality.to_expectations(),
+            window_s=config.quality.window_s,
+            interval_s=config.quality.interval_s,
+            max_examples=config.quality.max_examples,
+        ),
     )
 
 
@@ -141,6 +150,8 @@ class Gateway:
         self.control = control
         #: Every answered request's record, made durable before the answer is sent.
         self.capture = RequestCapture(capture) if capture is not None else None
+        #: Recent examples of deployments with a ``quality:`` section, checked on a window.
+        self.quality = QualityWindows(self.metrics_registry)
         self._initial_specs = list(specs)
         self.deployments: dict[str, Deployment] = {}
         #: The config each deployment was made from, kept to persist later changes.
@@ -184,6 +195,7 @@ class Gateway:
         if self.control is not None:
             self._spawn(self._refresh_keys_forever(), "key-refresh")
             self._spawn(self.rollout_sync.run(), "rollout-sync")
+        self._spawn(self.quality.run(self._quality_settings), "data-quality")
         if self.monitor is not None:
             self.monitor.start()
         self.is_ready = True
@@ -210,6 +222,11 @@ class Gateway:
         return Deployment(
             spec, self.metrics, self.gpus, self.shared.cache if self.shared is not None else None
         )
+
+    def _quality_settings(self) -> dict[str, QualitySettings]:
+        return {
+            name: d.spec.quality for name, d in self.deployments.items() if d.spec.quality
+        }
 
     def _spawn(self, coroutine: Any, name: str) -> None:
         task = asyncio.create_task(coroutine, name=name)

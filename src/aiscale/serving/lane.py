@@ -25,6 +25,7 @@ from aiscale.serving.batcher import Batcher, BatchingSettings, BatchObservation
 from aiscale.serving.cache import ResponseCache, cache_key
 from aiscale.serving.metrics import GatewayMetrics
 from aiscale.serving.pool import ReplicaPool
+from aiscale.serving.quality_window import QualitySettings
 from aiscale.serving.ray_pool import RayPlacement, RayReplicaPool
 from aiscale.serving.replica_pool import LocalReplicaPool, ReplicaResources, ReplicaSpec
 
@@ -64,6 +65,8 @@ class DeploymentSpec:
     gpu: GpuDemand | None = None
     #: ``None``: replicas are processes on this machine; else actors on a Ray cluster.
     placement: RayPlacement | None = None
+    #: The rolling-window data-quality check of its traffic; ``None``: none.
+    quality: QualitySettings | None = None
 
     @property
     def num_gpus(self) -> float:
