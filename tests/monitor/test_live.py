@@ -19,6 +19,7 @@ from aiscale.monitor.audit import AuditEntry
 from aiscale.monitor.config import MonitorConfig
 from aiscale.serving import Gateway, GatewayApp, GatewaySettings, start_in_thread
 from aiscale.serving.server import ThreadedServer
+from tests.polling import wait_for
 from tests.serving.conftest import python_spec
 from tests.serving.loadgen import SteadyLoad
 
@@ -57,15 +58,6 @@ def _get(url: str, path: str, **params: Any) -> Any:
     return response.json()
 
 
-def _wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"{what} did not happen within {timeout_s} s")
-
 
 def test_snapshot_has_the_dashboard_schema(start: Start, tmp_path: Path) -> None:
     """GET /admin/monitor/snapshot returns the names the dashboard reads, with live values."""
@@ -77,7 +69,7 @@ def test_snapshot_has_the_dashboard_schema(start: Start, tmp_path: Path) -> None
     with httpx.Client(timeout=10) as client:
         for _ in range(40):
             assert client.post(f"{server.url}/v2/models/slow/infer", json=BODY).status_code == 200
-    _wait_for(lambda: _get(server.url, "/admin/monitor/snapshot", window_s=60)
+    wait_for(lambda: _get(server.url, "/admin/monitor/snapshot", window_s=60)
               ["deployments"][0]["forecast"], 15, "a forecast")
     snap = _get(server.url, "/admin/monitor/snapshot", window_s=60)
     assert set(snap) >= {"time", "deployments", "alerts", "actions"}
@@ -214,7 +206,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 def _wait_for_baseline(url: str, num_points: int) -> None:
     """Polls until the monitor has ``num_points`` samples with traffic (its detectors and SLO
     windows have a healthy past to compare with)."""
-    _wait_for(lambda: len([v for _, v in _get(url, "/admin/monitor/history",
+    wait_for(lambda: len([v for _, v in _get(url, "/admin/monitor/history",
                                               deployment="slow", series="rps", since_s=-30,
                                               step_s=0.2)["points"] if v > 0]) >= num_points,
               30, f"{num_points} samples of healthy traffic")
@@ -235,9 +227,9 @@ def test_latency_regression_pages_and_scales_up(start: Start, tmp_path: Path) ->
         assert not _alerts(server.url)
         injected = time.time()  # wall clock: the server's alert and audit times are wall clock
         delay.write_text("150")
-        alert = _wait_for(lambda: [a for a in _alerts(server.url) if a["state"] == "firing"],
+        alert = wait_for(lambda: [a for a in _alerts(server.url) if a["state"] == "firing"],
                           45, "the latency alert")[0]
-        entry = _wait_for(lambda: [e for e in _get(server.url, "/admin/monitor/audit")
+        entry = wait_for(lambda: [e for e in _get(server.url, "/admin/monitor/audit")
                                    ["entries"] if e["outcome"] == "done"], 60,
                           "the scale_up action")[0]
         snap = _get(server.url, "/admin/monitor/snapshot", window_s=120)
@@ -289,7 +281,7 @@ def test_regression_sheds_low_priority_traffic_until_it_clears(start: Start,
         time.sleep(3.0)
         delay.write_text("150")
         injected = time.monotonic()
-        _wait_for(lambda: httpx.post(url, json=BODY, headers=low, timeout=10).status_code
+        wait_for(lambda: httpx.post(url, json=BODY, headers=low, timeout=10).status_code
                   == 503, 45, "shedding")
         shed_s = time.monotonic() - injected
         refused = httpx.post(url, json=BODY, headers=low, timeout=10)
@@ -298,7 +290,7 @@ def test_regression_sheds_low_priority_traffic_until_it_clears(start: Start,
         assert "shedding" in refused.json()["error"]["message"]
         assert httpx.post(url, json=BODY, timeout=10).status_code == 200
         delay.write_text("")
-        _wait_for(lambda: httpx.post(url, json=BODY, headers=low, timeout=10).status_code
+        wait_for(lambda: httpx.post(url, json=BODY, headers=low, timeout=10).status_code
                   == 200, 60, "the end of shedding")
     print(f"\nlatency regression: shedding after {shed_s:.1f} s")
     assert shed_s < 30
@@ -322,7 +314,7 @@ def test_a_silence_mutes_the_alert_and_its_action(start: Start, tmp_path: Path) 
     with SteadyLoad(url, BODY, num_threads=4, max_seconds=60):
         time.sleep(2.0)
         delay.write_text("150")
-        _wait_for(lambda: [a for a in _alerts(server.url) if a["state"] == "firing"], 45,
+        wait_for(lambda: [a for a in _alerts(server.url) if a["state"] == "firing"], 45,
                   "the latency alert")
         time.sleep(2.0)  # time for an action that must not come
     assert _get(server.url, "/admin/monitor/audit")["entries"] == []

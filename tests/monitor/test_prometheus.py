@@ -15,7 +15,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from aiscale.monitor.config import MonitorConfig
 from aiscale.monitor.prometheus import PrometheusReader
 from aiscale.serving import Gateway, GatewayApp, GatewaySettings, start_in_thread
+from tests.polling import wait_for
 from tests.serving.conftest import python_spec
 
 PROMETHEUS = Path("/usr/bin/prometheus")
@@ -39,15 +40,6 @@ RATE_WINDOW_S = 4.0  # four scrape intervals, the least a rate() should span
 pytestmark = pytest.mark.skipif(
     not PROMETHEUS.is_file(), reason="Debian's prometheus is not installed at /usr/bin/prometheus")
 
-
-def _poll(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"{what} did not happen within {timeout_s} s")
 
 
 def _stop(process: subprocess.Popen[Any]) -> None:
@@ -82,8 +74,8 @@ def _start_prometheus(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
         return found.group(1) if found else None
 
     try:
-        url = f"http://127.0.0.1:{_poll(bound_port, 30, 'prometheus listening')}"
-        _poll(lambda: _is_ok(f"{url}/-/ready"), 30, "prometheus ready")
+        url = f"http://127.0.0.1:{wait_for(bound_port, 30, 'prometheus listening')}"
+        wait_for(lambda: _is_ok(f"{url}/-/ready"), 30, "prometheus ready")
     except BaseException:
         _stop(process)
         raise
@@ -134,7 +126,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]
                              timeout=5).json()
             return any(r["value"][1] == "1" for r in body["data"]["result"])
 
-        _poll(target_up, 30, "the first scrape of aiscale")
+        wait_for(target_up, 30, "the first scrape of aiscale")
         yield url, prometheus_url
     finally:
         if serve is not None:
@@ -186,7 +178,7 @@ def test_history_read_from_prometheus_matches_what_was_served(stack: tuple[str, 
     # start for rate() (Prometheus cannot know it began at 0), so the burst must come after.
     with httpx.Client(timeout=10) as client:
         assert client.post(f"{url}/v2/models/echo/infer", json=TEXT).status_code == 200
-        _poll(lambda: _instant(prometheus_url, reader_query) == 1.0, 30, "the first scrape")
+        wait_for(lambda: _instant(prometheus_url, reader_query) == 1.0, 30, "the first scrape")
         started = time.time()
         for _ in range(NUM_REQUESTS):
             assert client.post(f"{url}/v2/models/echo/infer", json=TEXT).status_code == 200
@@ -195,10 +187,11 @@ def test_history_read_from_prometheus_matches_what_was_served(stack: tuple[str, 
 
     rate_query = ('sum(rate(aiscale_gateway_requests_total{deployment="echo"}'
                   f'[{RATE_WINDOW_S:g}s]))')
-    _poll(lambda: _instant(prometheus_url, reader_query) == served, 30,
+    wait_for(lambda: _instant(prometheus_url, reader_query) == served, 30,
           "Prometheus scraping the final count")
     # Once the instant rate is 0 the rate window has moved past the whole burst.
-    _poll(lambda: _instant(prometheus_url, rate_query) == 0.0, 30, "the burst leaving the window")
+    wait_for(lambda: _instant(prometheus_url, rate_query) == 0.0, 30,
+             "the burst leaving the window")
 
     step = 1.0
     since, until = started - 2 * RATE_WINDOW_S, time.time()
@@ -238,7 +231,7 @@ def test_an_unreachable_prometheus_is_a_clear_error(caplog: pytest.LogCaptureFix
                       monitor=MonitorConfig(prometheus_url=dead))
     server = start_in_thread(GatewayApp(gateway))
     try:
-        _poll(lambda: any("cannot reach Prometheus at http://127.0.0.1:9" in r.getMessage()
+        wait_for(lambda: any("cannot reach Prometheus at http://127.0.0.1:9" in r.getMessage()
                           for r in caplog.records if r.name == "aiscale.monitor.live"), 30,
               "the start-up warning")
         response = httpx.get(f"{server.url}/admin/monitor/history", timeout=30,

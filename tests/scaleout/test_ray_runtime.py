@@ -25,6 +25,7 @@ import pytest
 from aiscale.serving import BatchingSettings, GatewaySettings
 from aiscale.serving.ray_pool import RayPlacement, connect, disconnect
 from aiscale.serving.server import ThreadedServer
+from tests.polling import wait_for
 from tests.serving.conftest import python_spec, start_gateway
 from tests.serving.loadgen import SteadyLoad
 
@@ -43,14 +44,6 @@ FAST_NODE_DEATH = {
     "health_check_initial_delay_ms": 0,
 }
 
-
-def wait_for(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"{what}: not within {timeout_s}s")
 
 
 def replicas_of(url: str, name: str) -> dict[str, Any]:

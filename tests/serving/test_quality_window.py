@@ -5,7 +5,7 @@ monitor's ``data_quality_failed`` signal follow it, and a bad section is refused
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ from aiscale.registry.records import VersionRecord
 from aiscale.serving import Gateway, GatewayApp, GatewaySettings, start_in_thread
 from aiscale.serving.gateway import spec_from_config
 from aiscale.serving.server import ThreadedServer
+from tests.polling import wait_for
 
 #: From the first out-of-range request to the failed report, and to the firing alert: one
 #: check interval (0.2 s) and one monitor tick (0.2 s) are the design; the bound is loose for
@@ -68,15 +69,6 @@ def _infer(client: httpx.Client, url: str, first: float, name: str = "sum") -> N
     assert response.status_code == 200, response.text
 
 
-def _wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not happen within {timeout_s} s")
-
 
 def test_out_of_range_traffic_fails_the_window_and_fires_the_alert(
     server: ThreadedServer,
@@ -93,7 +85,7 @@ def test_out_of_range_traffic_fails_the_window_and_fires_the_alert(
 
         for value in range(10):
             _infer(client, url, float(value))
-        passed = _wait_for(lambda: (r := report())["is_passed"] and r["num_rows"] >= 10 and r,
+        passed = wait_for(lambda: (r := report())["is_passed"] and r["num_rows"] >= 10 and r,
                            FAIL_BOUND_S, "a passing report")
         assert passed["deployment"] == "sum" and passed["window_s"] == WINDOW_S
         assert passed["failed"] == [] and "input_0.range" in [c["name"] for c in passed["checks"]]
@@ -102,7 +94,7 @@ def test_out_of_range_traffic_fails_the_window_and_fires_the_alert(
         injected = time.time()  # wall clock: checked_at_s and the alert's since are wall clock
         for _ in range(3):
             _infer(client, url, 50.0)
-        failed = _wait_for(lambda: (r := report())["is_passed"] is False and r, FAIL_BOUND_S,
+        failed = wait_for(lambda: (r := report())["is_passed"] is False and r, FAIL_BOUND_S,
                            "a failed report")
         report_s = failed["checked_at_s"] - injected
         assert failed["failed"] == ["input_0.range"]
@@ -112,7 +104,7 @@ def test_out_of_range_traffic_fails_the_window_and_fires_the_alert(
         assert 'aiscale_data_quality_checks_failed{deployment="sum"} 1.0' in metrics
         assert 'aiscale_data_quality_checks_total{deployment="sum",result="fail"}' in metrics
 
-        alert = _wait_for(lambda: [a for a in client.get(f"{url}/admin/monitor/alerts")
+        alert = wait_for(lambda: [a for a in client.get(f"{url}/admin/monitor/alerts")
                                    .json()["alerts"] if a["state"] == "firing"],
                           FAIL_BOUND_S, "the data-quality alert")[0]
         alert_s = alert["since"] - injected
@@ -125,7 +117,7 @@ def test_out_of_range_traffic_fails_the_window_and_fires_the_alert(
             _infer(client, url, 1.0)
             return report()["is_passed"] is True
 
-        _wait_for(passes_again, WINDOW_S + FAIL_BOUND_S, "the window passing again")
+        wait_for(passes_again, WINDOW_S + FAIL_BOUND_S, "the window passing again")
 
 
 def test_quality_report_errors_name_the_cause(server: ThreadedServer) -> None:

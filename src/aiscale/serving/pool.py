@@ -9,6 +9,7 @@ import an implementation, the web framework or Ray.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable, Sized
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -87,6 +88,48 @@ class ReplicaPool(BatchTarget[ReplicaT], Protocol[ReplicaT]):
     async def scale(self, num_replicas: int, *, drain_timeout_s: float = 30.0) -> None: ...
 
     async def stop(self, *, drain_timeout_s: float = 30.0) -> None: ...
+
+
+class DispatchState(Protocol):
+    """What both pools' replicas hold for dispatch: the choice below reads only this."""
+
+    @property
+    def is_draining(self) -> bool: ...
+
+    @property
+    def is_dead(self) -> bool: ...
+
+    @property
+    def inflight(self) -> Sized: ...
+
+    @property
+    def num_inflight_items(self) -> int: ...
+
+
+DispatchT = TypeVar("DispatchT", bound=DispatchState)
+
+
+def serving_replicas(replicas: Iterable[DispatchT]) -> list[DispatchT]:
+    """The replicas that take new batches: neither draining nor dead."""
+    return [r for r in replicas if not r.is_draining and not r.is_dead]
+
+
+def least_loaded_free(
+    replicas: Iterable[DispatchT], max_inflight_batches: int
+) -> DispatchT | None:
+    """The serving replica with a free batch slot and the fewest items in flight, if any."""
+    best: DispatchT | None = None
+    for replica in serving_replicas(replicas):
+        if len(replica.inflight) >= max_inflight_batches:
+            continue
+        if best is None or replica.num_inflight_items < best.num_inflight_items:
+            best = replica
+    return best
+
+
+def removal_victims(live: list[DispatchT], num_to_keep: int) -> list[DispatchT]:
+    """Which live replicas a scale-down stops: the least loaded, since they drain fastest."""
+    return sorted(live, key=lambda r: r.num_inflight_items)[: max(0, len(live) - num_to_keep)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aiscale.errors import InvalidInput, ModelLoadError, ReplicaUnavailable
 from aiscale.serving.ipc import BatchReply, LoadFailedMessage
-from aiscale.serving.pool import ReplicaRuntime
+from aiscale.serving.pool import (
+    ReplicaRuntime,
+    least_loaded_free,
+    removal_victims,
+    serving_replicas,
+)
 from aiscale.serving.ray_replica import RayReplicaActor, RayReplicaInfo
 from aiscale.serving.replica_pool import OPENMP_SPIN_COUNT, THREADED_RUNTIMES, ReplicaSpec
 
@@ -227,7 +232,7 @@ class RayReplicaPool:
     # ----- state ---------------------------------------------------------------------
     @property
     def num_ready(self) -> int:
-        return sum(1 for r in self._replicas if not r.is_draining and not r.is_dead)
+        return len(serving_replicas(self._replicas))
 
     @property
     def num_starting(self) -> int:
@@ -257,12 +262,12 @@ class RayReplicaPool:
         if num_replicas < 0:
             raise ValueError("replica count must be >= 0")
         self._wanted = num_replicas
-        live = [r for r in self._replicas if not r.is_draining and not r.is_dead]
+        live = serving_replicas(self._replicas)
         missing = num_replicas - len(live) - self._num_starting
         if missing > 0:
             await asyncio.gather(*(self._start_one() for _ in range(missing)))
         elif len(live) > num_replicas:
-            victims = sorted(live, key=lambda r: r.num_inflight_items)[: len(live) - num_replicas]
+            victims = removal_victims(live, num_replicas)
             await asyncio.gather(*(self._drain_and_stop(r, drain_timeout_s) for r in victims))
 
     async def stop(self, *, drain_timeout_s: float = 30.0) -> None:
@@ -281,14 +286,7 @@ class RayReplicaPool:
     async def acquire(self) -> RayReplica:
         """Wait for a ready replica with a free batch slot; the least loaded one wins."""
         while True:
-            best: RayReplica | None = None
-            for replica in self._replicas:
-                if replica.is_draining or replica.is_dead:
-                    continue
-                if len(replica.inflight) >= self.spec.max_inflight_batches:
-                    continue
-                if best is None or replica.num_inflight_items < best.num_inflight_items:
-                    best = replica
+            best = least_loaded_free(self._replicas, self.spec.max_inflight_batches)
             if best is not None:
                 return best
             if self._is_stopping:
@@ -297,10 +295,7 @@ class RayReplicaPool:
             await self._capacity.wait()
 
     def has_free_slot(self) -> bool:
-        return any(
-            not r.is_draining and not r.is_dead and len(r.inflight) < self.spec.max_inflight_batches
-            for r in self._replicas
-        )
+        return least_loaded_free(self._replicas, self.spec.max_inflight_batches) is not None
 
     def send(self, replica: RayReplica, items: list[Any]) -> asyncio.Future[BatchReply]:
         """Call the replica's ``predict`` with the batch; the future resolves with its reply,

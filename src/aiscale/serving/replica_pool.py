@@ -31,6 +31,7 @@ from aiscale.serving.ipc import (
     decode_length,
     encode,
 )
+from aiscale.serving.pool import least_loaded_free, removal_victims, serving_replicas
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class LocalReplicaPool:
     # ----- state ---------------------------------------------------------------------
     @property
     def num_ready(self) -> int:
-        return sum(1 for r in self._replicas if not r.is_draining and not r.is_dead)
+        return len(serving_replicas(self._replicas))
 
     @property
     def num_starting(self) -> int:
@@ -179,13 +180,12 @@ class LocalReplicaPool:
         if num_replicas < 0:
             raise ValueError("replica count must be >= 0")
         self._wanted = num_replicas
-        live = [r for r in self._replicas if not r.is_draining and not r.is_dead]
+        live = serving_replicas(self._replicas)
         missing = num_replicas - len(live) - self._num_starting
         if missing > 0:
             await asyncio.gather(*(self._start_one() for _ in range(missing)))
         elif len(live) > num_replicas:
-            # Remove the least loaded first: they drain fastest.
-            victims = sorted(live, key=lambda r: r.num_inflight_items)[: len(live) - num_replicas]
+            victims = removal_victims(live, num_replicas)
             await asyncio.gather(*(self._drain_and_stop(r, drain_timeout_s) for r in victims))
 
     async def stop(self, *, drain_timeout_s: float = 30.0) -> None:
@@ -204,14 +204,7 @@ class LocalReplicaPool:
     async def acquire(self) -> Replica:
         """Wait for a ready replica with a free batch slot; the least loaded one wins."""
         while True:
-            best: Replica | None = None
-            for replica in self._replicas:
-                if replica.is_draining or replica.is_dead:
-                    continue
-                if len(replica.inflight) >= self.spec.max_inflight_batches:
-                    continue
-                if best is None or replica.num_inflight_items < best.num_inflight_items:
-                    best = replica
+            best = least_loaded_free(self._replicas, self.spec.max_inflight_batches)
             if best is not None:
                 return best
             if self._is_stopping:
@@ -220,10 +213,7 @@ class LocalReplicaPool:
             await self._capacity.wait()
 
     def has_free_slot(self) -> bool:
-        return any(
-            not r.is_draining and not r.is_dead and len(r.inflight) < self.spec.max_inflight_batches
-            for r in self._replicas
-        )
+        return least_loaded_free(self._replicas, self.spec.max_inflight_batches) is not None
 
     def send(self, replica: Replica, items: list[Any]) -> asyncio.Future[BatchReply]:
         """Hand a batch to ``replica``; the future resolves with its reply or fails if it dies."""
