@@ -7,10 +7,11 @@ speed part pins itself to one core after the fidelity part):
         .venv/bin/python benchmarks/simulator/run.py [--quick] [--repeats N] \
         [--out benchmarks/simulator/RESULTS.md]
 
-Fidelity (``fidelity.py``), per repeat: ``aiscale profile minilm`` (model alone, then the
-server terms through a real server), then each trace replay against a fresh ``aiscale serve
-minilm`` with ``aiscale bench --trace``, then ``aiscale simulate`` on the same arrivals with the
-profile just measured: back to back, so that profile and replay see the same machine.
+Fidelity (``fidelity.py``), per case: ``aiscale profile minilm`` (model alone, then the
+server terms through a real server), then the trace replayed ``--replays`` times against a
+fresh ``aiscale serve minilm`` with ``aiscale bench --trace``, then ``aiscale simulate`` on the
+same arrivals with the profile just measured: back to back, so that profile and replay see
+the same machine.
 Speed: one day of 1,000,000 users x 20 requests (the synthetic ``daily`` shape, about 22
 million requests) in the aggregated mode, per policy; the exact mode's rate on a smaller run.
 Error: ``compare_modes`` on one hour of smaller traffic, per policy. Benchmark code: never run
@@ -42,7 +43,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="one repeat, shorter runs")
     parser.add_argument("--repeats", type=int, default=None, help="fidelity repeats [2; quick 1]")
+    parser.add_argument(
+        "--replays", type=int, default=3, help="real runs per fidelity case, back to back [3]"
+    )
     parser.add_argument("--skip-fidelity", action="store_true")
+    parser.add_argument(
+        "--profile", type=Path, default=None,
+        help="profile for the speed part when the fidelity part is skipped",
+    )  # fmt: skip
     parser.add_argument("--skip-speed", action="store_true")
     args = parser.parse_args()
     machine = describe_machine(ROOT)
@@ -53,10 +61,12 @@ def main() -> None:
         f"Machine: {machine['cpu']}, {machine['cores']} cores, shared; Python "
         f"{machine['python']}; git {machine['git_sha']}; {machine['date']}.",
     ]
-    profile_path = PROFILE
+    profile_path = args.profile or PROFILE
     if not args.skip_fidelity:
         repeats = args.repeats if args.repeats is not None else (1 if args.quick else 2)
-        section, measured = fidelity_section(ROOT, quick=args.quick, repeats=repeats)
+        section, measured = fidelity_section(
+            ROOT, quick=args.quick, repeats=repeats, replays=args.replays
+        )
         lines += section
         profile_path = measured
     if not args.skip_speed:

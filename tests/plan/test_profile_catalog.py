@@ -33,6 +33,7 @@ def test_profile_round_trips_through_json(tmp_path: Path) -> None:
     assert set(data) == {
         "version",
         "server",
+        "spread",
         "model",
         "hardware",
         "batch_sizes",
@@ -43,7 +44,7 @@ def test_profile_round_trips_through_json(tmp_path: Path) -> None:
         "estimated",
     }
     assert load_profile(path) == profile
-    assert data["version"] == 2 and data["server"] is None
+    assert data["version"] == 2 and data["server"] is None and data["spread"] is None
     assert data["throughput_per_s"][0] == pytest.approx(125.0)
 
 

@@ -31,6 +31,44 @@ def test_profile_of_a_real_model_round_trips_with_sane_latency(
     assert profile.startup_s >= 0
     assert profile.latency_ms[-1] > profile.latency_ms[0]
     assert profile.throughput_per_s[-1] == pytest.approx(128_000 / profile.latency_ms[-1])
+    # The spread of one batch's time around the median at its size: a quantile function.
+    assert profile.spread is not None
+    ratios = profile.spread.ratios
+    assert list(ratios) == sorted(ratios) and ratios[0] <= 1.0 <= ratios[-1]
+    assert float(profile.spread.ratio_at(0.5)) == pytest.approx(1.0, rel=0.25)
+
+
+def test_batches_are_drawn_like_live_traffic() -> None:
+    """A seeded batch draws its texts at random from the load generator's sentences (a live
+    batch's time follows its longest text); the same seed gives the same batch, and without
+    a seed the batch is the first sentences in order."""
+    from aiscale.bench.sentences import SENTENCES
+    from aiscale.plan.profiling import sample_batch
+    from tests.models import Echo
+
+    model = Echo()
+    drawn = sample_batch(model, 16, seed=3)
+    assert drawn == sample_batch(model, 16, seed=3) != sample_batch(model, 16, seed=4)
+    assert set(drawn) <= set(SENTENCES) and drawn != list(SENTENCES[:16])
+    assert sample_batch(model, 4) == list(SENTENCES[:4])
+
+
+def test_the_profile_runs_the_model_as_a_replica_runs_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The profiler and the replica pool build the model's threads and environment with one
+    function: a threads knob for runtimes that take it, OMP_NUM_THREADS for all, and the
+    short OpenMP spin unless the caller chose a wait policy."""
+    from aiscale.serving.replica_pool import OPENMP_SPIN_COUNT, replica_environment
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as the benchmarks set it: not the replica's
+    config, env = replica_environment("minilm", {}, 2)
+    assert config == {"num_threads": 2} and env["OMP_NUM_THREADS"] == "2"
+    assert env["GOMP_SPINCOUNT"] == str(OPENMP_SPIN_COUNT)
+    config, env = replica_environment("python", {"num_threads": 3}, 2)
+    assert config == {"num_threads": 3} and env["OMP_NUM_THREADS"] == "3"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert "GOMP_SPINCOUNT" not in replica_environment("minilm", {}, 2)[1]
 
 
 def test_profile_for_absent_hardware_is_derived_and_labelled() -> None:

@@ -67,7 +67,7 @@ def test_an_old_profile_loads_with_the_documented_default(tmp_path: Path) -> Non
     """A version-1 file (no version key, no server) loads with no server terms: the model
     alone, as the simulator ran before."""
     data = profile().to_dict()
-    del data["version"], data["server"]
+    del data["version"], data["server"], data["spread"]
     path = tmp_path / "old.json"
     path.write_text(json.dumps(data))
     assert load_profile(path).server is None
@@ -95,6 +95,35 @@ def test_an_old_profile_loads_with_the_documented_default(tmp_path: Path) -> Non
             "server.model_slowdown_per_rps",
         ),
         ({"server": {**terms().to_dict(), "points": [{"rate": 1}]}}, "server.points"),
+        (
+            {"server": {**terms().to_dict(), "overhead_rates_per_s": [0, 10]}},
+            "server.overhead_rates_per_s",
+        ),
+        (
+            {
+                "server": {
+                    **terms().to_dict(),
+                    "overhead_rates_per_s": [5, 10],
+                    "overhead_mean_ms": [1, 2],
+                }
+            },
+            "server.overhead_rates_per_s",
+        ),
+        (
+            {
+                "server": {
+                    **terms().to_dict(),
+                    "overhead_rates_per_s": [0, 10],
+                    "overhead_mean_ms": [1, -2],
+                }
+            },
+            "server.overhead_mean_ms",
+        ),
+        ({"spread": {"levels": [0, 1]}}, "spread"),
+        ({"spread": {"levels": [0, 1], "ratios": [1.2, 0.8]}}, "spread.ratios"),
+        ({"spread": {"levels": [0.2, 1], "ratios": [0.8, 1.2]}}, "spread.levels"),
+        ({"spread": {"levels": [0, 1], "ratios": [0, 1.2]}}, "spread.ratios"),
+        ({"spread": {"levels": ["a", 1], "ratios": [1, 1.2]}}, "spread"),
     ],
 )
 def test_bad_server_fields_are_rejected_with_their_path(change: dict[str, Any], field: str) -> None:
@@ -205,8 +234,11 @@ def test_fit_recovers_lines_and_clips_negative_slopes() -> None:
     """The fit: slowdown = model / alone as a line in the rate, overhead growth as the line's
     relative slope; the quantiles come from the light level's percentiles minus its time in
     queue and model; a falling line is clipped to a flat one."""
-    points = [
-        CalibrationPoint(r, 1.0, 8.0 * (1.1 + 0.002 * r), 8.0, 0.0, 2.0 * (1 + 0.01 * r), 0, 0)
+    closed = CalibrationPoint(300.0, 1.0, 8.0 * 1.1, 8.0, 0.0, 2.0, 0, 0)  # concurrency 1
+    points = [closed] + [
+        CalibrationPoint(
+            r, 1.0, 8.0 * (1.1 + 0.002 * r), 8.0, 0.0, 2.0 * (1 + 0.01 * r), 0, 0, offered_per_s=r
+        )
         for r in (50.0, 100.0, 200.0)
     ]
     light = {"p50_ms": 12.0, "p90_ms": 14.0, "p99_ms": 20.0, "p999_ms": 30.0, "max_ms": 40.0}
@@ -217,14 +249,14 @@ def test_fit_recovers_lines_and_clips_negative_slopes() -> None:
     inside = points[0].model_ms
     assert fitted.overhead_ms[1] == pytest.approx(12.0 - inside)
     assert fitted.overhead_ms[-1] == pytest.approx(40.0 - inside)
-    falling = [replace(p, model_ms=10.0 - p.rate_per_s / 100) for p in points]
+    falling = [closed] + [replace(p, model_ms=10.0 - p.rate_per_s / 100) for p in points[1:]]
     assert fit_server_terms(light, falling).model_slowdown_per_rps == 0.0
 
 
 @pytest.mark.timeout(240)
 def test_calibration_against_a_real_server(monkeypatch: pytest.MonkeyPatch) -> None:
     """calibrate_server runs a real aiscale serve and load generator and gives measured terms
-    with one point per level (concurrency 1, then each open-loop fraction)."""
+    with one point per level (concurrency 1, then each open-loop fraction once per pass)."""
     monkeypatch.chdir(ROOT)
     alone = profile_from_latencies("echo", "CPU", {1: 0.05, 64: 0.5})
     measured = calibrate_server(
@@ -233,13 +265,18 @@ def test_calibration_against_a_real_server(monkeypatch: pytest.MonkeyPatch) -> N
         path="/v2/models/echo/infer",
         seconds_per_level=0.5,
         fractions=(0.3,),
+        passes=2,
         cwd=ROOT,
     )
     assert measured.label == "measured"
-    assert len(measured.points) == 2
+    assert len(measured.points) == 3  # concurrency 1, then the open-loop level twice
+    assert measured.points[1].offered_per_s == measured.points[2].offered_per_s > 0
     assert all(p.rate_per_s > 0 and p.model_ms > 0 for p in measured.points)
     assert list(measured.overhead_ms) == sorted(measured.overhead_ms)
     assert measured.overhead_ms[1] > 0
+    # The mean overhead curve: the closed-loop level at rate 0, then the open-loop one.
+    assert measured.overhead_rates_per_s[0] == 0.0
+    assert len(measured.overhead_rates_per_s) == len(measured.overhead_mean_ms) <= 2
 
 
 def test_a_fixed_batch_size_skips_the_slo_fit() -> None:
@@ -260,7 +297,7 @@ def test_saturated_levels_are_left_out_of_the_fit() -> None:
     measures a backlog: the lines ignore it (it stays in the points for the record)."""
     from aiscale.plan.calibration import is_saturated
 
-    steady = [
+    steady = [CalibrationPoint(300.0, 1.0, 8.0 * 1.1, 8.0, 1.0, 2.0, 0, 0)] + [
         CalibrationPoint(r, 1.0, 8.0 * 1.1, 8.0, 1.0, 2.0, 0, 0, offered_per_s=r)
         for r in (50.0, 100.0)
     ]
@@ -270,4 +307,93 @@ def test_saturated_levels_are_left_out_of_the_fit() -> None:
     fitted = fit_server_terms(light, [*steady, backlog])
     assert fitted.overhead_growth_per_rps == pytest.approx(0.0, abs=1e-12)
     assert fitted.model_slowdown == pytest.approx(1.1)
-    assert len(fitted.points) == 3
+    assert len(fitted.points) == 4
+    assert fitted.overhead_rates_per_s == (0.0, 50.0, 100.0)
+
+
+def curve(**change: Any) -> ServerTerms:
+    """Terms with a measured mean-overhead curve: 2 ms closed loop, 6 ms at 50/s, 8 at 100/s."""
+    return terms(
+        overhead_rates_per_s=(0.0, 50.0, 100.0), overhead_mean_ms=(2.0, 6.0, 8.0), **change
+    )
+
+
+def test_the_overhead_follows_the_measured_curve_not_the_line() -> None:
+    """With a curve the overhead scale is its mean at the rate over the mean at rate 0:
+    linear between the levels, flat past the last, also for arrays of rates; without one
+    (files written before) the growth line still applies."""
+    measured = curve()
+    assert measured.overhead_scale(0.0) == 1.0
+    assert measured.overhead_scale(25.0) == pytest.approx(2.0)
+    assert measured.overhead_scale(75.0) == pytest.approx(3.5)
+    assert measured.overhead_scale(1000.0) == pytest.approx(4.0)
+    assert list(measured.overhead_scale(np.array([0.0, 50.0]))) == pytest.approx([1.0, 3.0])
+    assert terms().overhead_scale(100.0) == pytest.approx(1.2)
+    # A closed-loop overhead of 0 does not divide by zero.
+    zero = terms(overhead_rates_per_s=(0.0, 50.0), overhead_mean_ms=(0.0, 5.0))
+    assert zero.overhead_scale(50.0) == pytest.approx(50.0)
+
+
+def test_profiles_with_a_curve_and_a_spread_round_trip(tmp_path: Path) -> None:
+    """The curve and the batch-time spread save and load back equal; a file without them
+    (version 2 as written before) loads with neither."""
+    from aiscale.plan.profile import ServiceSpread
+
+    spread = ServiceSpread((0.0, 0.5, 1.0), (0.8, 1.0, 1.6))
+    measured = replace(profile(curve()), spread=spread)
+    path = tmp_path / "p.json"
+    save_profile(measured, path)
+    assert load_profile(path) == measured
+    data = json.loads(path.read_text())
+    del data["spread"], data["server"]["overhead_rates_per_s"], data["server"]["overhead_mean_ms"]
+    path.write_text(json.dumps(data))
+    older = load_profile(path)
+    assert older.spread is None and older.server is not None
+    assert older.server.overhead_rates_per_s == ()
+
+
+def test_the_closed_loop_level_counts_as_no_overlap() -> None:
+    """At concurrency 1 nothing overlaps however fast the loop runs: the curve and the
+    lines put it at rate 0, the open-loop levels at their rates (saturated ones left out)."""
+    from aiscale.plan.calibration import overhead_curve, overlap_rate
+
+    closed = CalibrationPoint(120.0, 1.0, 8.0, 8.0, 0.0, 1.5, 9.0, 12.0)
+    opened = [
+        CalibrationPoint(r, 1.2, 8.5, 8.0, 2.0, o, 14.0, 30.0, offered_per_s=r)
+        for r, o in ((100.0, 6.0), (40.0, 5.0))
+    ]
+    backlog = CalibrationPoint(150.0, 40.0, 300.0, 200.0, 900.0, 80.0, 0, 0, offered_per_s=200)
+    assert overlap_rate(closed) == 0.0 and overlap_rate(opened[0]) == 100.0
+    assert overhead_curve([closed, *opened, backlog]) == ((0.0, 40.0, 100.0), (1.5, 5.0, 6.0))
+    # Passes at the same offered rate give one point, their medians: one disturbed pass
+    # (30 ms) does not move it.
+    passes = [replace(opened[0], rate_per_s=r, overhead_ms=o) for r, o in ((99, 6), (101, 7))]
+    disturbed = replace(opened[0], overhead_ms=30.0)
+    rates, means = overhead_curve([closed, *passes, disturbed])
+    assert rates == (0.0, 100.0) and means == (1.5, 7.0)
+
+
+def test_the_spread_keeps_the_mean_and_widens_the_tail() -> None:
+    """Per-batch draws from the spread (exact mode): the same events, the mean batch time
+    times the spread's mean ratio, a longer tail than fixed batch times, and the same
+    result for the same seed; the aggregated mode and the capacity use the mean ratio."""
+    from aiscale.plan.profile import ServiceSpread
+
+    wide = ServiceSpread((0.0, 0.5, 0.9, 1.0), (0.5, 1.0, 1.5, 3.0))
+    fixed = profile()
+    spread = replace(fixed, spread=wide)
+    arrivals = spaced(2000, 0.5)  # one at a time: latency = one batch of one
+    config = SimulationConfig(profile=fixed, max_batch_size=64, decision_interval_s=10.0)
+    alone = simulate(arrivals, StaticPolicy(StaticConfig(1)), config)
+    drawn = simulate(arrivals, StaticPolicy(StaticConfig(1)), replace(config, profile=spread))
+    again = simulate(arrivals, StaticPolicy(StaticConfig(1)), replace(config, profile=spread))
+    assert drawn.num_events == alone.num_events and drawn == again
+    assert drawn.mean_ms == pytest.approx(alone.mean_ms * wide.mean_ratio, rel=0.05)
+    assert drawn.p99_ms > 1.4 * alone.p99_ms
+    assert spread.max_throughput_per_s(64) == pytest.approx(
+        fixed.max_throughput_per_s(64) / wide.mean_ratio
+    )
+    aggregated = simulate(
+        arrivals, StaticPolicy(StaticConfig(1)), replace(config, profile=spread, mode="aggregated")
+    )
+    assert aggregated.mean_ms == pytest.approx(drawn.mean_ms, rel=0.1)

@@ -59,11 +59,26 @@ def profile(
     _stdout().print(table)
     if result.server is not None:
         terms = result.server
+        growth = (
+            ", ".join(
+                f"{m:.1f} at {r:.0f}/s"
+                for r, m in zip(terms.overhead_rates_per_s, terms.overhead_mean_ms, strict=True)
+            )
+            if terms.overhead_rates_per_s
+            else f"+{terms.overhead_growth_per_rps * 100:.2f}%/(req/s)"
+        )
         _stdout().print(
             f"server ({terms.label}): overhead p50 {float(terms.overhead_at(0.5)) * 1000:.1f} ms, "
-            f"p99 {float(terms.overhead_at(0.99)) * 1000:.1f} ms, "
-            f"+{terms.overhead_growth_per_rps * 100:.2f}%/(req/s); model slowdown "
-            f"{terms.model_slowdown:.2f} + {terms.model_slowdown_per_rps:.4f}/(req/s)",
+            f"p99 {float(terms.overhead_at(0.99)) * 1000:.1f} ms, mean ms by rate: {growth}; "
+            f"model slowdown {terms.model_slowdown:.2f} + "
+            f"{terms.model_slowdown_per_rps:.4f}/(req/s)",
+            highlight=False,
+        )
+    if result.spread is not None:
+        ratios = result.spread.ratio_at([0.1, 0.5, 0.9, 0.99])
+        _stdout().print(
+            "batch time spread (p10 / p50 / p90 / p99 over the median): "
+            + " / ".join(f"{r:.2f}" for r in ratios),
             highlight=False,
         )
     _stdout().print(f"written: {out}", highlight=False)

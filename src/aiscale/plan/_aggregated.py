@@ -68,7 +68,11 @@ class _StepModel:
     """Batch size, wait chance and wait mean for given rates and ready counts (vectorised)."""
 
     def __init__(self, config: SimulationConfig) -> None:
-        self.table = np.asarray(config.latency_table())
+        # The mean batch time (``profile.spread``): the exact mode draws around the median.
+        spread = config.profile.spread
+        self.table = np.asarray(config.latency_table()) * (
+            1.0 if spread is None else spread.mean_ratio
+        )
         self.max_batch = config.max_batch_size
         self.max_delay_s = config.max_batch_delay_s
         self.sizes = np.arange(1, self.max_batch + 1, dtype=np.float64)
@@ -323,7 +327,7 @@ def run_aggregated(
         step_slowdown = server.model_slowdown + server.model_slowdown_per_rps * per_replica_rate
         grid = np.asarray(OVERHEAD_GRID)
         points = server.overhead_at((grid[1:] + grid[:-1]) / 2)
-        scale = 1.0 + server.overhead_growth_per_rps * per_replica_rate
+        scale = server.overhead_scale(per_replica_rate)
         overhead = points[:, None] * scale[None, :]
         overhead_weights = np.diff(grid)[:, None]
     no_wait, batch_latency, p_wait, mean_wait, _ = model.stats(

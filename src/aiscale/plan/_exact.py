@@ -13,7 +13,8 @@ first (newest first), then stops idle ones, then drains busy ones (they finish t
 A replica is paid for from its launch to its removal.
 
 Server terms (``profile.server``, see ``ServerTerms``): a batch occupies its replica for the
-profile's latency times the slowdown at the arrival rate per ready replica over the last
+profile's latency (times a ratio drawn from ``profile.spread`` when it has one) times the
+slowdown at the arrival rate per ready replica over the last
 ``CONTENTION_WINDOW_S``; each request's latency then gets its per-request overhead, drawn
 with ``config.seed`` (after the event loop, vectorised: the overhead never occupies a
 replica, so it does not change the event order or count).
@@ -31,6 +32,7 @@ import numpy as np
 from aiscale.plan._simcore import (
     SimulationConfig,
     SimulationResult,
+    SpreadDraws,
     make_history,
     summarize,
 )
@@ -57,6 +59,11 @@ def run_exact(
     startup = config.replica_startup_s
     history = make_history(config, arrivals.counts(config.history_bin_s))
     server = config.profile.server
+    spread = (
+        SpreadDraws(config.profile.spread, config.seed)
+        if config.profile.spread is not None
+        else None
+    )
     #: Per request: the overhead's rate scaling, from the rate when its batch was sent.
     overhead_scale = np.ones(num_requests) if server is not None else None
     window_start = 0  # first arrival inside the contention window
@@ -134,6 +141,8 @@ def run_exact(
             state[rid] = _BUSY
             target_size = take
             service = lat_table[take]
+            if spread is not None:
+                service *= spread.draw()
             if server is not None:
                 while window_start < index and times[window_start] <= now - CONTENTION_WINDOW_S:
                     window_start += 1

@@ -13,8 +13,9 @@ At each level the client's mean latency minus the server's mean queue time and m
 time per batch is the per-request overhead (client, HTTP, gateway, IPC), and the server's mean
 model time per batch over the profile's latency at the mean batch size is the in-server
 slowdown. ``ServerTerms`` is fitted from these points: the overhead quantiles from level 1's
-latency percentiles, a line through the overheads against the rate (its relative slope is the
-growth per request/s) and a line through the slowdowns against the rate, both through the
+latency percentiles, the mean overhead against the open-loop rate as measured
+(``overhead_curve``; the closed-loop level counts as rate 0, ``overlap_rate``) and a line
+through the slowdowns against that rate, both through the
 levels the server kept up with (``is_saturated``), robust (Theil-Sen) and with slopes clipped
 at 0. The points themselves go into the profile for the record.
 
@@ -49,6 +50,8 @@ from aiscale.plan.profile import CalibrationPoint, ModelProfile, ServerTerms
 OVERHEAD_LEVELS: tuple[float, ...] = (0.0, 0.5, 0.9, 0.99, 0.999, 1.0)
 #: Open-loop rates as fractions of the estimated in-server capacity.
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.15, 0.35, 0.6, 0.8)
+#: How often each open-loop level is measured (``calibrate_server``).
+DEFAULT_PASSES = 3
 #: The serving default the calibration runs with (``aiscale serve``'s ``--max-batch-size``).
 SERVED_MAX_BATCH = 64
 #: Open-loop rates stay under this multiple of the concurrency-1 rate: for a model much
@@ -73,6 +76,8 @@ class _Level:
     model_s: float
     queue_s: float
     bench: Mapping[str, Any]
+    #: The open-loop rate asked for; 0 for the closed loop.
+    asked: float = 0.0
 
 
 def calibrate_server(
@@ -82,6 +87,7 @@ def calibrate_server(
     path: str = "/v1/embeddings",
     seconds_per_level: float = 5.0,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    passes: int = DEFAULT_PASSES,
     start_timeout_s: float = 120.0,
     cwd: str | Path | None = None,
 ) -> ServerTerms:
@@ -107,13 +113,20 @@ def calibrate_server(
             )
         ]
         first = levels[0]
-        slowdown = first.model_s / alone.latency_s(max(first.mean_batch, 1.0))
+        slowdown = first.model_s / alone.mean_latency_s(max(first.mean_batch, 1.0))
         capacity = max(
-            b / (alone.latency_s(b) * slowdown)
+            b / (alone.mean_latency_s(b) * slowdown)
             for b in (*alone.batch_sizes, SERVED_MAX_BATCH)
             if b <= SERVED_MAX_BATCH
         )
-        for fraction in fractions:
+        # Every level ``passes`` times, the passes in alternating order: on a shared machine
+        # the speed drifts within a minute, and one disturbed level must not set the curve.
+        order = [
+            fraction
+            for index in range(passes)
+            for fraction in (fractions if index % 2 == 0 else tuple(reversed(fractions)))
+        ]
+        for fraction in order:
             rate = max(min(fraction * capacity, MAX_RATE_OVER_LIGHT * first.rate_per_s), 1.0)
             flags = [
                 "--rate",
@@ -123,7 +136,7 @@ def calibrate_server(
                 "--warmup",
                 "1",
             ]
-            levels.append(_measure_level(url, target, flags, workdir, env))
+            levels.append(replace(_measure_level(url, target, flags, workdir, env), asked=rate))
     return fit_server_terms(levels[0].bench, _points(alone, levels))
 
 
@@ -140,6 +153,7 @@ def fit_server_terms(light: Mapping[str, Any], points: Sequence[CalibrationPoint
     lowest = min(upper[0], 2 * upper[0] - upper[1])  # mirror the p50-p90 spread below the median
     values = np.maximum.accumulate(np.maximum([lowest, *upper], 0.0))
     s0, s1, growth = _fit_lines(points)
+    rates, means = overhead_curve(points)
     return ServerTerms(
         overhead_levels=OVERHEAD_LEVELS,
         overhead_ms=tuple(float(v) for v in values),
@@ -148,6 +162,8 @@ def fit_server_terms(light: Mapping[str, Any], points: Sequence[CalibrationPoint
         model_slowdown_per_rps=s1,
         label="measured",
         points=tuple(points),
+        overhead_rates_per_s=rates,
+        overhead_mean_ms=means,
     )
 
 
@@ -157,29 +173,76 @@ def refit_server_terms(terms: ServerTerms) -> ServerTerms:
     if not terms.points:
         return terms
     s0, s1, growth = _fit_lines(terms.points)
+    rates, means = overhead_curve(terms.points)
     return replace(
-        terms, model_slowdown=s0, model_slowdown_per_rps=s1, overhead_growth_per_rps=growth
+        terms,
+        model_slowdown=s0,
+        model_slowdown_per_rps=s1,
+        overhead_growth_per_rps=growth,
+        overhead_rates_per_s=rates,
+        overhead_mean_ms=means,
     )
+
+
+def overhead_curve(
+    points: Sequence[CalibrationPoint],
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(rates, mean overheads)`` through the closed-loop level (at rate 0) and the steady
+    open-loop levels, in rising rate: the curve ``ServerTerms.overhead_scale`` follows.
+
+    Measured points, not a line: the overhead jumps from its closed-loop value as soon as
+    requests overlap (the client, the gateway and the model then share the cores) and
+    climbs steeply only near the knee. Levels asked for at the same rate (the passes of
+    ``calibrate_server``) give one point: the median of their rates and of their overheads,
+    so that one pass hit by a burst of load from elsewhere does not set the curve."""
+    first = points[0]
+    by_offer: dict[float, list[CalibrationPoint]] = {}
+    for point in points[1:]:
+        if is_saturated(point) or overlap_rate(point) <= 0:
+            continue
+        by_offer.setdefault(round(point.offered_per_s, 3), []).append(point)
+    curve = sorted(
+        (
+            float(np.median([overlap_rate(p) for p in group])),
+            float(np.median([p.overhead_ms for p in group])),
+        )
+        for group in by_offer.values()
+    )
+    rates, means = [0.0], [first.overhead_ms]
+    for rate, mean in curve:
+        if rate > rates[-1]:
+            rates.append(rate)
+            means.append(mean)
+    return tuple(rates), tuple(means)
 
 
 def _fit_lines(points: Sequence[CalibrationPoint]) -> tuple[float, float, float]:
     """``(slowdown at rate 0, slowdown per req/s, overhead growth per req/s)``.
 
-    A level the server did not keep up with measures its backlog, not contention: the lines
-    go through the steady levels only (the first one always counts). They are Theil-Sen
-    lines (median of pairwise slopes, then the median intercept), so that one level hit by
-    a burst of load from elsewhere on a shared machine does not set them; slopes are
-    clipped at 0.
+    The x of each level is ``overlap_rate``. The overhead line is kept for the record and
+    for files without ``overhead_curve``. A level the server did not keep up with
+    measures its backlog, not contention: the lines go through the steady levels only (the
+    first one always counts). They are Theil-Sen lines (median of pairwise slopes, then the
+    median intercept), so that one level hit by a burst of load from elsewhere on a shared
+    machine does not set them; slopes are clipped at 0.
     """
     first = points[0]
     steady = [first, *(p for p in points[1:] if not is_saturated(p))]
-    rates = np.array([p.rate_per_s for p in steady])
+    rates = np.array([overlap_rate(p) for p in steady])
     slowdowns = np.array([p.model_ms / p.alone_ms for p in steady])
     overheads = np.array([p.overhead_ms for p in steady])
     s0, s1 = _line(rates, slowdowns)
     o0, o1 = _line(rates, overheads)
     growth = o1 / o0 if o0 > 0 else 0.0
     return max(s0, 0.05), max(s1, 0.0), max(growth, 0.0)
+
+
+def overlap_rate(point: CalibrationPoint) -> float:
+    """The rate the contention lines are fitted against: the served rate of an open-loop
+    level, 0 for the closed-loop one. At concurrency 1 no request overlaps another (the
+    next is sent when the last returns), so nothing competes with the model however fast
+    the loop goes; the simulator's rate is the open-loop arrival rate."""
+    return point.rate_per_s if point.offered_per_s > 0 else 0.0
 
 
 def is_saturated(point: CalibrationPoint) -> bool:
@@ -214,12 +277,12 @@ def _points(alone: ModelProfile, levels: Sequence[_Level]) -> list[CalibrationPo
                 rate_per_s=level.rate_per_s,
                 mean_batch=level.mean_batch,
                 model_ms=model_ms,
-                alone_ms=alone.latency_s(max(level.mean_batch, 1.0)) * 1000.0,
+                alone_ms=alone.mean_latency_s(max(level.mean_batch, 1.0)) * 1000.0,
                 queue_ms=level.queue_s * 1000.0,
                 overhead_ms=max(mean_ms - level.queue_s * 1000.0 - model_ms, 0.0),
                 p50_ms=float(bench["p50_ms"]),
                 p99_ms=float(bench["p99_ms"]),
-                offered_per_s=float(bench.get("offered_rate_rps") or 0.0),
+                offered_per_s=level.asked,
             )
         )
     return points

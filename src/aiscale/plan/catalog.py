@@ -114,6 +114,8 @@ def derive_profile(
         server = replace(
             server,
             overhead_growth_per_rps=0.0,
+            overhead_rates_per_s=(),
+            overhead_mean_ms=(),
             model_slowdown=1.0,
             model_slowdown_per_rps=0.0,
             label="estimated",

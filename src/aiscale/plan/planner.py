@@ -103,7 +103,7 @@ class ReplicaSizing:
         if server is not None:
             # The per-request overhead is spent outside the replica (HTTP, gateway): the
             # ongoing count a policy sees holds only the queued and batched requests.
-            mean_s -= server.mean_overhead_s * server.overhead_scale(rate)
+            mean_s -= server.mean_overhead_s * float(server.overhead_scale(rate))
         return max(1.0, rate * mean_s)
 
 
@@ -114,7 +114,7 @@ def served_capacity_per_s(profile: ModelProfile, batch_size: int) -> float:
     serves, so ``c`` solves ``s1 * latency * c**2 + s0 * latency * c - b = 0``; without,
     ``b / latency(b)``.
     """
-    latency = profile.latency_s(batch_size)
+    latency = profile.mean_latency_s(batch_size)
     server = profile.server
     if server is None:
         return batch_size / latency
@@ -153,10 +153,10 @@ def size_replica(
     def cost_s(b: int) -> float:
         """Two served batches of ``b`` plus the overhead's p99, at full capacity."""
         if server is None:
-            return 2 * profile.latency_s(b)
+            return 2 * profile.mean_latency_s(b)
         rate = capacity[b]
-        overhead = float(server.overhead_at(0.99)) * server.overhead_scale(rate)
-        return 2 * profile.latency_s(b) * server.slowdown(rate) + overhead
+        overhead = float(server.overhead_at(0.99)) * float(server.overhead_scale(rate))
+        return 2 * profile.mean_latency_s(b) * server.slowdown(rate) + overhead
 
     if max_batch_size is not None:
         if not 1 <= max_batch_size <= MAX_BATCH_LIMIT:

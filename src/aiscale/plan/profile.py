@@ -7,10 +7,19 @@ Stored as JSON (format version 2)::
      "memory_bytes": 400000000, "startup_s": 5.0, "estimated": false,
      "server": {"label": "measured", "overhead_levels": [0.0, 0.5, 0.9, 0.99, 0.999, 1.0],
                 "overhead_ms": [1.1, 2.0, 3.1, 6.0, 9.0, 12.0], "overhead_growth_per_rps": 0.002,
-                "model_slowdown": 1.2, "model_slowdown_per_rps": 0.001, "points": [...]}}
+                "model_slowdown": 1.2, "model_slowdown_per_rps": 0.001, "points": [...],
+                "overhead_rates_per_s": [0, 50, 110], "overhead_mean_ms": [1.8, 6.1, 5.9]},
+     "spread": {"levels": [0.0, 0.5, 1.0], "ratios": [0.75, 1.0, 1.7]}}
 
 ``latency_ms[i]`` is the time one batch of ``batch_sizes[i]`` takes in a process of its own
-(the model alone). ``server`` (``ServerTerms``, or ``null``) is what a request spends around
+(the model alone): the median over batches drawn like live ones. ``spread`` (optional,
+``ServiceSpread``: ``{"levels": [...], "ratios": [...]}``) is how one batch's time is spread
+around that median by its composition (a text batch takes as long as its longest item), as
+quantiles of the ratio; the machine's own jitter is left to the server terms, whose
+overhead quantiles are measured around served requests; without it every batch of a size takes
+the same time (files written before it existed).
+
+``server`` (``ServerTerms``, or ``null``) is what a request spends around
 the model when it goes through a real ``aiscale serve`` on the same machine, measured by
 ``aiscale profile`` (``plan/calibration.py``): the per-request time outside the replica's batch
 (client, HTTP, gateway, IPC) as quantiles, how it grows with the request rate, and how much
@@ -52,6 +61,12 @@ _FIELDS = (
     "startup_s",
     "estimated",
 )
+#: The rate-0 mean overhead the measured curve is divided by is never taken below this, so
+#: that a server whose closed-loop overhead rounds to 0 does not scale by infinity.
+_MIN_BASE_OVERHEAD_MS = 0.1
+#: Quantile levels of ``ServiceSpread`` as ``aiscale profile`` measures it.
+SPREAD_LEVELS: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
+
 _SERVER_FIELDS = (
     "label",
     "overhead_levels",
@@ -60,6 +75,8 @@ _SERVER_FIELDS = (
     "model_slowdown",
     "model_slowdown_per_rps",
     "points",
+    "overhead_rates_per_s",
+    "overhead_mean_ms",
 )
 
 
@@ -91,14 +108,21 @@ class ServerTerms:
     """What a request spends around the model in a real server; all measured together.
 
     The simulator applies them as follows (both modes). ``r`` is the arrival rate per ready
-    replica over the last second (a replica's host also runs its share of the gateway and
-    the load, as ``aiscale serve`` on one machine does):
+    replica over the last few seconds (``_exact.CONTENTION_WINDOW_S``; in the aggregated mode
+    its smoothed step rate). A replica's host also runs its share of the gateway and the
+    load, as ``aiscale serve`` on one machine does:
 
     - a batch of ``b`` occupies a replica ``latency(b) * (model_slowdown +
       model_slowdown_per_rps * r)`` seconds, not ``latency(b)``;
     - each request's latency gets a per-request overhead that does not occupy the replica:
       a draw from the quantiles ``overhead_ms`` at ``overhead_levels`` (linear between
-      them), times ``1 + overhead_growth_per_rps * r``.
+      them), times ``overhead_scale(r)``: the measured mean overhead at ``r`` over the one
+      at rate 0, linear between the calibration's steady levels ``overhead_rates_per_s``
+      (first 0: the closed-loop level) with means ``overhead_mean_ms``, flat past the last
+      one. Files without that curve (written before it) scale by
+      ``1 + overhead_growth_per_rps * r``, the line the curve replaced: the mean overhead
+      jumps as soon as requests overlap, which a line through the closed-loop level cannot
+      follow (at 95 req/s it put the mean at 11 ms against 7.5 ms measured).
 
     ``label`` says where the figures come from: ``measured`` here, or ``estimated`` when the
     profile was derived for other hardware (``catalog.derive_profile``).
@@ -111,8 +135,21 @@ class ServerTerms:
     model_slowdown_per_rps: float
     label: str = "measured"
     points: tuple[CalibrationPoint, ...] = ()
+    overhead_rates_per_s: tuple[float, ...] = ()
+    overhead_mean_ms: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        rates, means = self.overhead_rates_per_s, self.overhead_mean_ms
+        if len(rates) != len(means) or (rates and rates[0] != 0.0):
+            raise ConfigError(
+                "overhead_rates_per_s and overhead_mean_ms need the same length, the first rate 0",
+                field="server.overhead_rates_per_s",
+            )
+        if list(rates) != sorted(set(rates)) or not all(math.isfinite(v) and v >= 0 for v in means):
+            raise ConfigError(
+                "overhead_rates_per_s must rise strictly; overhead_mean_ms must be >= 0",
+                field="server.overhead_mean_ms",
+            )
         levels, values = self.overhead_levels, self.overhead_ms
         if len(levels) < 2 or len(levels) != len(values):
             raise ConfigError(
@@ -140,8 +177,17 @@ class ServerTerms:
         """How many times longer a batch takes in the server than alone, at this rate."""
         return self.model_slowdown + self.model_slowdown_per_rps * max(rate_per_replica_s, 0.0)
 
-    def overhead_scale(self, rate_per_replica_s: float) -> float:
-        return 1.0 + self.overhead_growth_per_rps * max(rate_per_replica_s, 0.0)
+    def overhead_scale(self, rate_per_replica_s: Any) -> Any:
+        """How many times the rate-0 overhead a request gets at this rate (a float or a
+        numpy array of rates)."""
+        rate = np.maximum(rate_per_replica_s, 0.0)
+        if not self.overhead_rates_per_s:
+            scale = 1.0 + self.overhead_growth_per_rps * rate
+        else:
+            base = max(self.overhead_mean_ms[0], _MIN_BASE_OVERHEAD_MS)
+            means = np.maximum(self.overhead_mean_ms, _MIN_BASE_OVERHEAD_MS)
+            scale = np.interp(rate, self.overhead_rates_per_s, means) / base
+        return float(scale) if np.ndim(scale) == 0 else scale
 
     def overhead_at(self, levels: Any) -> Any:
         """Per-request overhead in seconds at quantile ``levels`` (a float or numpy array),
@@ -151,13 +197,7 @@ class ServerTerms:
     @property
     def mean_overhead_s(self) -> float:
         """The mean of the overhead distribution (trapezoids over the quantile function)."""
-        total = 0.0
-        pairs = zip(self.overhead_levels, self.overhead_ms, strict=True)
-        previous = next(pairs)
-        for level, value in pairs:
-            total += (level - previous[0]) * (value + previous[1]) / 2
-            previous = (level, value)
-        return total / 1000.0
+        return _quantile_mean(self.overhead_levels, self.overhead_ms) / 1000.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -168,6 +208,8 @@ class ServerTerms:
             "model_slowdown": self.model_slowdown,
             "model_slowdown_per_rps": self.model_slowdown_per_rps,
             "points": [asdict(point) for point in self.points],
+            "overhead_rates_per_s": list(self.overhead_rates_per_s),
+            "overhead_mean_ms": list(self.overhead_mean_ms),
         }
 
     @classmethod
@@ -179,7 +221,7 @@ class ServerTerms:
             raise ConfigError(
                 f"unknown profile field 'server.{unknown[0]}'", field=f"server.{unknown[0]}"
             )
-        missing = [name for name in _SERVER_FIELDS[1:-1] if name not in data]
+        missing = [name for name in _SERVER_FIELDS[1:-3] if name not in data]
         if missing:
             raise ConfigError(
                 f"profile field 'server.{missing[0]}' is missing", field=f"server.{missing[0]}"
@@ -195,6 +237,9 @@ class ServerTerms:
             for name in ("overhead_levels", "overhead_ms"):
                 current = f"server.{name}"
                 values[name] = tuple(float(v) for v in data[name])
+            for name in ("overhead_rates_per_s", "overhead_mean_ms"):
+                current = f"server.{name}"
+                values[name] = tuple(float(v) for v in data.get(name, ()))
             for name in ("overhead_growth_per_rps", "model_slowdown", "model_slowdown_per_rps"):
                 current = f"server.{name}"
                 values[name] = float(data[name])
@@ -203,6 +248,65 @@ class ServerTerms:
         except (TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"bad profile value in {current}: {exc}", field=current) from exc
         return cls(label=label, points=points, **values)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpread:
+    """How one batch's time varies around the profile's latency: the quantile function of
+    the ratio (batch time over the median at its size), pooled over the sizes measured.
+
+    The exact simulator draws one ratio per batch (seeded); the aggregated mode uses the
+    mean ratio, so both keep the mean service time, i.e. the capacity, the draws imply."""
+
+    levels: tuple[float, ...]
+    ratios: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        levels, ratios = self.levels, self.ratios
+        if len(levels) < 2 or len(levels) != len(ratios):
+            raise ConfigError(
+                "spread.levels and spread.ratios need the same length, at least 2",
+                field="spread.ratios",
+            )
+        if levels[0] != 0.0 or levels[-1] != 1.0 or list(levels) != sorted(set(levels)):
+            raise ConfigError("spread.levels must rise strictly from 0 to 1", field="spread.levels")
+        if not all(math.isfinite(r) and r > 0 for r in ratios) or list(ratios) != sorted(ratios):
+            raise ConfigError(
+                "spread.ratios must be finite, > 0 and non-decreasing", field="spread.ratios"
+            )
+
+    def ratio_at(self, levels: Any) -> Any:
+        """The ratio at quantile ``levels`` (a float or numpy array), linear between them."""
+        return np.interp(levels, self.levels, self.ratios)
+
+    @property
+    def mean_ratio(self) -> float:
+        """The mean of the ratio (trapezoids over the quantile function)."""
+        return _quantile_mean(self.levels, self.ratios)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"levels": list(self.levels), "ratios": list(self.ratios)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ServiceSpread:
+        if not isinstance(data, Mapping) or set(data) != {"levels", "ratios"}:
+            raise ConfigError(
+                "spread must be null or an object with 'levels' and 'ratios'", field="spread"
+            )
+        try:
+            levels = tuple(float(v) for v in data["levels"])
+            ratios = tuple(float(v) for v in data["ratios"])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"bad profile value in spread: {exc}", field="spread") from exc
+        return cls(levels, ratios)
+
+
+def _quantile_mean(levels: Any, values: Any) -> float:
+    """The mean of a distribution given by its quantile function at ``levels`` (linear)."""
+    total = 0.0
+    for k in range(1, len(levels)):
+        total += (levels[k] - levels[k - 1]) * (values[k] + values[k - 1]) / 2
+    return total
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +321,8 @@ class ModelProfile:
     estimated: bool = False
     #: Terms measured through a real server; ``None``: the model alone (version-1 files).
     server: ServerTerms | None = None
+    #: How one batch's time varies around ``latency_ms``; ``None``: it does not.
+    spread: ServiceSpread | None = None
 
     def __post_init__(self) -> None:
         n = len(self.batch_sizes)
@@ -254,9 +360,15 @@ class ModelProfile:
         value = l0 + (l1 - l0) * (batch_size - b0) / (b1 - b0)
         return max(value, 1e-3) / 1000.0
 
+    def mean_latency_s(self, batch_size: int | float) -> float:
+        """The mean time of a batch of ``batch_size``: ``latency_s`` (a median) times the
+        spread's mean ratio; what capacity follows from."""
+        ratio = 1.0 if self.spread is None else self.spread.mean_ratio
+        return self.latency_s(batch_size) * ratio
+
     def max_throughput_per_s(self, max_batch_size: int) -> float:
         """Requests/s one replica serves with full batches of ``max_batch_size``."""
-        return max_batch_size / self.latency_s(max_batch_size)
+        return max_batch_size / self.mean_latency_s(max_batch_size)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -270,6 +382,7 @@ class ModelProfile:
             "startup_s": self.startup_s,
             "estimated": self.estimated,
             "server": None if self.server is None else self.server.to_dict(),
+            "spread": None if self.spread is None else self.spread.to_dict(),
         }
 
     @classmethod
@@ -282,7 +395,9 @@ class ModelProfile:
                 f"{PROFILE_VERSION})",
                 field="version",
             )
-        known = set(_FIELDS) | ({"version", "server"} if version == PROFILE_VERSION else set())
+        known = set(_FIELDS) | (
+            {"version", "server", "spread"} if version == PROFILE_VERSION else set()
+        )
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown profile field {unknown[0]!r}", field=unknown[0])
@@ -292,6 +407,8 @@ class ModelProfile:
             raise ConfigError(f"profile field {missing[0]!r} is missing", field=missing[0])
         raw_server = data.get("server")
         server = None if raw_server is None else ServerTerms.from_dict(raw_server)
+        raw_spread = data.get("spread")
+        spread = None if raw_spread is None else ServiceSpread.from_dict(raw_spread)
         try:
             return cls(
                 model=str(data["model"]),
@@ -303,6 +420,7 @@ class ModelProfile:
                 startup_s=float(data["startup_s"]),
                 estimated=bool(data.get("estimated", False)),
                 server=server,
+                spread=spread,
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"bad profile value: {exc}", field="profile") from exc
@@ -317,6 +435,7 @@ def profile_from_latencies(
     startup_s: float = 0.0,
     estimated: bool = False,
     server: ServerTerms | None = None,
+    spread: ServiceSpread | None = None,
 ) -> ModelProfile:
     """A profile whose throughput column follows from the latencies (batch / latency)."""
     sizes = tuple(sorted(latency_ms_by_batch))
@@ -331,6 +450,7 @@ def profile_from_latencies(
         startup_s,
         estimated,
         server,
+        spread,
     )
 
 

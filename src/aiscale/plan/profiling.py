@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -26,9 +27,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from aiscale.bench.sentences import SENTENCES
 from aiscale.errors import InvalidInput, ModelLoadError
 from aiscale.plan.catalog import HardwareSpec, derive_profile, load_catalog
-from aiscale.plan.profile import ModelProfile, profile_from_latencies
+from aiscale.plan.profile import SPREAD_LEVELS, ModelProfile, ServiceSpread, profile_from_latencies
+from aiscale.serving.replica_pool import replica_environment
 
 #: Batch sizes measured by default: powers of two from 1 to 128.
 DEFAULT_BATCH_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -36,6 +41,12 @@ DEFAULT_BATCH_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
 MEASURED_HARDWARE = "CPU"
 #: Seconds of calls per batch size in each round of the measurement.
 _SLICE_S = 0.05
+#: Batch compositions timed per size (drawn at random, seeded, from the sample pool).
+_COMPOSITIONS = 8
+#: Calls at least per composition, so that each has a median of its own.
+_CALLS_PER_COMPOSITION = 2
+#: Items a random batch is drawn from: the load generator's sentences (for text inputs).
+_SAMPLE_POOL = len(SENTENCES)
 
 
 def resolve_model(model: str, runtime: str | None = None) -> tuple[str, str]:
@@ -62,6 +73,7 @@ def profile_model(
     batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
     min_seconds_per_size: float = 0.5,
     min_calls_per_size: int = 5,
+    num_threads: int | None = None,
     hardware: str | None = None,
     catalog: Mapping[str, HardwareSpec] | None = None,
     timeout_s: float = 600.0,
@@ -72,6 +84,8 @@ def profile_model(
     ``hardware`` other than ``CPU`` (this machine) gives the measured profile scaled to that
     catalog entry, labelled ``estimated``. Raises ``InvalidInput`` for bad arguments,
     ``NotFound`` for hardware not in the catalog and ``ModelLoadError`` when the worker fails.
+    The worker runs with the threads and environment a replica gets (``replica_environment``):
+    ``num_threads``, default all cores, as ``aiscale serve`` gives its one replica.
     """
     sizes = sorted(set(int(b) for b in batch_sizes))
     if not sizes or sizes[0] < 1:
@@ -79,16 +93,18 @@ def profile_model(
     if min_seconds_per_size < 0 or min_calls_per_size < 1:
         raise InvalidInput("need >= 1 call and >= 0 s per size", field="min_seconds_per_size")
     runtime_name, uri = resolve_model(model, runtime)
+    worker_config, env = replica_environment(
+        runtime_name, config or {}, num_threads or os.cpu_count() or 1
+    )
     request = {
         "runtime": runtime_name,
         "uri": uri,
-        "config": dict(config or {}),
+        "config": worker_config,
         "batch_sizes": sizes,
         "min_seconds": min_seconds_per_size,
         "min_calls": min_calls_per_size,
     }
     workdir = Path(cwd) if cwd is not None else Path.cwd()
-    env = dict(os.environ)
     # An import-path model (``tests.models:Sum``) resolves against the caller's folder.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(workdir), env.get("PYTHONPATH", "")) if p)
     try:
@@ -116,6 +132,7 @@ def profile_model(
         {int(b): float(ms) for b, ms in measured["latency_ms"].items()},
         memory_bytes=int(measured["memory_bytes"]),
         startup_s=float(measured["startup_s"]),
+        spread=ServiceSpread(SPREAD_LEVELS, tuple(float(v) for v in measured["spread"])),
     )
     if hardware is None or hardware == MEASURED_HARDWARE:
         return profile
@@ -128,8 +145,6 @@ def profile_model(
 def _sample_item(spec_datatype: str, shape: tuple[int, ...], index: int) -> Any:
     """One realistic item for an input of ``datatype`` and per-item ``shape``."""
     if spec_datatype == "BYTES":
-        from aiscale.bench.sentences import SENTENCES
-
         return SENTENCES[index % len(SENTENCES)]
     dims = [16 if d < 0 else d for d in shape]
 
@@ -143,15 +158,23 @@ def _sample_item(spec_datatype: str, shape: tuple[int, ...], index: int) -> Any:
     return fill(0)
 
 
-def sample_batch(model: Any, size: int) -> list[Any]:
-    """``size`` items fitting ``model.schema`` (a dict per item when it has several inputs)."""
+def sample_batch(model: Any, size: int, *, seed: int | None = None) -> list[Any]:
+    """``size`` items fitting ``model.schema`` (a dict per item when it has several inputs).
+
+    With a ``seed``, the items are drawn at random (with replacement) from the same pool the
+    load generator picks its sentences from, as a batch formed from live traffic is; without
+    one, the first ``size`` items of the pool in order."""
     inputs = model.schema.inputs
+    rng = random.Random(seed) if seed is not None else None
     items: list[Any] = []
     for i in range(size):
+        index = i if rng is None else rng.randrange(_SAMPLE_POOL)
         if len(inputs) == 1:
-            items.append(_sample_item(inputs[0].datatype, inputs[0].shape, i))
+            items.append(_sample_item(inputs[0].datatype, inputs[0].shape, index))
         else:
-            items.append({spec.name: _sample_item(spec.datatype, spec.shape, i) for spec in inputs})
+            items.append(
+                {spec.name: _sample_item(spec.datatype, spec.shape, index) for spec in inputs}
+            )
     return items
 
 
@@ -182,31 +205,54 @@ def measure(
     min_seconds = float(request["min_seconds"])
     min_calls = int(request["min_calls"])
     sizes = [int(size) for size in request["batch_sizes"]]
-    batches = {size: sample_batch(model, size) for size in sizes}
-    for batch in batches.values():
-        outputs = model.predict(batch)  # warm-up, and a check of the contract
-        if len(outputs) != len(batch):
-            raise ModelLoadError(f"predict returned {len(outputs)} outputs for {len(batch)}")
+    # Several compositions per size, drawn like live batches: the time of a text batch
+    # follows its longest item (padding), so one fixed batch per size would be biased.
+    batches = {
+        size: [sample_batch(model, size, seed=size * 1000 + k) for k in range(_COMPOSITIONS)]
+        for size in sizes
+    }
+    for variants in batches.values():
+        outputs = model.predict(variants[0])  # warm-up, and a check of the contract
+        if len(outputs) != len(variants[0]):
+            raise ModelLoadError(f"predict returned {len(outputs)} outputs for {len(variants[0])}")
     # Round robin over the sizes, a short slice of calls each, so that a burst of load from
-    # elsewhere on a shared machine slows every size alike instead of skewing one of them.
-    samples: dict[int, list[float]] = {size: [] for size in sizes}
+    # elsewhere on a shared machine slows every size alike instead of skewing one of them;
+    # within a size, the compositions take turns.
+    samples: dict[int, list[list[float]]] = {
+        size: [[] for _ in range(_COMPOSITIONS)] for size in sizes
+    }
+    wanted_calls = max(min_calls, _CALLS_PER_COMPOSITION * _COMPOSITIONS)
+    calls = dict.fromkeys(sizes, 0)
     begun = clock()
-    while any(
-        len(found) < min_calls for found in samples.values()
-    ) or clock() - begun < min_seconds * len(sizes):
+    while any(count < wanted_calls for count in calls.values()) or (
+        clock() - begun < min_seconds * len(sizes)
+    ):
         for size in sizes:
             slice_begun = clock()
             while True:
+                variant = calls[size] % _COMPOSITIONS
                 t0 = clock()
-                model.predict(batches[size])
+                model.predict(batches[size][variant])
                 done = clock()
-                samples[size].append(done - t0)
+                calls[size] += 1
+                samples[size][variant].append(done - t0)
                 if done - slice_begun >= _SLICE_S:
                     break
-    latency_ms = {
-        str(size): max(statistics.median(found) * 1000.0, 1e-6) for size, found in samples.items()
+    # Per composition the median of its calls (the machine's jitter left out: the server
+    # calibration measures that where it matters, around a served request); per size the
+    # median over compositions, and the spread is the compositions around it.
+    by_composition = {
+        size: [statistics.median(found) for found in variants if found]
+        for size, variants in samples.items()
     }
-    return {"latency_ms": latency_ms, "memory_bytes": memory_bytes, "startup_s": startup_s}
+    medians = {size: max(statistics.median(found), 1e-9) for size, found in by_composition.items()}
+    ratios = np.array([t / medians[size] for size, found in by_composition.items() for t in found])
+    return {
+        "latency_ms": {str(size): median * 1000.0 for size, median in medians.items()},
+        "spread": [float(v) for v in np.quantile(ratios, SPREAD_LEVELS)],
+        "memory_bytes": memory_bytes,
+        "startup_s": startup_s,
+    }
 
 
 def _worker_main(argv: Sequence[str]) -> None:

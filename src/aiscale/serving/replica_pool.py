@@ -43,6 +43,31 @@ OPENMP_SPIN_COUNT = 10_000
 THREADED_RUNTIMES = frozenset({"minilm", "sentence-transformers", "onnx"})
 
 
+def replica_environment(
+    runtime: str, config: Mapping[str, Any], num_threads: int
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The model config and process environment a replica runs with, ``num_threads`` unless
+    the config names its own: one function so that ``aiscale profile`` times the model
+    exactly as a replica runs it."""
+    config = dict(config)
+    num_threads = int(config.get("num_threads") or num_threads)
+    if runtime in THREADED_RUNTIMES:
+        config.setdefault("num_threads", num_threads)
+    env = dict(os.environ)
+    # Read by torch/OpenMP/BLAS at import in the replica, for runtimes without the knob too.
+    env["OMP_NUM_THREADS"] = str(num_threads)
+    # OpenMP workers that spin for long (libgomp's default) collapse throughput as soon as
+    # another process (the gateway, a load generator) needs a core: minilm at batch 64 on
+    # 2 cores beside one busy process fell from ~180 to 125 sentences/s. A short spin keeps
+    # the quiet-machine speed and sleeps when a peer thread is preempted.
+    if "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env:
+        env["GOMP_SPINCOUNT"] = str(OPENMP_SPIN_COUNT)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return config, env
+
+
 @dataclass(frozen=True, slots=True)
 class ReplicaSpec:
     """What every replica of this pool loads, and how it is run."""
@@ -278,22 +303,9 @@ class LocalReplicaPool:
 
     async def _spawn(self, lease: ReplicaLease | None = None) -> Replica:
         parent, child = socket.socketpair()
-        config = dict(self.spec.config)
-        num_threads = int(config.get("num_threads") or self._threads_per_replica())
-        if self.spec.runtime in THREADED_RUNTIMES:
-            config.setdefault("num_threads", num_threads)
-        env = dict(os.environ)
-        # Read by torch/OpenMP/BLAS at import in the replica, for runtimes without the knob too.
-        env["OMP_NUM_THREADS"] = str(num_threads)
-        # OpenMP workers that spin for long (libgomp's default) collapse throughput as soon as
-        # another process (the gateway, a load generator) needs a core: minilm at batch 64 on
-        # 2 cores beside one busy process fell from ~180 to 125 sentences/s. A short spin keeps
-        # the quiet-machine speed and sleeps when a peer thread is preempted.
-        if "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env:
-            env["GOMP_SPINCOUNT"] = str(OPENMP_SPIN_COUNT)
-        env.setdefault("HF_HUB_OFFLINE", "1")
-        env.setdefault("TRANSFORMERS_OFFLINE", "1")
-        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        config, env = replica_environment(
+            self.spec.runtime, self.spec.config, self._threads_per_replica()
+        )
         if lease is not None:
             env.update(lease.env)
         try:
