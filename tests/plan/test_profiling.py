@@ -89,3 +89,28 @@ def test_unknown_models_fail_loudly() -> None:
     with pytest.raises(ModelLoadError) as failure:
         profile_model("tests.models:Missing", batch_sizes=(1,), min_seconds_per_size=0.0)
     assert failure.value.field == "model"
+
+
+def test_the_replica_thread_count_is_a_profile_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--num-threads profiles the model as replicas with that many threads run it; a count
+    below 1 is refused with a message naming the option and a non-zero exit."""
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "sum.json"
+    profile = profile_command(
+        "tests.models:Sum", out, batch_sizes=(1, 8), seconds_per_size=0.0, num_threads=1
+    )
+    assert load_profile(out) == profile
+    done = subprocess.run(
+        [sys.executable, "-m", "aiscale.cli", "profile", "tests.models:Sum", "--out",
+         str(tmp_path / "bad.json"), "--no-server", "--num-threads", "0"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "--num-threads must be >= 1" in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "bad.json").exists()

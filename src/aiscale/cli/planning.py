@@ -37,6 +37,10 @@ def profile(
     server_seconds: Annotated[
         float, typer.Option(help="Seconds of load per server calibration level.")
     ] = 5.0,
+    num_threads: Annotated[
+        int | None,
+        typer.Option(help="Torch threads per replica, as aiscale serve --num-threads [all cores]."),
+    ] = None,
 ) -> None:
     """Measure latency and throughput against batch size, memory per replica, and what a real
     server adds (per-request overhead, in-server slowdown under load), here."""
@@ -50,6 +54,7 @@ def profile(
             seconds_per_size=seconds_per_size,
             is_server_measured=server,
             server_seconds_per_level=server_seconds,
+            num_threads=num_threads,
         )
     table = Table("batch size", "latency ms", "items/s")
     for size, latency_ms, rate in zip(

@@ -88,18 +88,20 @@ def calibrate_server(
     seconds_per_level: float = 5.0,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     passes: int = DEFAULT_PASSES,
+    num_threads: int | None = None,
     start_timeout_s: float = 120.0,
     cwd: str | Path | None = None,
 ) -> ServerTerms:
     """Measure ``ServerTerms`` for ``model`` (a ``aiscale serve`` MODEL argument) against its
     model-alone profile ``alone``; ``path`` is the inference URL path the load generator
-    derives its bodies for. Raises ``ModelLoadError`` when the server or a load run fails."""
+    derives its bodies for; ``num_threads`` goes to ``aiscale serve --num-threads`` (default:
+    its own). Raises ``ModelLoadError`` when the server or a load run fails."""
     workdir = Path(cwd) if cwd is not None else Path.cwd()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(workdir), env.get("PYTHONPATH", "")) if p)
     with (
         tempfile.TemporaryDirectory(prefix="aiscale-calibration-") as data_dir,
-        _served(model, data_dir, workdir, env, start_timeout_s) as url,
+        _served(model, data_dir, workdir, env, start_timeout_s, num_threads) as url,
     ):
         target = url + path
         _bench(target, ["--concurrency", "1", "--duration", "1"], workdir, env)  # warm up
@@ -341,12 +343,18 @@ def _bench(target: str, flags: list[str], workdir: Path, env: Mapping[str, str])
 
 @contextlib.contextmanager
 def _served(
-    model: str, data_dir: str, workdir: Path, env: Mapping[str, str], timeout_s: float
+    model: str,
+    data_dir: str,
+    workdir: Path,
+    env: Mapping[str, str],
+    timeout_s: float,
+    num_threads: int | None = None,
 ) -> Iterator[str]:
     """Run ``aiscale serve MODEL`` until the block ends; yields its base URL once ready."""
     command = [
         sys.executable, "-m", "aiscale.cli", "serve", model,
         "--port", "0", "--replicas", "1", "--data-dir", data_dir,
+        *(["--num-threads", str(num_threads)] if num_threads is not None else []),
     ]  # fmt: skip
     process = subprocess.Popen(
         command,

@@ -46,6 +46,7 @@ def profile_command(
     seconds_per_size: float = 1.0,
     is_server_measured: bool = True,
     server_seconds_per_level: float = 5.0,
+    num_threads: int | None = None,
 ) -> ModelProfile:
     """``aiscale profile MODEL --out PROFILE``: measure and write the profile JSON.
 
@@ -53,19 +54,26 @@ def profile_command(
     is false, the server terms through a real ``aiscale serve MODEL`` on this machine
     (``calibration.calibrate_server``; the bundled minilm only, whose endpoint the load
     generator knows: other models get ``server: null``). ``hardware`` other than this
-    machine's derives the estimate from the measured profile at the end.
+    machine's derives the estimate from the measured profile at the end. ``num_threads`` is
+    what each replica will run with (``aiscale serve --num-threads``); by default the threads
+    ``aiscale serve`` gives its one replica (all cores).
     """
     if server_seconds_per_level <= 0:
         raise InvalidInput("must be > 0", field="server_seconds_per_level")
+    if num_threads is not None and num_threads < 1:
+        raise InvalidInput(f"--num-threads must be >= 1, got {num_threads}", field="num_threads")
     profile = profile_model(
         model,
         runtime=runtime,
         config=config,
         batch_sizes=batch_sizes,
         min_seconds_per_size=seconds_per_size,
+        num_threads=num_threads,
     )
     if is_server_measured and model == "minilm" and runtime in (None, "minilm"):
-        terms = calibrate_server(model, profile, seconds_per_level=server_seconds_per_level)
+        terms = calibrate_server(
+            model, profile, seconds_per_level=server_seconds_per_level, num_threads=num_threads
+        )
         profile = replace(profile, server=terms)
     if hardware is not None and hardware != profile.hardware:
         catalog = load_catalog()
