@@ -395,8 +395,50 @@ def resimulate(rows_path: Path) -> list[str]:
     return lines
 
 
+def self_check(profile_paths: list[Path], seconds: float = 30.0) -> list[str]:
+    """Each profile against its own steady calibration levels: Poisson arrivals at the
+    level's asked rate for ``seconds`` (seeded) through the exact simulator, beside the
+    p50 / p99 the level measured. Set against the trace replays, it tells whether an error
+    follows the load or the arrival pattern."""
+    import numpy as np
+
+    from aiscale.plan import Arrivals, SimulationConfig, load_profile, simulate
+    from aiscale.plan.calibration import is_saturated
+    from aiscale.scaling.policies import StaticConfig, StaticPolicy
+
+    lines = [
+        "| profile | rate req/s | real p50 / sim ms | err | real p99 / sim ms | err |",
+        "| --- | ---: | --- | ---: | --- | ---: |",
+    ]
+    for path in profile_paths:
+        profile = load_profile(path)
+        assert profile.server is not None, f"{path} has no server terms"
+        for point in profile.server.points[1:]:
+            if is_saturated(point):
+                continue
+            rng = np.random.default_rng(1)
+            gaps = rng.exponential(1 / point.offered_per_s, int(point.offered_per_s * seconds))
+            times = np.cumsum(gaps)
+            result = simulate(
+                Arrivals(times, float(times[-1]) + 1e-3),
+                StaticPolicy(StaticConfig(1)),
+                SimulationConfig(profile=profile, max_batch_size=64),
+            )
+            lines.append(
+                f"| {path.name} | {point.offered_per_s:.0f} | {point.p50_ms:.1f} / "
+                f"{result.p50_ms:.1f} | {_err(result.p50_ms, point.p50_ms)} | "
+                f"{point.p99_ms:.1f} / {result.p99_ms:.1f} | {_err(result.p99_ms, point.p99_ms)} |"
+            )
+    return lines
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--resimulate":
         print("\n".join(resimulate(Path(sys.argv[2]))))
+    elif len(sys.argv) >= 3 and sys.argv[1] == "--self-check":
+        print("\n".join(self_check([Path(arg) for arg in sys.argv[2:]])))
     else:
-        sys.exit("run benchmarks/simulator/run.py, or fidelity.py --resimulate FIDELITY.json")
+        sys.exit(
+            "run benchmarks/simulator/run.py, or fidelity.py --resimulate FIDELITY.json, or "
+            "fidelity.py --self-check PROFILE.json..."
+        )

@@ -78,6 +78,15 @@ _SERVER_FIELDS = (
     "overhead_rates_per_s",
     "overhead_mean_ms",
 )
+#: What a server object must name; the label, the points and the overhead curve may be
+#: absent (files written before them).
+_REQUIRED_SERVER_FIELDS = (
+    "overhead_levels",
+    "overhead_ms",
+    "overhead_growth_per_rps",
+    "model_slowdown",
+    "model_slowdown_per_rps",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,20 +159,9 @@ class ServerTerms:
                 "overhead_rates_per_s must rise strictly; overhead_mean_ms must be >= 0",
                 field="server.overhead_mean_ms",
             )
-        levels, values = self.overhead_levels, self.overhead_ms
-        if len(levels) < 2 or len(levels) != len(values):
-            raise ConfigError(
-                "overhead_levels and overhead_ms need the same length, at least 2",
-                field="server.overhead_ms",
-            )
-        if levels[0] != 0.0 or levels[-1] != 1.0 or list(levels) != sorted(set(levels)):
-            raise ConfigError(
-                "overhead_levels must rise strictly from 0 to 1", field="server.overhead_levels"
-            )
-        if not all(math.isfinite(v) and v >= 0 for v in values) or list(values) != sorted(values):
-            raise ConfigError(
-                "overhead_ms must be finite, >= 0 and non-decreasing", field="server.overhead_ms"
-            )
+        _check_quantile_function(
+            self.overhead_levels, self.overhead_ms, "server.overhead_levels", "server.overhead_ms"
+        )
         for name in ("overhead_growth_per_rps", "model_slowdown_per_rps"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -221,7 +219,7 @@ class ServerTerms:
             raise ConfigError(
                 f"unknown profile field 'server.{unknown[0]}'", field=f"server.{unknown[0]}"
             )
-        missing = [name for name in _SERVER_FIELDS[1:-3] if name not in data]
+        missing = [name for name in _REQUIRED_SERVER_FIELDS if name not in data]
         if missing:
             raise ConfigError(
                 f"profile field 'server.{missing[0]}' is missing", field=f"server.{missing[0]}"
@@ -262,18 +260,9 @@ class ServiceSpread:
     ratios: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        levels, ratios = self.levels, self.ratios
-        if len(levels) < 2 or len(levels) != len(ratios):
-            raise ConfigError(
-                "spread.levels and spread.ratios need the same length, at least 2",
-                field="spread.ratios",
-            )
-        if levels[0] != 0.0 or levels[-1] != 1.0 or list(levels) != sorted(set(levels)):
-            raise ConfigError("spread.levels must rise strictly from 0 to 1", field="spread.levels")
-        if not all(math.isfinite(r) and r > 0 for r in ratios) or list(ratios) != sorted(ratios):
-            raise ConfigError(
-                "spread.ratios must be finite, > 0 and non-decreasing", field="spread.ratios"
-            )
+        _check_quantile_function(
+            self.levels, self.ratios, "spread.levels", "spread.ratios", is_positive=True
+        )
 
     def ratio_at(self, levels: Any) -> Any:
         """The ratio at quantile ``levels`` (a float or numpy array), linear between them."""
@@ -299,6 +288,29 @@ class ServiceSpread:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"bad profile value in spread: {exc}", field="spread") from exc
         return cls(levels, ratios)
+
+
+def _check_quantile_function(
+    levels: Any, values: Any, levels_field: str, values_field: str, *, is_positive: bool = False
+) -> None:
+    """A quantile function as the profile stores one: levels rising strictly from 0 to 1,
+    values finite, non-decreasing and >= 0 (> 0 with ``is_positive``); ``ConfigError``
+    naming the field otherwise."""
+    if len(levels) < 2 or len(levels) != len(values):
+        raise ConfigError(
+            f"{levels_field} and {values_field} need the same length, at least 2",
+            field=values_field,
+        )
+    if levels[0] != 0.0 or levels[-1] != 1.0 or list(levels) != sorted(set(levels)):
+        raise ConfigError(f"{levels_field} must rise strictly from 0 to 1", field=levels_field)
+    is_above_floor = all(v > 0 if is_positive else v >= 0 for v in values)
+    if not (all(math.isfinite(v) for v in values) and is_above_floor) or list(values) != sorted(
+        values
+    ):
+        bound = "> 0" if is_positive else ">= 0"
+        raise ConfigError(
+            f"{values_field} must be finite, {bound} and non-decreasing", field=values_field
+        )
 
 
 def _quantile_mean(levels: Any, values: Any) -> float:
