@@ -221,13 +221,27 @@ def test_rollout_through_one_gateway_steers_all_three(
     assert aborted["status"] == "aborted"
     abort_s = wait_split(survivors, {"2": 100.0}, timeout_s=10)
     assert abort_s <= PROPAGATION_BOUND_S, abort_s
-    described = [httpx.get(f"{g.url}/admin/deployments/m", timeout=10).json() for g in survivors]
-    assert all(d["version"] == "2" and list(d["versions"]) == ["2"] for d in described)
+    # A follower may see the final split one look before the rollout's end: it drains then.
+    for gateway in survivors:
+        wait_only_version(gateway, "2", timeout_s=PROPAGATION_BOUND_S + 30.0)
     print(
         f"\nsplit reached all gateways: start (with warm-up) {warm_s:.2f}s, "
         f"promote {promote_s:.2f}s, abort {abort_s:.2f}s after the command answered; "
         f"a surviving gateway took over the rollout {takeover_s:.2f}s after its driver died"
     )
+
+
+def wait_only_version(gateway: Gateway, version: str, timeout_s: float) -> None:
+    """Wait until ``gateway``'s primary is ``version`` and no other version has replicas
+    (the bound includes the loser's drain); fails past ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described = httpx.get(f"{gateway.url}/admin/deployments/m", timeout=10).json()
+        if described["version"] == version and list(described["versions"]) == [version]:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {described['version']!r}, {list(described['versions'])}")
+        time.sleep(0.1)
 
 
 def wait_driver(gateways: list[Gateway], timeout_s: float) -> float:
@@ -242,3 +256,31 @@ def wait_driver(gateways: list[Gateway], timeout_s: float) -> float:
             return time.monotonic() - started
         time.sleep(0.1)
     raise AssertionError(f"no gateway took the rollout over: {views}")
+
+
+def test_follower_drains_the_loser_when_the_rollout_ends_after_its_last_split(
+    shared: Shared, gateways_factory: Any
+) -> None:
+    """The driver records the final split a moment before it marks the rollout ended. A
+    gateway that reads the registry between the two (here the test is the driver, holding the
+    rollout's lease, and leaves that moment open for as long as it likes) serves the final
+    split at once and, once the rollout has ended, makes the winner primary and stops the
+    loser's replicas, instead of keeping them running for good."""
+    register_model(shared)
+    (follower,) = gateways_factory(num=1)
+    with SqlRegistry.open(shared.registry_url) as registry:
+        leases = registry.open_leases()
+        try:
+            assert leases.try_acquire("m")  # this test drives: the gateway must only follow
+            record = registry.rollouts.start_rollout("m", "1", "2", [50, 100])
+            registry.rollouts.record_traffic("m", {"weights": {"1": 50.0, "2": 50.0}}, "step 0")
+            wait_split([follower], {"1": 50.0, "2": 50.0}, timeout_s=90)
+            registry.rollouts.record_traffic("m", {"weights": {"1": 100.0}}, "aborted")
+            wait_split([follower], {"1": 100.0}, timeout_s=10)
+            time.sleep(3 * 0.5)  # several looks (split_poll_s) while the rollout is still active
+            described = httpx.get(f"{follower.url}/admin/deployments/m", timeout=10).json()
+            assert sorted(described["versions"]) == ["1", "2"]  # nothing drained too early
+            registry.rollouts.update_rollout(record.rollout_id, status="aborted", reason="test")
+            wait_only_version(follower, "1", timeout_s=PROPAGATION_BOUND_S + 30.0)
+        finally:
+            leases.close()

@@ -87,6 +87,8 @@ class RolloutSync:
         self.command_timeout_s = command_timeout_s
         #: The last traffic record applied (or found at start-up) per deployment.
         self._seen: dict[str, int] = {}
+        #: A followed split whose rollout had not ended when it was applied, per deployment.
+        self._unfinished: dict[str, TrafficSplit] = {}
 
     @property
     def _records(self) -> Any:
@@ -156,6 +158,7 @@ class RolloutSync:
             return
         seen = self._seen.get(name)
         if latest.traffic_id == seen:
+            await self._finish_when_ended(deployment, is_rolling_out)
             return
         if seen is None and not is_rolling_out:
             # History from before this gateway started: its deployment config is the truth.
@@ -174,7 +177,21 @@ class RolloutSync:
             deployment.set_split(split)
             logger.info("following %s's split from the registry: %s", name, dict(split.weights))
         self._seen[name] = latest.traffic_id
-        if not is_rolling_out and len(split.weights) == 1 and split.shadow_version is None:
+        self._unfinished[name] = split
+        await self._finish_when_ended(deployment, is_rolling_out)
+
+    async def _finish_when_ended(self, deployment: Deployment, is_rolling_out: bool) -> None:
+        """Finish once the followed split has one version and no rollout is active.
+
+        The driver records the final split a moment before it marks its rollout ended, so a
+        look can see the one without the other: the finish then waits for a later look
+        instead of being skipped with the record (which left the loser's replicas running).
+        """
+        split = self._unfinished.get(deployment.name)
+        if split is None or is_rolling_out:
+            return
+        del self._unfinished[deployment.name]
+        if len(split.weights) == 1 and split.shadow_version is None:
             await self._finish(deployment, split.weights[0][0])
 
     async def _finish(self, deployment: Deployment, winner: str) -> None:
@@ -284,6 +301,7 @@ class RolloutSync:
         latest = await anyio.to_thread.run_sync(records.latest_traffic, name)
         if latest is not None:
             self._seen[name] = latest.traffic_id
+            self._unfinished.pop(name, None)  # a split set here supersedes one followed before
 
     async def status(self, name: str) -> dict[str, Any] | None:
         """The registry's view of ``name``'s newest rollout for a gateway not driving it."""
