@@ -24,6 +24,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from aiscale.plan.calibration import cpu_steal_reading, steal_share
+
 TRACES = Path("..") / "shared" / "data" / "traces"
 CONV = "AzureLLMInferenceTrace_conv.csv"
 CODE = "AzureLLMInferenceTrace_code.csv"
@@ -36,22 +38,6 @@ def _aiscale(root: Path) -> list[str]:
 def _load() -> tuple[float, float, float]:
     one, five, fifteen = os.getloadavg()
     return one, five, fifteen
-
-
-def _cpu_times() -> tuple[float, float]:
-    """``(steal, total)`` jiffies of all CPUs (``/proc/stat``; zeros where there is none)."""
-    try:
-        fields = [float(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
-    except (OSError, ValueError):
-        return 0.0, 0.0
-    return fields[7], sum(fields)
-
-
-def steal_share(before: tuple[float, float], after: tuple[float, float]) -> float:
-    """The share of CPU time the hypervisor gave to other guests between two readings: on a
-    shared virtual machine the server's speed moves with it, so every row records it."""
-    total = after[1] - before[1]
-    return (after[0] - before[0]) / total if total > 0 else 0.0
 
 
 def _run_json(command: list[str], root: Path, timeout_s: float = 900) -> dict[str, Any]:
@@ -105,7 +91,7 @@ def replay(
             _run_json([*_aiscale(root), "bench", target, "--concurrency", "1", "--duration",
                        "2", "--json"], root)  # fmt: skip
             before = _load()
-            cpu_before = _cpu_times()
+            cpu_before = cpu_steal_reading()
             for _ in range(replays):
                 runs.append(
                     _run_json(
@@ -115,7 +101,7 @@ def replay(
                     )  # fmt: skip
                 )
             after = _load()
-            steal = steal_share(cpu_before, _cpu_times())
+            steal = steal_share(cpu_before, cpu_steal_reading())
         finally:
             _stop(process)
     result = dict(sorted(runs, key=lambda run: run["p99_ms"])[len(runs) // 2])
@@ -205,7 +191,7 @@ def fidelity_section(
             # machine's speed drifts within minutes, so the simulator gets the server of now.
             profile_path = out_dir / f"minilm_profile_r{repeat + 1}_c{case + 1}.json"
             load_before = _load()
-            cpu_before = _cpu_times()
+            cpu_before = cpu_steal_reading()
             started = time.perf_counter()
             subprocess.run(
                 [*_aiscale(root), "profile", "minilm", "--out", str(profile_path),
@@ -214,7 +200,7 @@ def fidelity_section(
                 cwd=root, check=True, capture_output=True, text=True, timeout=900,
             )  # fmt: skip
             profile_s = time.perf_counter() - started
-            profile_steal = steal_share(cpu_before, _cpu_times())
+            profile_steal = steal_share(cpu_before, cpu_steal_reading())
             print(f"repeat {repeat + 1} case {case + 1}: profiled in {profile_s:.0f} s, "
                   f"load {load_before}, steal {profile_steal:.0%}", flush=True)  # fmt: skip
             trace = root / TRACES / name

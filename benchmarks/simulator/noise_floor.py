@@ -17,7 +17,7 @@ Afterwards every profile is simulated on the same arrivals (exact mode, static, 
 Writes ``noise_floor.json``, a Markdown section (``--md``) and a PNG plot (``--png``).
 
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \\
-        .venv/bin/python benchmarks/simulator/noise_floor.py --rounds 3 --runs 2
+        .venv/bin/python benchmarks/simulator/noise_floor.py --rounds 4 --runs 2
 """
 
 from __future__ import annotations
@@ -34,15 +34,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from aiscale.plan import load_profile  # noqa: E402
+from aiscale.plan.calibration import cpu_steal_reading, steal_share  # noqa: E402
 from benchmarks.simulator.fidelity import (  # noqa: E402
     CONV,
     TRACES,
     _aiscale,
-    _cpu_times,
     _load,
+    adaptive_time_scale,
     replay,
     simulated,
-    steal_share,
 )
 
 #: How close two numbers must be for the fidelity target (relative to the reference).
@@ -55,28 +56,44 @@ def within(value: float, reference: float) -> bool:
 
 
 def measure(
-    root: Path, out_dir: Path, *, rounds: int, runs: int, time_scale: float, duration_s: float
+    root: Path,
+    out_dir: Path,
+    *,
+    rounds: int,
+    runs: int,
+    time_scale: float | None,
+    capacity_fraction: float | None,
+    duration_s: float,
 ) -> dict[str, Any]:
-    """Profiles and real runs, interleaved as the fidelity protocol runs them."""
+    """Profiles and real runs, interleaved as the fidelity protocol runs them. Without a
+    ``time_scale``, the first profile sets it (``capacity_fraction`` of its capacity, as
+    ``fidelity.adaptive_time_scale``); every round then replays the same arrivals."""
     trace = root / TRACES / CONV
     measured: dict[str, Any] = {
-        "trace": CONV, "time_scale": time_scale, "duration_s": duration_s, "rounds": [],
+        "trace": CONV, "time_scale": time_scale, "capacity_fraction": capacity_fraction,
+        "duration_s": duration_s, "machine": machine(), "rounds": [],
     }  # fmt: skip
     for index in range(rounds):
         profile = out_dir / f"noise_profile_{index + 1}.json"
-        cpu_before, load_before, started = _cpu_times(), _load(), time.perf_counter()
+        cpu_before, load_before, started = cpu_steal_reading(), _load(), time.perf_counter()
         subprocess.run(
             [*_aiscale(root), "profile", "minilm", "--out", str(profile),
              "--seconds-per-size", "1", "--server-seconds", "5"],
             cwd=root, check=True, capture_output=True, text=True, timeout=900,
         )  # fmt: skip
         profile_s = time.perf_counter() - started
+        if time_scale is None:
+            assert capacity_fraction is not None
+            time_scale = adaptive_time_scale(root, CONV, profile, capacity_fraction)
+            measured["time_scale"] = time_scale
         real = replay(root, trace, time_scale, duration_s, runs)
+        terms = load_profile(profile).server
         measured["rounds"].append({
             "profile": profile.name,
+            "speed_drift": None if terms is None else terms.speed_drift,
             "profile_s": profile_s,
             "profile_load": load_before,
-            "profile_steal": steal_share(cpu_before, _cpu_times()),
+            "profile_steal": steal_share(cpu_before, cpu_steal_reading()),
             "runs": real["runs"],
             "replay_steal": real["steal_share"],
             "replay_load": [real["load_before"], real["load_after"]],
@@ -86,11 +103,30 @@ def measure(
               flush=True)  # fmt: skip
         (out_dir / "noise_floor.json").write_text(json.dumps(measured, indent=1) + "\n")
     for entry in measured["rounds"]:
-        sim = simulated(out_dir / entry["profile"], trace, time_scale, duration_s)["exact"]
+        sim = simulated(out_dir / entry["profile"], trace, measured["time_scale"], duration_s)[
+            "exact"
+        ]
         sim["throughput_rps"] = sim["completed"] / max(sim["duration_s"], duration_s)
         entry["sim"] = {name: sim[name] for name in (*_FIGURES, "requests")}
     (out_dir / "noise_floor.json").write_text(json.dumps(measured, indent=1) + "\n")
     return measured
+
+
+def machine() -> str:
+    """The CPU model and core count: the same benchmark gives other numbers on another kind
+    of machine (an Intel Xeon and an AMD EPYC machine of the same size were 1.5x apart)."""
+    import os
+    import platform
+
+    name = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
 
 
 def agreement(measured: dict[str, Any]) -> dict[str, Any]:
@@ -128,15 +164,25 @@ def agreement(measured: dict[str, Any]) -> dict[str, Any]:
 def render(measured: dict[str, Any], found: dict[str, Any]) -> list[str]:
     rounds = measured["rounds"]
     lines = [
-        "| round | profile: load 1m, CPU stolen | run | real req/s | real p50 ms | real p99 ms "
+        f"Machine: {measured.get('machine', 'not recorded')}; {measured['trace']} at time "
+        f"scale {measured['time_scale']:g} for {measured['duration_s']:g} s per run"
+        + (
+            f" ({measured['capacity_fraction']:.0%} of the first profile's capacity)"
+            if measured.get("capacity_fraction") else ""
+        )
+        + ".",
+        "",
+        "| round | profile: load 1m, CPU stolen, speed drift | run | real req/s | real p50 ms | real p99 ms "
         "| sim req/s | sim p50 ms | sim p99 ms |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for index, entry in enumerate(rounds, start=1):
         sim = entry["sim"]
         for number, run in enumerate(entry["runs"], start=1):
+            drift = entry.get("speed_drift")
             head = (
-                f"| {index} | {entry['profile_load'][0]:.1f}, {entry['profile_steal']:.0%} "
+                f"| {index} | {entry['profile_load'][0]:.1f}, {entry['profile_steal']:.0%}, "
+                f"{'n/a' if drift is None else format(drift, '.2f')} "
                 if number == 1 else "| | "
             )  # fmt: skip
             tail = (
@@ -192,6 +238,7 @@ def plot(measured: dict[str, Any], path: Path) -> None:
         axis.axhspan(middle * (1 - TOLERANCE), middle * (1 + TOLERANCE), color="tab:blue",
                      alpha=0.12, label="real median ±10%")  # fmt: skip
         axis.set_xticks(range(1, len(rounds) + 1))
+        axis.set_xlim(0.5, len(rounds) + 0.5)
         axis.set_xlabel("round (profile, then its real runs)")
         axis.set_ylabel(label)
         axis.set_ylim(bottom=0)
@@ -210,7 +257,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=2, help="real runs per round")
-    parser.add_argument("--time-scale", type=float, default=0.05)
+    load = parser.add_mutually_exclusive_group()
+    load.add_argument("--time-scale", type=float, default=None)
+    load.add_argument(
+        "--capacity-fraction", type=float, default=None,
+        help="replay at this fraction of the first profile's capacity [0.3]",
+    )  # fmt: skip
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--from-json", type=Path, default=None, help="render a recorded run")
     parser.add_argument("--md", type=Path, default=None)
@@ -222,9 +274,12 @@ def main() -> None:
     if args.from_json is not None:
         measured = json.loads(args.from_json.read_text())
     else:
+        fraction = args.capacity_fraction
+        if args.time_scale is None and fraction is None:
+            fraction = 0.3
         measured = measure(
-            root, out_dir, rounds=args.rounds, runs=args.runs,
-            time_scale=args.time_scale, duration_s=args.duration,
+            root, out_dir, rounds=args.rounds, runs=args.runs, time_scale=args.time_scale,
+            capacity_fraction=fraction, duration_s=args.duration,
         )  # fmt: skip
     found = agreement(measured)
     lines = render(measured, found)

@@ -269,8 +269,14 @@ def test_calibration_against_a_real_server(monkeypatch: pytest.MonkeyPatch) -> N
         cwd=ROOT,
     )
     assert measured.label == "measured"
-    assert len(measured.points) == 3  # concurrency 1, then the open-loop level twice
+    # Concurrency 1, the open-loop level twice, concurrency 1 again (the speed drift).
+    assert len(measured.points) == 4
     assert measured.points[1].offered_per_s == measured.points[2].offered_per_s > 0
+    assert measured.points[0].offered_per_s == measured.points[3].offered_per_s == 0
+    assert measured.speed_drift == pytest.approx(
+        measured.points[3].model_ms / measured.points[0].model_ms
+    )
+    assert measured.cpu_steal_share is not None and 0.0 <= measured.cpu_steal_share < 1.0
     assert all(p.rate_per_s > 0 and p.model_ms > 0 for p in measured.points)
     assert list(measured.overhead_ms) == sorted(measured.overhead_ms)
     assert measured.overhead_ms[1] > 0
@@ -334,6 +340,18 @@ def test_the_overhead_follows_the_measured_curve_not_the_line() -> None:
     assert zero.overhead_scale(50.0) == pytest.approx(50.0)
 
 
+@pytest.mark.parametrize("made", [curve, terms])
+def test_one_rate_scales_as_an_array_of_rates_does(made: Any) -> None:
+    """The per-batch (plain Python) path of ``overhead_scale`` gives what the array path
+    gives, at the levels, between them, below 0 and past the last."""
+    measured = made()
+    rates = np.array([-5.0, 0.0, 10.0, 50.0, 50.0001, 77.7, 100.0, 250.0])
+    expected = measured.overhead_scale(rates)
+    one_by_one = [measured.overhead_scale(float(rate)) for rate in rates]
+    assert all(isinstance(value, float) for value in one_by_one)
+    assert one_by_one == pytest.approx(list(expected), rel=1e-12)
+
+
 def test_profiles_with_a_curve_and_a_spread_round_trip(tmp_path: Path) -> None:
     """The curve and the batch-time spread save and load back equal; a file without them
     (version 2 as written before) loads with neither."""
@@ -350,6 +368,49 @@ def test_profiles_with_a_curve_and_a_spread_round_trip(tmp_path: Path) -> None:
     older = load_profile(path)
     assert older.spread is None and older.server is not None
     assert older.server.overhead_rates_per_s == ()
+
+
+@pytest.mark.parametrize(
+    ("drift", "steal", "said"),
+    [
+        (None, None, None),  # files written before the calibration measured them
+        (1.0, 0.0, None),
+        (1.09, 0.05, None),  # within both bounds
+        (1.2, 0.0, "20% slower at the end"),
+        (0.85, 0.0, "15% faster at the end"),
+        (1.0, 0.08, "took 8% of the CPU"),
+        (1.3, 0.2, "30% slower at the end of the calibration than at its start; the "
+                   "hypervisor took 20% of the CPU"),
+    ],
+)
+def test_an_unsteady_calibration_says_why(
+    drift: float | None, steal: float | None, said: str | None
+) -> None:
+    """A calibration during which the model's speed moved by over 10% or the hypervisor
+    took over 5% of the CPU says so (``aiscale profile`` prints it as a warning)."""
+    found = terms(speed_drift=drift, cpu_steal_share=steal).unsteadiness()
+    if said is None:
+        assert found is None
+    else:
+        assert found is not None and said in found
+
+
+def test_the_calibration_conditions_round_trip_and_are_checked(tmp_path: Path) -> None:
+    """The speed drift and the CPU stolen save and load back; a file without them loads with
+    None; a negative or non-finite one is refused naming the field."""
+    measured = profile(terms(speed_drift=1.04, cpu_steal_share=0.02))
+    path = tmp_path / "p.json"
+    save_profile(measured, path)
+    assert load_profile(path) == measured
+    data = json.loads(path.read_text())
+    del data["server"]["speed_drift"], data["server"]["cpu_steal_share"]
+    path.write_text(json.dumps(data))
+    older = load_profile(path).server
+    assert older is not None and older.speed_drift is None and older.cpu_steal_share is None
+    for name, bad in (("speed_drift", -1.0), ("cpu_steal_share", float("nan"))):
+        with pytest.raises(ConfigError) as error:
+            terms(**{name: bad})
+        assert error.value.field == f"server.{name}"
 
 
 def test_the_closed_loop_level_counts_as_no_overlap() -> None:

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aiscale.cli._common import (
+    _stderr,
     _stdout,
     app,
     reported_errors,
@@ -79,6 +80,14 @@ def profile(
             f"{terms.model_slowdown_per_rps:.4f}/(req/s)",
             highlight=False,
         )
+        unsteady = terms.unsteadiness()
+        if unsteady is not None:
+            _stderr().print(
+                f"warning: the machine was not steady while profiling ({unsteady}); "
+                "simulations with this profile can be off by as much: profile again when "
+                "it is quieter",
+                highlight=False,
+            )
     if result.spread is not None:
         ratios = result.spread.ratio_at([0.1, 0.5, 0.9, 0.99])
         _stdout().print(

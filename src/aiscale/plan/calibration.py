@@ -7,7 +7,10 @@ generator ``aiscale bench`` — the very tool a trace replay uses — and reads 
 
 1. closed loop at concurrency 1 (every batch holds one request);
 2. open loop (Poisson) at ``fractions`` of the capacity the model-alone profile and level 1
-   imply (at most ``MAX_RATE_OVER_LIGHT`` times level 1's rate).
+   imply (at most ``MAX_RATE_OVER_LIGHT`` times level 1's rate);
+3. closed loop at concurrency 1 again: its model time over level 1's is the terms'
+   ``speed_drift``, and the CPU stolen meanwhile their ``cpu_steal_share``
+   (``ServerTerms.unsteadiness`` flags a calibration that should be run again).
 
 At each level the client's mean latency minus the server's mean queue time and mean model
 time per batch is the per-request overhead (client, HTTP, gateway, IPC), and the server's mean
@@ -105,15 +108,9 @@ def calibrate_server(
     ):
         target = url + path
         _bench(target, ["--concurrency", "1", "--duration", "1"], workdir, env)  # warm up
-        levels = [
-            _measure_level(
-                url,
-                target,
-                ["--concurrency", "1", "--duration", f"{seconds_per_level:g}"],
-                workdir,
-                env,
-            )
-        ]
+        steal_before = cpu_steal_reading()
+        closed_loop = ["--concurrency", "1", "--duration", f"{seconds_per_level:g}"]
+        levels = [_measure_level(url, target, closed_loop, workdir, env)]
         first = levels[0]
         slowdown = first.model_s / alone.mean_latency_s(max(first.mean_batch, 1.0))
         capacity = max(
@@ -139,7 +136,35 @@ def calibrate_server(
                 "1",
             ]
             levels.append(replace(_measure_level(url, target, flags, workdir, env), asked=rate))
-    return fit_server_terms(levels[0].bench, _points(alone, levels))
+        # The closed loop again at the end: how far the machine's speed moved meanwhile.
+        last = _measure_level(url, target, closed_loop, workdir, env)
+        levels.append(last)
+    terms = fit_server_terms(levels[0].bench, _points(alone, levels))
+    return replace(
+        terms,
+        speed_drift=last.model_s / first.model_s,
+        cpu_steal_share=steal_share(steal_before, cpu_steal_reading()),
+    )
+
+
+def cpu_steal_reading() -> tuple[float, float]:
+    """``(stolen, total)`` CPU time of all cores so far (``/proc/stat`` jiffies; zeros
+    where there is none), for ``steal_share``."""
+    try:
+        line = Path("/proc/stat").read_text().split("\n", 1)[0]
+        fields = [float(v) for v in line.split()[1:9]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    if len(fields) < 8:
+        return 0.0, 0.0
+    return fields[7], sum(fields)
+
+
+def steal_share(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """The share of CPU time the hypervisor gave to other guests between two readings
+    (``cpu_steal_reading``): on a shared virtual machine the server's speed moves with it."""
+    total = after[1] - before[1]
+    return max(after[0] - before[0], 0.0) / total if total > 0 else 0.0
 
 
 def fit_server_terms(light: Mapping[str, Any], points: Sequence[CalibrationPoint]) -> ServerTerms:

@@ -8,7 +8,8 @@ Stored as JSON (format version 2)::
      "server": {"label": "measured", "overhead_levels": [0.0, 0.5, 0.9, 0.99, 0.999, 1.0],
                 "overhead_ms": [1.1, 2.0, 3.1, 6.0, 9.0, 12.0], "overhead_growth_per_rps": 0.002,
                 "model_slowdown": 1.2, "model_slowdown_per_rps": 0.001, "points": [...],
-                "overhead_rates_per_s": [0, 50, 110], "overhead_mean_ms": [1.8, 6.1, 5.9]},
+                "overhead_rates_per_s": [0, 50, 110], "overhead_mean_ms": [1.8, 6.1, 5.9],
+                "speed_drift": 1.03, "cpu_steal_share": 0.0},
      "spread": {"levels": [0.0, 0.5, 1.0], "ratios": [0.75, 1.0, 1.7]}}
 
 ``latency_ms[i]`` is the time one batch of ``batch_sizes[i]`` takes in a process of its own
@@ -25,7 +26,8 @@ the model when it goes through a real ``aiscale serve`` on the same machine, mea
 (client, HTTP, gateway, IPC) as quantiles, how it grows with the request rate, and how much
 slower the model runs inside the server than alone, at light load and per request/s (the
 gateway and the load competing for the same cores). The simulator applies these terms
-(``ServerTerms`` docstring).
+(``ServerTerms`` docstring). ``speed_drift`` and ``cpu_steal_share`` (optional) record how
+steady the machine was while they were measured (``ServerTerms.unsteadiness``).
 
 Older files (version 1: no ``version`` key, no ``server``) still load, with ``server = None``:
 the documented default is the model alone, no server terms (what the simulator did before).
@@ -37,6 +39,7 @@ given.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from collections.abc import Mapping
@@ -67,6 +70,11 @@ _MIN_BASE_OVERHEAD_MS = 0.1
 #: Quantile levels of ``ServiceSpread`` as ``aiscale profile`` measures it.
 SPREAD_LEVELS: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
 
+#: A calibration whose model speed moved by more than this is flagged (``unsteadiness``).
+STEADY_SPEED_DRIFT = 0.10
+#: A calibration during which the hypervisor took more of the CPU than this is flagged.
+STEADY_CPU_STEAL = 0.05
+
 _SERVER_FIELDS = (
     "label",
     "overhead_levels",
@@ -77,6 +85,8 @@ _SERVER_FIELDS = (
     "points",
     "overhead_rates_per_s",
     "overhead_mean_ms",
+    "speed_drift",
+    "cpu_steal_share",
 )
 #: What a server object must name; the label, the points and the overhead curve may be
 #: absent (files written before them).
@@ -146,8 +156,18 @@ class ServerTerms:
     points: tuple[CalibrationPoint, ...] = ()
     overhead_rates_per_s: tuple[float, ...] = ()
     overhead_mean_ms: tuple[float, ...] = ()
+    #: The in-server model time per batch at concurrency 1 at the end of the calibration over
+    #: the one at its start (1.0: the machine kept its speed); None in older files.
+    speed_drift: float | None = None
+    #: The share of CPU time the hypervisor gave to other guests during the calibration
+    #: (``/proc/stat``; 0 where there is none); None in older files.
+    cpu_steal_share: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("speed_drift", "cpu_steal_share"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be finite and >= 0", field=f"server.{name}")
         rates, means = self.overhead_rates_per_s, self.overhead_mean_ms
         if len(rates) != len(means) or (rates and rates[0] != 0.0):
             raise ConfigError(
@@ -171,6 +191,25 @@ class ServerTerms:
         if self.label not in ("measured", "estimated"):
             raise ConfigError("label must be 'measured' or 'estimated'", field="server.label")
 
+    def unsteadiness(self) -> str | None:
+        """Why these terms may not describe this machine at another time, or None: the
+        machine's speed moved by more than ``STEADY_SPEED_DRIFT`` during the calibration,
+        or the hypervisor took more than ``STEADY_CPU_STEAL`` of the CPU. On a shared
+        virtual machine both happen within minutes, and the simulator's answers with such a
+        profile differ from one measured a little later by more than the drift itself."""
+        reasons = []
+        if self.speed_drift is not None and abs(self.speed_drift - 1.0) > STEADY_SPEED_DRIFT:
+            reasons.append(
+                f"the model ran {abs(self.speed_drift - 1.0):.0%} "
+                f"{'slower' if self.speed_drift > 1.0 else 'faster'} at the end of the "
+                "calibration than at its start"
+            )
+        if self.cpu_steal_share is not None and self.cpu_steal_share > STEADY_CPU_STEAL:
+            reasons.append(
+                f"the hypervisor took {self.cpu_steal_share:.0%} of the CPU while it ran"
+            )
+        return "; ".join(reasons) if reasons else None
+
     def slowdown(self, rate_per_replica_s: float) -> float:
         """How many times longer a batch takes in the server than alone, at this rate."""
         return self.model_slowdown + self.model_slowdown_per_rps * max(rate_per_replica_s, 0.0)
@@ -178,6 +217,8 @@ class ServerTerms:
     def overhead_scale(self, rate_per_replica_s: Any) -> Any:
         """How many times the rate-0 overhead a request gets at this rate (a float or a
         numpy array of rates)."""
+        if isinstance(rate_per_replica_s, float | int):
+            return self._overhead_scale_at(float(rate_per_replica_s))
         rate = np.maximum(rate_per_replica_s, 0.0)
         if not self.overhead_rates_per_s:
             scale = 1.0 + self.overhead_growth_per_rps * rate
@@ -186,6 +227,23 @@ class ServerTerms:
             means = np.maximum(self.overhead_mean_ms, _MIN_BASE_OVERHEAD_MS)
             scale = np.interp(rate, self.overhead_rates_per_s, means) / base
         return float(scale) if np.ndim(scale) == 0 else scale
+
+    def _overhead_scale_at(self, rate_per_replica_s: float) -> float:
+        """``overhead_scale`` of one rate in plain Python: the exact simulator asks once per
+        batch, where numpy's per-call cost would be most of the work."""
+        rate = max(rate_per_replica_s, 0.0)
+        if not self.overhead_rates_per_s:
+            return 1.0 + self.overhead_growth_per_rps * rate
+        rates = self.overhead_rates_per_s
+        means = [max(mean, _MIN_BASE_OVERHEAD_MS) for mean in self.overhead_mean_ms]
+        base = max(self.overhead_mean_ms[0], _MIN_BASE_OVERHEAD_MS)
+        if rate <= rates[0]:
+            return means[0] / base
+        if rate >= rates[-1]:
+            return means[-1] / base
+        right = bisect.bisect_right(rates, rate)
+        x0, x1, y0, y1 = rates[right - 1], rates[right], means[right - 1], means[right]
+        return (y0 + (y1 - y0) * (rate - x0) / (x1 - x0)) / base
 
     def overhead_at(self, levels: Any) -> Any:
         """Per-request overhead in seconds at quantile ``levels`` (a float or numpy array),
@@ -208,6 +266,8 @@ class ServerTerms:
             "points": [asdict(point) for point in self.points],
             "overhead_rates_per_s": list(self.overhead_rates_per_s),
             "overhead_mean_ms": list(self.overhead_mean_ms),
+            "speed_drift": self.speed_drift,
+            "cpu_steal_share": self.cpu_steal_share,
         }
 
     @classmethod
@@ -241,6 +301,10 @@ class ServerTerms:
             for name in ("overhead_growth_per_rps", "model_slowdown", "model_slowdown_per_rps"):
                 current = f"server.{name}"
                 values[name] = float(data[name])
+            for name in ("speed_drift", "cpu_steal_share"):
+                current = f"server.{name}"
+                found = data.get(name)
+                values[name] = None if found is None else float(found)
             current = "server.label"
             label = str(data.get("label", "measured"))
         except (TypeError, ValueError, AttributeError) as exc:

@@ -36,7 +36,7 @@ from aiscale.serving.pool import (
     serving_replicas,
 )
 from aiscale.serving.ray_replica import RayReplicaActor, RayReplicaInfo
-from aiscale.serving.replica_pool import OPENMP_SPIN_COUNT, THREADED_RUNTIMES, ReplicaSpec
+from aiscale.serving.replica_pool import ReplicaSpec, replica_settings
 
 if TYPE_CHECKING:
     from aiscale.config import DeploymentConfig
@@ -338,16 +338,6 @@ class RayReplicaPool:
             options["resources"] = dict(placement.resources)
         return options
 
-    def _replica_env(self, num_threads: int) -> dict[str, str]:
-        # Same reasons as the local pool's environment: see LocalReplicaPool._spawn.
-        return {
-            "OMP_NUM_THREADS": str(num_threads),
-            "GOMP_SPINCOUNT": str(OPENMP_SPIN_COUNT),
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-        }
-
     async def _start_one(self) -> RayReplica:
         self._num_starting += 1
         started = time.monotonic()
@@ -380,14 +370,14 @@ class RayReplicaPool:
 
         if self._actor_class is None:
             self._actor_class = ray.remote(RayReplicaActor)
-        config = dict(self.spec.config)
-        num_threads = int(config.get("num_threads") or self._threads_per_replica())
-        if self.spec.runtime in THREADED_RUNTIMES:
-            config.setdefault("num_threads", num_threads)
-        actor = self._actor_class.options(**self._actor_options()).remote()
-        ref = actor.load.remote(
-            self.spec.runtime, self.spec.uri, config, self._replica_env(num_threads)
+        # The actor's own environment is its node's, not this process's: it gets only the
+        # variables a replica needs (a variable set here, such as a spin policy, is not
+        # there, so none counts as already set).
+        config, env = replica_settings(
+            self.spec.runtime, self.spec.config, self._threads_per_replica(), {}
         )
+        actor = self._actor_class.options(**self._actor_options()).remote()
+        ref = actor.load.remote(self.spec.runtime, self.spec.uri, config, env)
         try:
             info = await asyncio.wait_for(ref, self.spec.startup_timeout_s)
         except TimeoutError:

@@ -43,29 +43,42 @@ OPENMP_SPIN_COUNT = 10_000
 THREADED_RUNTIMES = frozenset({"minilm", "sentence-transformers", "onnx"})
 
 
-def replica_environment(
-    runtime: str, config: Mapping[str, Any], num_threads: int
+def replica_settings(
+    runtime: str, config: Mapping[str, Any], num_threads: int, env: Mapping[str, str]
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """The model config and process environment a replica runs with, ``num_threads`` unless
-    the config names its own: one function so that ``aiscale profile`` times the model
-    exactly as a replica runs it."""
+    """The model config a replica runs with (``num_threads`` unless the config names its own)
+    and the environment variables to set for it on top of ``env``, the environment of the
+    process that will run it: one function for local replicas, Ray actors (which get only
+    these variables, on whichever node runs them) and ``aiscale profile``."""
     config = dict(config)
     num_threads = int(config.get("num_threads") or num_threads)
     if runtime in THREADED_RUNTIMES:
         config.setdefault("num_threads", num_threads)
-    env = dict(os.environ)
     # Read by torch/OpenMP/BLAS at import in the replica, for runtimes without the knob too.
-    env["OMP_NUM_THREADS"] = str(num_threads)
+    extra = {"OMP_NUM_THREADS": str(num_threads)}
     # OpenMP workers that spin for long (libgomp's default) collapse throughput as soon as
     # another process (the gateway, a load generator) needs a core: minilm at batch 64 on
     # 2 cores beside one busy process fell from ~180 to 125 sentences/s. A short spin keeps
     # the quiet-machine speed and sleeps when a peer thread is preempted.
     if "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env:
-        env["GOMP_SPINCOUNT"] = str(OPENMP_SPIN_COUNT)
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("TRANSFORMERS_OFFLINE", "1")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return config, env
+        extra["GOMP_SPINCOUNT"] = str(OPENMP_SPIN_COUNT)
+    for name, value in (
+        ("HF_HUB_OFFLINE", "1"),
+        ("TRANSFORMERS_OFFLINE", "1"),
+        ("TOKENIZERS_PARALLELISM", "false"),
+    ):
+        if name not in env:
+            extra[name] = value
+    return config, extra
+
+
+def replica_environment(
+    runtime: str, config: Mapping[str, Any], num_threads: int
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The model config and the whole process environment of a replica started from this
+    process (``replica_settings`` over ``os.environ``)."""
+    config, extra = replica_settings(runtime, config, num_threads, os.environ)
+    return config, {**os.environ, **extra}
 
 
 @dataclass(frozen=True, slots=True)
