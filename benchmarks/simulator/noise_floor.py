@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from aiscale.plan import load_profile  # noqa: E402
 from aiscale.plan.calibration import cpu_steal_reading, steal_share  # noqa: E402
+from aiscale.plan.profiling import machine_description  # noqa: E402
 from benchmarks.simulator.fidelity import (  # noqa: E402
     CONV,
     TRACES,
@@ -71,7 +72,7 @@ def measure(
     trace = root / TRACES / CONV
     measured: dict[str, Any] = {
         "trace": CONV, "time_scale": time_scale, "capacity_fraction": capacity_fraction,
-        "duration_s": duration_s, "machine": machine(), "rounds": [],
+        "duration_s": duration_s, "machine": machine_description(), "rounds": [],
     }  # fmt: skip
     for index in range(rounds):
         profile = out_dir / f"noise_profile_{index + 1}.json"
@@ -110,23 +111,6 @@ def measure(
         entry["sim"] = {name: sim[name] for name in (*_FIGURES, "requests")}
     (out_dir / "noise_floor.json").write_text(json.dumps(measured, indent=1) + "\n")
     return measured
-
-
-def machine() -> str:
-    """The CPU model and core count: the same benchmark gives other numbers on another kind
-    of machine (an Intel Xeon and an AMD EPYC machine of the same size were 1.5x apart)."""
-    import os
-    import platform
-
-    name = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores"
 
 
 def agreement(measured: dict[str, Any]) -> dict[str, Any]:

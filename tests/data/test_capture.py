@@ -72,6 +72,11 @@ def test_concurrent_appends_share_few_fsyncs_and_are_all_durable(tmp_path: Path)
     assert metric(registry, "aiscale_capture_records_total") == 500
     assert 1 <= metric(registry, "aiscale_capture_fsyncs_total") <= 25
     assert metric(registry, "aiscale_capture_queue_depth") == 0
+    # Every append's wait and every commit's time are observed: what a response waits for.
+    assert metric(registry, "aiscale_capture_append_seconds_count") == 500
+    commits = metric(registry, "aiscale_capture_commit_seconds_count")
+    assert commits == metric(registry, "aiscale_capture_fsyncs_total")
+    assert metric(registry, "aiscale_capture_append_seconds_sum") > 0
     records = list(read_records(tmp_path, CaptureRecord))
     assert sorted(r.request_id for r in records) == sorted(f"req-{i}" for i in range(500))
     by_id = {r.request_id: r for r in records}

@@ -34,6 +34,7 @@ def test_profile_round_trips_through_json(tmp_path: Path) -> None:
         "version",
         "server",
         "spread",
+        "measured_on",
         "model",
         "hardware",
         "batch_sizes",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,9 @@ def test_profile_of_a_real_model_round_trips_with_sane_latency(
     assert load_profile(out) == profile
     assert profile.batch_sizes == (1, 8, 32, 128)
     assert profile.hardware == "CPU" and not profile.estimated
+    # The machine it was measured on: the CPU model and the cores.
+    assert profile.measured_on is not None
+    assert profile.measured_on.endswith(f", {os.cpu_count()} cores")
     assert profile.memory_bytes > 10_000_000  # a Python process with numpy loaded
     assert profile.startup_s >= 0
     assert profile.latency_ms[-1] > profile.latency_ms[0]

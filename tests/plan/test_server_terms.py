@@ -67,7 +67,7 @@ def test_an_old_profile_loads_with_the_documented_default(tmp_path: Path) -> Non
     """A version-1 file (no version key, no server) loads with no server terms: the model
     alone, as the simulator ran before."""
     data = profile().to_dict()
-    del data["version"], data["server"], data["spread"]
+    del data["version"], data["server"], data["spread"], data["measured_on"]
     path = tmp_path / "old.json"
     path.write_text(json.dumps(data))
     assert load_profile(path).server is None
@@ -266,6 +266,7 @@ def test_calibration_against_a_real_server(monkeypatch: pytest.MonkeyPatch) -> N
         seconds_per_level=0.5,
         fractions=(0.3,),
         passes=2,
+        disk_seconds=0.5,
         cwd=ROOT,
     )
     assert measured.label == "measured"
@@ -277,6 +278,9 @@ def test_calibration_against_a_real_server(monkeypatch: pytest.MonkeyPatch) -> N
         measured.points[3].model_ms / measured.points[0].model_ms
     )
     assert measured.cpu_steal_share is not None and 0.0 <= measured.cpu_steal_share < 1.0
+    # The capture commit: probed on the server's disk, its wait left out of the overhead.
+    assert measured.disk is not None and measured.disk.sync_ms[0] > 0
+    assert all(p.capture_ms > 0 for p in measured.points)
     assert all(p.rate_per_s > 0 and p.model_ms > 0 for p in measured.points)
     assert list(measured.overhead_ms) == sorted(measured.overhead_ms)
     assert measured.overhead_ms[1] > 0
@@ -396,21 +400,46 @@ def test_an_unsteady_calibration_says_why(
 
 
 def test_the_calibration_conditions_round_trip_and_are_checked(tmp_path: Path) -> None:
-    """The speed drift and the CPU stolen save and load back; a file without them loads with
-    None; a negative or non-finite one is refused naming the field."""
-    measured = profile(terms(speed_drift=1.04, cpu_steal_share=0.02))
+    """The speed drift, the CPU stolen and the machine save and load back; a file without
+    them loads with None; a negative or non-finite one is refused naming the field."""
+    from aiscale.plan.profile import DiskTerms
+
+    disk = DiskTerms(LEVELS, (0.3, 0.4, 0.5, 0.9, 6.0, 9.0), 0.25, (120.0, 310.0))
+    measured = replace(
+        profile(terms(speed_drift=1.04, cpu_steal_share=0.02, disk=disk)),
+        measured_on="AMD EPYC, 2 cores",
+    )
     path = tmp_path / "p.json"
     save_profile(measured, path)
     assert load_profile(path) == measured
     data = json.loads(path.read_text())
-    del data["server"]["speed_drift"], data["server"]["cpu_steal_share"]
+    for name in ("speed_drift", "cpu_steal_share", "disk"):
+        del data["server"][name]
+    del data["measured_on"]
     path.write_text(json.dumps(data))
-    older = load_profile(path).server
-    assert older is not None and older.speed_drift is None and older.cpu_steal_share is None
+    older = load_profile(path)
+    assert older.measured_on is None and older.server is not None
+    assert older.server.speed_drift is None and older.server.cpu_steal_share is None
+    assert older.server.disk is None
     for name, bad in (("speed_drift", -1.0), ("cpu_steal_share", float("nan"))):
         with pytest.raises(ConfigError) as error:
             terms(**{name: bad})
         assert error.value.field == f"server.{name}"
+    for change, field in (
+        ({"stall_rate_per_s": -1.0}, "disk.stall_rate_per_s"),
+        ({"stall_ms": (0.0,)}, "disk.stall_ms"),
+        ({"stall_ms": ()}, "disk.stall_ms"),  # a rate with no durations to draw from
+        ({"sync_ms": (1.0, 0.5, 2.0, 3.0, 4.0, 5.0)}, "disk.sync_ms"),
+    ):
+        with pytest.raises(ConfigError) as error:
+            replace(disk, **change)
+        assert error.value.field == field
+    data = json.loads(path.read_text())
+    data["server"]["disk"] = {"sync_levels": [0, 1], "sync_ms": [1, 2], "stalls": 3}
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError) as error:
+        load_profile(path)
+    assert error.value.field == "disk.stalls"
 
 
 def test_the_closed_loop_level_counts_as_no_overlap() -> None:

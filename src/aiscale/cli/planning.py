@@ -63,6 +63,8 @@ def profile(
     ):
         table.add_row(str(size), f"{latency_ms:.1f}", f"{rate:.1f}")
     _stdout().print(table)
+    if result.measured_on is not None:
+        _stdout().print(f"measured on: {result.measured_on}", highlight=False)
     if result.server is not None:
         terms = result.server
         growth = (
@@ -80,6 +82,20 @@ def profile(
             f"{terms.model_slowdown_per_rps:.4f}/(req/s)",
             highlight=False,
         )
+        if terms.disk is not None:
+            disk = terms.disk
+            stalls = (
+                f"{disk.stall_rate_per_s * 60:.1f} stalls/min of {min(disk.stall_ms):.0f}-"
+                f"{max(disk.stall_ms):.0f} ms"
+                if disk.stall_ms
+                else "no stalls"
+            )
+            _stdout().print(
+                f"capture commit (write + fdatasync): p50 {float(disk.sync_at(0.5)) * 1000:.2f} "
+                f"ms, p99 {float(disk.sync_at(0.99)) * 1000:.2f} ms, {stalls}; captured "
+                "responses wait for it",
+                highlight=False,
+            )
         unsteady = terms.unsteadiness()
         if unsteady is not None:
             _stderr().print(

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import os
 import secrets
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from aiscale.data.capture_record import (
     CaptureConfig,
@@ -103,6 +104,11 @@ class CaptureLayout:
         return self.log_dir / "feedback"
 
 
+#: Seconds: an fdatasync takes under a millisecond on a quiet disk and hundreds of
+#: milliseconds when a virtual machine's storage stalls.
+_WAIT_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
 class CaptureMetrics:
     """The capture metrics, created once per registry and shared by its logs (label ``log``)."""
 
@@ -129,6 +135,21 @@ class CaptureMetrics:
             "aiscale_capture_rejected_total",
             "Appends refused with Overloaded because the capture queue was full or stopped.",
             ("log",),
+            registry=registry,
+        )
+        self.append_seconds = Histogram(
+            "aiscale_capture_append_seconds",
+            "Time an append waited until its record was durable (a captured response waits "
+            "this long before it is sent).",
+            ("log",),
+            buckets=_WAIT_BUCKETS_S,
+            registry=registry,
+        )
+        self.commit_seconds = Histogram(
+            "aiscale_capture_commit_seconds",
+            "Time of one group commit (one write and one fdatasync).",
+            ("log",),
+            buckets=_WAIT_BUCKETS_S,
             registry=registry,
         )
         self.write_errors = Counter(
@@ -164,6 +185,8 @@ class CaptureLog:
         self._fsyncs = metrics.fsyncs.labels(log=name)
         self._rejected = metrics.rejected.labels(log=name)
         self._write_errors = metrics.write_errors.labels(log=name)
+        self._append_seconds = metrics.append_seconds.labels(log=name)
+        self._commit_seconds = metrics.commit_seconds.labels(log=name)
         # Read at scrape time: no gauge update on the hot path.
         metrics.queue_depth.labels(log=name).set_function(lambda: self._num_unacked)
         self._pending: deque[tuple[bytes, asyncio.Future[None]]] = deque()
@@ -230,7 +253,9 @@ class CaptureLog:
         self._num_unacked += 1
         self._unacked_bytes += len(data) + HEADER_BYTES
         self._wake.set()
+        queued_s = time.perf_counter()
         await future
+        self._append_seconds.observe(time.perf_counter() - queued_s)
         return True
 
     def should_capture(self, request_id: str) -> bool:
@@ -277,6 +302,7 @@ class CaptureLog:
                 batch = [self._pending.popleft() for _ in range(num)]
                 self._in_flight = batch
                 payloads = [data for data, _ in batch]
+                started_s = time.perf_counter()
                 try:
                     await loop.run_in_executor(self._executor, self._write_durably, payloads)
                 except OSError as exc:
@@ -286,6 +312,7 @@ class CaptureLog:
                     self._settle(batch, Overloaded(f"capture log write failed: {exc}"))
                     continue
                 self._in_flight = []
+                self._commit_seconds.observe(time.perf_counter() - started_s)
                 self._fsyncs.inc()
                 self._records.inc(num)
                 self._settle(batch, None)

@@ -329,6 +329,10 @@ def run_aggregated(
         points = server.overhead_at((grid[1:] + grid[:-1]) / 2)
         scale = server.overhead_scale(per_replica_rate)
         overhead = points[:, None] * scale[None, :]
+        if server.disk is not None:
+            # The capture commit's mean wait: the exact mode replays the group commit and
+            # its stalls; a step model keeps only their mean.
+            overhead = overhead + server.disk.mean_wait_s
         overhead_weights = np.diff(grid)[:, None]
     no_wait, batch_latency, p_wait, mean_wait, _ = model.stats(
         rates, ready_at_departure, fluid_wait > dt, step_slowdown

@@ -17,7 +17,9 @@ profile's latency (times a ratio drawn from ``profile.spread`` when it has one) 
 slowdown at the arrival rate per ready replica over the last
 ``CONTENTION_WINDOW_S``; each request's latency then gets its per-request overhead, drawn
 with ``config.seed`` (after the event loop, vectorised: the overhead never occupies a
-replica, so it does not change the event order or count).
+replica, so it does not change the event order or count). With ``server.disk``, each
+response first waits for the capture log's group commit (``_commit.py``, also after the
+loop).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from aiscale.plan._commit import commit_waits
 from aiscale.plan._simcore import (
     SimulationConfig,
     SimulationResult,
@@ -248,6 +251,11 @@ def run_exact(
     for rid, s in enumerate(state):
         if s != _GONE:
             remove(rid, sim_end)
+    if server is not None and server.disk is not None:
+        served = ~np.isnan(latencies)
+        ready = times[served] + latencies[served]
+        rng = np.random.default_rng([config.seed, 2])  # a stream of its own, as the spread's
+        latencies[served] += commit_waits(ready, server.disk, rng, sim_end)
     if server is not None and overhead_scale is not None:
         draws = np.random.default_rng(config.seed).random(num_requests)
         latencies += server.overhead_at(draws) * overhead_scale

@@ -12,8 +12,13 @@ generator ``aiscale bench`` — the very tool a trace replay uses — and reads 
    ``speed_drift``, and the CPU stolen meanwhile their ``cpu_steal_share``
    (``ServerTerms.unsteadiness`` flags a calibration that should be run again).
 
-At each level the client's mean latency minus the server's mean queue time and mean model
-time per batch is the per-request overhead (client, HTTP, gateway, IPC), and the server's mean
+Before the levels, ``probe_disk`` times write + fdatasync in the server's data folder: the
+capture log's commit, which every captured response waits for (``ServerTerms.disk``; the
+exact simulator replays the group commit and the disk's stalls, ``_commit.py``).
+
+At each level the client's mean latency minus the server's mean queue time, mean model
+time per batch and mean capture commit wait (``aiscale_capture_append_seconds``) is the
+per-request overhead (client, HTTP, gateway, IPC), and the server's mean
 model time per batch over the profile's latency at the mean batch size is the in-server
 slowdown. ``ServerTerms`` is fitted from these points: the overhead quantiles from level 1's
 latency percentiles, the mean overhead against the open-loop rate as measured
@@ -47,7 +52,7 @@ import httpx
 import numpy as np
 
 from aiscale.errors import ModelLoadError
-from aiscale.plan.profile import CalibrationPoint, ModelProfile, ServerTerms
+from aiscale.plan.profile import CalibrationPoint, DiskTerms, ModelProfile, ServerTerms
 
 #: Quantile levels of the overhead; the load generator reports p50, p90, p99 and p99.9.
 OVERHEAD_LEVELS: tuple[float, ...] = (0.0, 0.5, 0.9, 0.99, 0.999, 1.0)
@@ -55,6 +60,9 @@ OVERHEAD_LEVELS: tuple[float, ...] = (0.0, 0.5, 0.9, 0.99, 0.999, 1.0)
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.15, 0.35, 0.6, 0.8)
 #: How often each open-loop level is measured (``calibrate_server``).
 DEFAULT_PASSES = 3
+#: Seconds the disk is probed for the capture commit (``probe_disk``): stalls come about
+#: every few seconds on a virtual machine's storage.
+DEFAULT_DISK_SECONDS = 15.0
 #: The serving default the calibration runs with (``aiscale serve``'s ``--max-batch-size``).
 SERVED_MAX_BATCH = 64
 #: Open-loop rates stay under this multiple of the concurrency-1 rate: for a model much
@@ -67,7 +75,11 @@ _HISTOGRAMS = (
     "aiscale_batcher_batch_size",
     "aiscale_batcher_queue_seconds",
     "aiscale_replica_model_seconds",
+    "aiscale_capture_append_seconds",
 )
+#: A probe sync this many times the median, and at least ``STALL_MIN_MS``, is a disk stall.
+STALL_OVER_MEDIAN = 10.0
+STALL_MIN_MS = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +93,8 @@ class _Level:
     bench: Mapping[str, Any]
     #: The open-loop rate asked for; 0 for the closed loop.
     asked: float = 0.0
+    #: Mean wait per request for the capture log's commit.
+    capture_s: float = 0.0
 
 
 def calibrate_server(
@@ -92,13 +106,15 @@ def calibrate_server(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     passes: int = DEFAULT_PASSES,
     num_threads: int | None = None,
+    disk_seconds: float = DEFAULT_DISK_SECONDS,
     start_timeout_s: float = 120.0,
     cwd: str | Path | None = None,
 ) -> ServerTerms:
     """Measure ``ServerTerms`` for ``model`` (a ``aiscale serve`` MODEL argument) against its
     model-alone profile ``alone``; ``path`` is the inference URL path the load generator
     derives its bodies for; ``num_threads`` goes to ``aiscale serve --num-threads`` (default:
-    its own). Raises ``ModelLoadError`` when the server or a load run fails."""
+    its own); ``disk_seconds`` of disk probing (0: none, the commit stays in the overhead).
+    Raises ``ModelLoadError`` when the server or a load run fails."""
     workdir = Path(cwd) if cwd is not None else Path.cwd()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(workdir), env.get("PYTHONPATH", "")) if p)
@@ -109,6 +125,7 @@ def calibrate_server(
         target = url + path
         _bench(target, ["--concurrency", "1", "--duration", "1"], workdir, env)  # warm up
         steal_before = cpu_steal_reading()
+        disk = probe_disk(Path(data_dir), disk_seconds) if disk_seconds > 0 else None
         closed_loop = ["--concurrency", "1", "--duration", f"{seconds_per_level:g}"]
         levels = [_measure_level(url, target, closed_loop, workdir, env)]
         first = levels[0]
@@ -144,6 +161,48 @@ def calibrate_server(
         terms,
         speed_drift=last.model_s / first.model_s,
         cpu_steal_share=steal_share(steal_before, cpu_steal_reading()),
+        disk=disk,
+    )
+
+
+def probe_disk(
+    directory: Path, seconds: float, interval_s: float = 0.01, write_bytes: int = 2048
+) -> DiskTerms:
+    """Time ``pwrite`` + ``fdatasync`` of ``write_bytes`` (about one capture record) every
+    ``interval_s`` for ``seconds`` in a preallocated file in ``directory``, as the capture
+    log commits. Syncs over ``STALL_OVER_MEDIAN`` times the median (and ``STALL_MIN_MS``)
+    are stalls: their rate per second of probing and their durations; the rest give the
+    ordinary commit's quantiles. The file is removed afterwards."""
+    span = 4 << 20
+    path = directory / ".aiscale-disk-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    times_ms: list[float] = []
+    try:
+        os.pwrite(fd, bytes(span), 0)
+        os.fsync(fd)
+        chunk = b"x" * write_bytes
+        begun = time.perf_counter()
+        offset = 0
+        while time.perf_counter() - begun < seconds or len(times_ms) < 10:
+            started = time.perf_counter()
+            os.pwrite(fd, chunk, offset)
+            os.fdatasync(fd)
+            times_ms.append((time.perf_counter() - started) * 1000.0)
+            offset = (offset + write_bytes) % (span - write_bytes)
+            time.sleep(interval_s)  # a plain process between syncs, as requests arrive apart
+        probed_s = time.perf_counter() - begun
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    found = np.asarray(times_ms)
+    threshold = max(STALL_MIN_MS, STALL_OVER_MEDIAN * float(np.median(found)))
+    stalls = found[found > threshold]
+    ordinary = found[found <= threshold]
+    return DiskTerms(
+        sync_levels=OVERHEAD_LEVELS,
+        sync_ms=tuple(float(v) for v in np.quantile(ordinary, OVERHEAD_LEVELS)),
+        stall_rate_per_s=stalls.size / probed_s,
+        stall_ms=tuple(float(v) for v in np.sort(stalls)),
     )
 
 
@@ -172,9 +231,10 @@ def fit_server_terms(light: Mapping[str, Any], points: Sequence[CalibrationPoint
     whose load-generator result is ``light``: ``p50_ms``, ``p90_ms``, ``p99_ms``,
     ``p999_ms``, ``max_ms``). Pure: used by ``calibrate_server`` and the tests."""
     first = points[0]
-    # The client's percentiles minus the mean time inside the queue and the model (which the
-    # simulator models itself); the model's own jitter is left in the overhead.
-    inside_ms = first.queue_ms + first.model_ms
+    # The client's percentiles minus the mean time inside the queue, the model and the
+    # capture commit (which the simulator models itself); their jitter is left in the
+    # overhead.
+    inside_ms = first.queue_ms + first.model_ms + first.capture_ms
     upper = [float(light[name]) - inside_ms for name in ("p50_ms", "p90_ms", "p99_ms", "p999_ms")]
     upper.append(float(light["max_ms"]) - inside_ms)
     lowest = min(upper[0], 2 * upper[0] - upper[1])  # mirror the p50-p90 spread below the median
@@ -299,6 +359,7 @@ def _points(alone: ModelProfile, levels: Sequence[_Level]) -> list[CalibrationPo
         bench = level.bench
         mean_ms = float(bench["mean_ms"])
         model_ms = level.model_s * 1000.0
+        capture_ms = level.capture_s * 1000.0
         points.append(
             CalibrationPoint(
                 rate_per_s=level.rate_per_s,
@@ -306,10 +367,11 @@ def _points(alone: ModelProfile, levels: Sequence[_Level]) -> list[CalibrationPo
                 model_ms=model_ms,
                 alone_ms=alone.mean_latency_s(max(level.mean_batch, 1.0)) * 1000.0,
                 queue_ms=level.queue_s * 1000.0,
-                overhead_ms=max(mean_ms - level.queue_s * 1000.0 - model_ms, 0.0),
+                overhead_ms=max(mean_ms - level.queue_s * 1000.0 - model_ms - capture_ms, 0.0),
                 p50_ms=float(bench["p50_ms"]),
                 p99_ms=float(bench["p99_ms"]),
                 offered_per_s=level.asked,
+                capture_ms=capture_ms,
             )
         )
     return points
@@ -328,6 +390,7 @@ def _measure_level(
     batches_sum, num_batches = delta["aiscale_batcher_batch_size"]
     queue_sum, num_queued = delta["aiscale_batcher_queue_seconds"]
     model_sum, num_models = delta["aiscale_replica_model_seconds"]
+    capture_sum, num_captured = delta["aiscale_capture_append_seconds"]
     if num_batches <= 0 or num_models <= 0 or not result.get("ok"):
         raise ModelLoadError(f"calibration load {flags} served nothing", field="model")
     return _Level(
@@ -336,6 +399,7 @@ def _measure_level(
         model_s=model_sum / num_models,
         queue_s=queue_sum / max(num_queued, 1.0),
         bench=result,
+        capture_s=capture_sum / num_captured if num_captured > 0 else 0.0,
     )
 
 

@@ -104,6 +104,8 @@ class ReplicaSizing:
             # The per-request overhead is spent outside the replica (HTTP, gateway): the
             # ongoing count a policy sees holds only the queued and batched requests.
             mean_s -= server.mean_overhead_s * float(server.overhead_scale(rate))
+            if server.disk is not None:  # the capture commit comes after the batch, too
+                mean_s -= server.disk.mean_wait_s
         return max(1.0, rate * mean_s)
 
 
@@ -667,7 +669,8 @@ def plan(
         )
     return PlanResult(
         model=profile.model,
-        measured_hardware=profile.hardware,
+        measured_hardware=profile.hardware
+        + ("" if profile.measured_on is None else f" ({profile.measured_on})"),
         slo_p99_ms=slo_p99_ms,
         slo_target=slo_target,
         requests_per_user=requests_per_user,

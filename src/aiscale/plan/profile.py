@@ -10,7 +10,8 @@ Stored as JSON (format version 2)::
                 "model_slowdown": 1.2, "model_slowdown_per_rps": 0.001, "points": [...],
                 "overhead_rates_per_s": [0, 50, 110], "overhead_mean_ms": [1.8, 6.1, 5.9],
                 "speed_drift": 1.03, "cpu_steal_share": 0.0},
-     "spread": {"levels": [0.0, 0.5, 1.0], "ratios": [0.75, 1.0, 1.7]}}
+     "spread": {"levels": [0.0, 0.5, 1.0], "ratios": [0.75, 1.0, 1.7]},
+     "measured_on": "AMD EPYC, 2 cores"}
 
 ``latency_ms[i]`` is the time one batch of ``batch_sizes[i]`` takes in a process of its own
 (the model alone): the median over batches drawn like live ones. ``spread`` (optional,
@@ -87,6 +88,7 @@ _SERVER_FIELDS = (
     "overhead_mean_ms",
     "speed_drift",
     "cpu_steal_share",
+    "disk",
 )
 #: What a server object must name; the label, the points and the overhead curve may be
 #: absent (files written before them).
@@ -120,6 +122,81 @@ class CalibrationPoint:
     p50_ms: float
     p99_ms: float
     offered_per_s: float = 0.0
+    #: The server's mean wait for the capture log's commit per request (0: capture off, or
+    #: a file from before it was measured); left out of ``overhead_ms``.
+    capture_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DiskTerms:
+    """How long the capture log's group commit (one write and one fdatasync) takes on the
+    disk the server writes to, measured by ``calibration.probe_disk``.
+
+    ``sync_ms`` are the quantiles (at ``sync_levels``) of an ordinary commit. On a virtual
+    machine's storage an fdatasync sometimes stalls for hundreds of milliseconds (seen here:
+    p50 0.5 ms, one stall of 260-330 ms about every 4 s); a stall holds every commit that
+    overlaps it, so under load it delays every response that waits meanwhile, which
+    independent per-request draws cannot show. Stalls are a process in time: they start at
+    ``stall_rate_per_s`` (Poisson) and last one of the durations ``stall_ms`` that were
+    measured, each equally likely.
+    """
+
+    sync_levels: tuple[float, ...]
+    sync_ms: tuple[float, ...]
+    stall_rate_per_s: float = 0.0
+    stall_ms: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_quantile_function(
+            self.sync_levels, self.sync_ms, "disk.sync_levels", "disk.sync_ms"
+        )
+        if not (math.isfinite(self.stall_rate_per_s) and self.stall_rate_per_s >= 0):
+            raise ConfigError(
+                "stall_rate_per_s must be finite and >= 0", field="disk.stall_rate_per_s"
+            )
+        if not all(math.isfinite(v) and v > 0 for v in self.stall_ms):
+            raise ConfigError("stall_ms must be finite and > 0", field="disk.stall_ms")
+        if self.stall_rate_per_s > 0 and not self.stall_ms:
+            raise ConfigError("a stall rate needs stall durations", field="disk.stall_ms")
+
+    def sync_at(self, levels: Any) -> Any:
+        """Seconds of an ordinary commit at quantile ``levels`` (float or numpy array)."""
+        return np.interp(levels, self.sync_levels, self.sync_ms) / 1000.0
+
+    @property
+    def mean_wait_s(self) -> float:
+        """A response's mean wait for the commit at light load: an ordinary commit, plus the
+        rest of a stall it arrives in (rate x mean of the squared duration / 2)."""
+        stall_s = np.asarray(self.stall_ms) / 1000.0
+        residual = self.stall_rate_per_s * float(np.mean(stall_s**2)) / 2 if stall_s.size else 0.0
+        return _quantile_mean(self.sync_levels, self.sync_ms) / 1000.0 + residual
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sync_levels": list(self.sync_levels),
+            "sync_ms": list(self.sync_ms),
+            "stall_rate_per_s": self.stall_rate_per_s,
+            "stall_ms": list(self.stall_ms),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> DiskTerms:
+        if not isinstance(data, Mapping):
+            raise ConfigError("disk must be an object or null", field="server.disk")
+        unknown = sorted(set(data) - {"sync_levels", "sync_ms", "stall_rate_per_s", "stall_ms"})
+        if unknown:
+            raise ConfigError(
+                f"unknown profile field 'server.disk.{unknown[0]}'", field=f"disk.{unknown[0]}"
+            )
+        try:
+            return cls(
+                sync_levels=tuple(float(v) for v in data["sync_levels"]),
+                sync_ms=tuple(float(v) for v in data["sync_ms"]),
+                stall_rate_per_s=float(data.get("stall_rate_per_s", 0.0)),
+                stall_ms=tuple(float(v) for v in data.get("stall_ms", ())),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"bad profile value in server.disk: {exc}", field="disk") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +239,9 @@ class ServerTerms:
     #: The share of CPU time the hypervisor gave to other guests during the calibration
     #: (``/proc/stat``; 0 where there is none); None in older files.
     cpu_steal_share: float | None = None
+    #: The capture log's commit on this disk (None: not measured; then the commit's time is
+    #: part of the overhead, as in files written before).
+    disk: DiskTerms | None = None
 
     def __post_init__(self) -> None:
         for name in ("speed_drift", "cpu_steal_share"):
@@ -268,6 +348,7 @@ class ServerTerms:
             "overhead_mean_ms": list(self.overhead_mean_ms),
             "speed_drift": self.speed_drift,
             "cpu_steal_share": self.cpu_steal_share,
+            "disk": None if self.disk is None else self.disk.to_dict(),
         }
 
     @classmethod
@@ -309,7 +390,9 @@ class ServerTerms:
             label = str(data.get("label", "measured"))
         except (TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"bad profile value in {current}: {exc}", field=current) from exc
-        return cls(label=label, points=points, **values)
+        raw_disk = data.get("disk")
+        disk = None if raw_disk is None else DiskTerms.from_dict(raw_disk)
+        return cls(label=label, points=points, disk=disk, **values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,6 +482,10 @@ class ModelProfile:
     server: ServerTerms | None = None
     #: How one batch's time varies around ``latency_ms``; ``None``: it does not.
     spread: ServiceSpread | None = None
+    #: The machine it was measured on (CPU model and cores): two machines of one catalog
+    #: kind can differ (an Intel Xeon and an AMD EPYC with 2 cores each were 1.5x apart at
+    #: batch 64); ``None`` where not recorded.
+    measured_on: str | None = None
 
     def __post_init__(self) -> None:
         n = len(self.batch_sizes)
@@ -459,6 +546,7 @@ class ModelProfile:
             "estimated": self.estimated,
             "server": None if self.server is None else self.server.to_dict(),
             "spread": None if self.spread is None else self.spread.to_dict(),
+            "measured_on": self.measured_on,
         }
 
     @classmethod
@@ -472,7 +560,7 @@ class ModelProfile:
                 field="version",
             )
         known = set(_FIELDS) | (
-            {"version", "server", "spread"} if version == PROFILE_VERSION else set()
+            {"version", "server", "spread", "measured_on"} if version == PROFILE_VERSION else set()
         )
         unknown = sorted(set(data) - known)
         if unknown:
@@ -497,6 +585,7 @@ class ModelProfile:
                 estimated=bool(data.get("estimated", False)),
                 server=server,
                 spread=spread,
+                measured_on=None if data.get("measured_on") is None else str(data["measured_on"]),
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"bad profile value: {exc}", field="profile") from exc

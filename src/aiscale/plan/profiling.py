@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import random
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -134,9 +136,23 @@ def profile_model(
         startup_s=float(measured["startup_s"]),
         spread=ServiceSpread(SPREAD_LEVELS, tuple(float(v) for v in measured["spread"])),
     )
+    profile = replace(profile, measured_on=machine_description())
     if hardware is None or hardware == MEASURED_HARDWARE:
         return profile
     return derive_profile(profile, hardware, catalog if catalog is not None else load_catalog())
+
+
+def machine_description() -> str:
+    """This machine's CPU model and core count, as a profile records it."""
+    name = platform.processor() or platform.machine() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count() or 1} cores"
 
 
 # ----------------------------------------------------------------- the worker (subprocess)
