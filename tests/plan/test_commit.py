@@ -106,3 +106,39 @@ def test_the_disk_probe_measures_this_disk(tmp_path: Path) -> None:
     assert found.stall_rate_per_s >= 0
     assert (found.stall_rate_per_s > 0) == bool(found.stall_ms)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_wait_points_keep_the_mean_and_the_chance_of_a_stall() -> None:
+    """The aggregated mode's commit waits: weights summing to 1, the chance of landing in a
+    stall equal to the time stalls cover, rising points, and the mean of ``mean_wait_s``."""
+    terms = disk(sync_ms=0.5, stall_rate_per_s=0.5, stall_ms=(40.0, 200.0, 600.0))
+    values, weights = terms.wait_points()
+    assert weights.sum() == pytest.approx(1.0)
+    assert 1.0 - weights[0] == pytest.approx(0.5 * (0.04 + 0.2 + 0.6) / 3)
+    assert list(values) == sorted(values) and values[0] == pytest.approx(0.0005)
+    assert float(np.sum(values * weights)) == pytest.approx(terms.mean_wait_s)
+    single_values, single_weights = disk(sync_ms=0.5).wait_points()
+    assert list(single_values) == [0.0005] and list(single_weights) == [1.0]
+
+
+def test_the_aggregated_mode_shows_the_stalls_in_its_tail() -> None:
+    """Stalls lift the aggregated mode's p99 as they lift the exact one's, without moving its
+    median much; both modes agree on the p99 within a third."""
+    server = ServerTerms(LEVELS, (0.0, 0.0, 0.0), 0.0, 1.0, 0.0)
+    base = profile_from_latencies("m", "CPU", {1: 5.0, 64: 100.0}, server=server)
+    stalling = replace(
+        base, server=replace(server, disk=disk(0.5, stall_rate_per_s=0.3, stall_ms=(300.0,)))
+    )
+    times = np.cumsum(np.random.default_rng(4).exponential(1 / 20.0, 12_000))
+    arrivals = Arrivals(times, float(times[-1]) + 1e-3)
+
+    def run(profile: ModelProfile, mode: str) -> tuple[float, float]:
+        config = SimulationConfig(profile=profile, mode=mode)  # type: ignore[arg-type]
+        found = simulate(arrivals, StaticPolicy(StaticConfig(1)), config)
+        return found.p50_ms, found.p99_ms
+
+    plain, stalled = run(base, "aggregated"), run(stalling, "aggregated")
+    exact = run(stalling, "exact")
+    assert stalled[1] > plain[1] + 100.0
+    assert stalled[0] == pytest.approx(plain[0], abs=2.0)
+    assert stalled[1] == pytest.approx(exact[1], rel=1 / 3)

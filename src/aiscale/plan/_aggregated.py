@@ -329,11 +329,16 @@ def run_aggregated(
         points = server.overhead_at((grid[1:] + grid[:-1]) / 2)
         scale = server.overhead_scale(per_replica_rate)
         overhead = points[:, None] * scale[None, :]
-        if server.disk is not None:
-            # The capture commit's mean wait: the exact mode replays the group commit and
-            # its stalls; a step model keeps only their mean.
-            overhead = overhead + server.disk.mean_wait_s
         overhead_weights = np.diff(grid)[:, None]
+        if server.disk is not None:
+            # The capture commit: a few weighted waits (an ordinary commit, or the rest of a
+            # disk stall) mixed with each overhead point. The exact mode replays the group
+            # commit itself, with the queue behind a stall that this leaves out.
+            waits, chances = server.disk.wait_points()
+            overhead = (overhead[:, None, :] + waits[None, :, None]).reshape(-1, num_steps)
+            overhead_weights = (overhead_weights[:, None, :] * chances[None, :, None]).reshape(
+                -1, 1
+            )
     no_wait, batch_latency, p_wait, mean_wait, _ = model.stats(
         rates, ready_at_departure, fluid_wait > dt, step_slowdown
     )

@@ -171,6 +171,32 @@ class DiskTerms:
         residual = self.stall_rate_per_s * float(np.mean(stall_s**2)) / 2 if stall_s.size else 0.0
         return _quantile_mean(self.sync_levels, self.sync_ms) / 1000.0 + residual
 
+    def wait_points(self, num_stall_points: int = 3) -> tuple[Any, Any]:
+        """The commit wait at light load as a few weighted points ``(seconds, weights)``:
+        the ordinary commit's mean with the chance of not landing in a stall, then
+        ``num_stall_points`` quantile midpoints of the rest of a stall one lands in (a stall
+        of length L is landed in in proportion to L, and the rest of it is uniform on
+        [0, L]). Their mean is ``mean_wait_s``; the aggregated mode mixes them in."""
+        ordinary_s = _quantile_mean(self.sync_levels, self.sync_ms) / 1000.0
+        lengths = np.asarray(self.stall_ms, dtype=float) / 1000.0
+        in_stall = min(self.stall_rate_per_s * float(lengths.sum() / max(lengths.size, 1)), 1.0)
+        if lengths.size == 0 or in_stall <= 0:
+            return np.array([ordinary_s]), np.array([1.0])
+        weights = lengths / lengths.sum()
+        grid = np.linspace(0.0, float(lengths.max()), 2001)
+        # P(rest <= r | in a stall): each length's uniform law, weighted by its length.
+        cdf = np.sum(weights[:, None] * np.minimum(grid[None, :] / lengths[:, None], 1.0), axis=0)
+        levels = (np.arange(num_stall_points) + 0.5) / num_stall_points
+        rests = np.interp(levels, cdf, grid)
+        # Keep the mixture's mean exact: scale the points to the rest's mean, E[L^2] / 2E[L].
+        mean_rest = float(np.sum(lengths**2) / (2 * lengths.sum()))
+        rests = rests * (mean_rest / float(np.mean(rests))) if np.mean(rests) > 0 else rests
+        values = np.concatenate([[ordinary_s], ordinary_s + rests])
+        probs = np.concatenate(
+            [[1.0 - in_stall], np.full(num_stall_points, in_stall / num_stall_points)]
+        )
+        return values, probs
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "sync_levels": list(self.sync_levels),
