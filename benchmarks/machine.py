@@ -10,22 +10,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from aiscale.plan.profiling import cpu_model
+
 
 def _version(package: str) -> str:
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def describe_machine(root: Path) -> dict[str, Any]:
@@ -48,7 +40,7 @@ def describe_machine(root: Path) -> dict[str, Any]:
         sha = "unknown"
     memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "memory_gb": memory_gb,
         "platform": platform.platform(),

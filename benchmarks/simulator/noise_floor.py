@@ -113,36 +113,78 @@ def measure(
     return measured
 
 
+def pair_shares(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """The share of ``(value, reference)`` pairs within ``TOLERANCE``, per figure and on all
+    three at once."""
+    if not pairs:
+        return {"pairs": 0}
+    out: dict[str, Any] = {"pairs": len(pairs)}
+    for name in _FIGURES:
+        out[name] = sum(within(a[name], b[name]) for a, b in pairs) / len(pairs)
+    out["all"] = sum(all(within(a[n], b[n]) for n in _FIGURES) for a, b in pairs) / len(pairs)
+    return out
+
+
 def agreement(measured: dict[str, Any]) -> dict[str, Any]:
-    """Shares of pairs within ``TOLERANCE``, per figure and on all three at once:
-    real run vs real run, profile vs profile (their simulations), and each profile's
-    simulation vs the real runs of its own round (the fidelity protocol)."""
+    """Shares of pairs within ``TOLERANCE``: real run vs real run, profile vs profile (their
+    simulations), and each profile's simulation vs the real runs of its own round (the
+    fidelity protocol); and each round's simulated p99 over the mean of its real runs'."""
     rounds = measured["rounds"]
     runs = [run for entry in rounds for run in entry["runs"]]
     sims = [entry["sim"] for entry in rounds]
-
-    def shares(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
-        if not pairs:
-            return {"pairs": 0}
-        out: dict[str, Any] = {"pairs": len(pairs)}
-        for name in _FIGURES:
-            out[name] = sum(within(a[name], b[name]) for a, b in pairs) / len(pairs)
-        out["all"] = sum(all(within(a[n], b[n]) for n in _FIGURES) for a, b in pairs) / len(pairs)
-        return out
-
     # Both orders of each pair: "within 10% of the other" is relative to the reference.
-    real_pairs = [(a, b) for a, b in itertools.permutations(runs, 2)]
-    profile_pairs = [(a, b) for a, b in itertools.permutations(sims, 2)]
+    real_pairs = list(itertools.permutations(runs, 2))
+    profile_pairs = list(itertools.permutations(sims, 2))
     own_round = [(entry["sim"], run) for entry in rounds for run in entry["runs"]]
     any_round = [(sim, run) for sim in sims for run in runs]
+    ratios = [
+        entry["sim"]["p99_ms"] / statistics.mean(run["p99_ms"] for run in entry["runs"])
+        for entry in rounds
+    ]
     return {
-        "real_vs_real": shares(real_pairs),
-        "profile_vs_profile": shares(profile_pairs),
-        "sim_vs_own_round": shares(own_round),
-        "sim_vs_any_run": shares(any_round),
+        "real_vs_real": pair_shares(real_pairs),
+        "profile_vs_profile": pair_shares(profile_pairs),
+        "sim_vs_own_round": pair_shares(own_round),
+        "sim_vs_any_run": pair_shares(any_round),
         "real_median": {n: statistics.median(r[n] for r in runs) for n in _FIGURES},
         "sim_median": {n: statistics.median(s[n] for s in sims) for n in _FIGURES},
+        "p99_ratios": ratios,
+        "p99_ratio_geomean": statistics.geometric_mean(ratios),
     }
+
+
+def load_class(row: dict[str, Any]) -> str:
+    """The fidelity benchmark's cases by load: the conv trace at 100 req/s or 30% of the
+    profile's capacity is light, the other conv cases are near saturation, then the code
+    trace (bursts)."""
+    if row["trace"] == "code":
+        return "code trace, 30% of capacity"
+    if row["time_scale"] == 0.05 or row.get("capacity_fraction") == 0.3:
+        return "conv, light load"
+    return "conv, near saturation"
+
+
+def fidelity_pairs(paths: list[Path]) -> list[str]:
+    """Real run vs real run in recorded ``fidelity.json`` files (each case's ``real.runs``:
+    the same server on the same arrivals, back to back), by load."""
+    pairs: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for path in paths:
+        for row in json.loads(path.read_text()):
+            found = itertools.permutations(row["real"]["runs"], 2)
+            pairs.setdefault(load_class(row), []).extend(found)
+    lines = [
+        f"Real run vs another real run of the same case in {', '.join(str(p) for p in paths)}:",
+        "",
+        "| load | pairs | throughput | p50 | p99 | all three |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, found in pairs.items():
+        share = pair_shares(found)
+        lines.append(
+            f"| {label} | {share['pairs']} | {share['throughput_rps']:.0%} | "
+            f"{share['p50_ms']:.0%} | {share['p99_ms']:.0%} | {share['all']:.0%} |"
+        )
+    return lines
 
 
 def render(measured: dict[str, Any], found: dict[str, Any]) -> list[str]:
@@ -198,6 +240,12 @@ def render(measured: dict[str, Any], found: dict[str, Any]) -> list[str]:
             f"| {label} | {share['pairs']} | {share['throughput_rps']:.0%} | "
             f"{share['p50_ms']:.0%} | {share['p99_ms']:.0%} | {share['all']:.0%} |"
         )
+    lines += [
+        "",
+        "Simulated p99 over the mean of its round's real p99, by round: "
+        + ", ".join(f"{ratio:.2f}" for ratio in found["p99_ratios"])
+        + f" (geometric mean {found['p99_ratio_geomean']:.2f}).",
+    ]
     return lines
 
 
@@ -248,19 +296,30 @@ def main() -> None:
         help="replay at this fraction of the first profile's capacity [0.3]",
     )  # fmt: skip
     parser.add_argument("--duration", type=float, default=60.0)
-    parser.add_argument("--from-json", type=Path, default=None, help="render a recorded run")
+    parser.add_argument(
+        "--from-json", type=Path, default=None,
+        help="render a recorded run (next to it unless --md / --png say otherwise)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--from-fidelity", type=Path, nargs="+", default=None,
+        help="real vs real pairs of recorded fidelity.json files, by load; nothing is run",
+    )  # fmt: skip
     parser.add_argument("--md", type=Path, default=None)
     parser.add_argument("--png", type=Path, default=None)
     args = parser.parse_args()
     root = Path(__file__).resolve().parents[2]
+    if args.from_fidelity is not None:
+        print("\n".join(fidelity_pairs(args.from_fidelity)))
+        return
     out_dir = root / "benchmarks" / "simulator" / "noise_floor"
-    out_dir.mkdir(exist_ok=True)
     if args.from_json is not None:
         measured = json.loads(args.from_json.read_text())
+        out_dir = args.from_json.parent
     else:
         fraction = args.capacity_fraction
         if args.time_scale is None and fraction is None:
             fraction = 0.3
+        out_dir.mkdir(exist_ok=True)
         measured = measure(
             root, out_dir, rounds=args.rounds, runs=args.runs, time_scale=args.time_scale,
             capacity_fraction=fraction, duration_s=args.duration,

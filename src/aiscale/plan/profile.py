@@ -133,8 +133,9 @@ class DiskTerms:
     disk the server writes to, measured by ``calibration.probe_disk``.
 
     ``sync_ms`` are the quantiles (at ``sync_levels``) of an ordinary commit. On a virtual
-    machine's storage an fdatasync sometimes stalls for hundreds of milliseconds (seen here:
-    p50 0.5 ms, one stall of 260-330 ms about every 4 s); a stall holds every commit that
+    machine's storage an fdatasync sometimes stalls for hundreds of milliseconds (seen on this
+    project's machine: p50 0.5 ms; in some 15-20 s probes 0.3-0.7 stalls/s of 20-830 ms, in
+    others none); a stall holds every commit that
     overlaps it, so under load it delays every response that waits meanwhile, which
     independent per-request draws cannot show. Stalls are a process in time: they start at
     ``stall_rate_per_s`` (Poisson) and last one of the durations ``stall_ms`` that were
@@ -509,8 +510,8 @@ class ModelProfile:
     #: How one batch's time varies around ``latency_ms``; ``None``: it does not.
     spread: ServiceSpread | None = None
     #: The machine it was measured on (CPU model and cores): two machines of one catalog
-    #: kind can differ (an Intel Xeon and an AMD EPYC with 2 cores each were 1.5x apart at
-    #: batch 64); ``None`` where not recorded.
+    #: kind can differ (an Intel Xeon and an AMD EPYC with 2 cores each were about 1.3x
+    #: apart at batch 64); ``None`` where not recorded.
     measured_on: str | None = None
 
     def __post_init__(self) -> None:

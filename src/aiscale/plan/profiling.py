@@ -142,17 +142,20 @@ def profile_model(
     return derive_profile(profile, hardware, catalog if catalog is not None else load_catalog())
 
 
-def machine_description() -> str:
-    """This machine's CPU model and core count, as a profile records it."""
-    name = platform.processor() or platform.machine() or "unknown CPU"
+def cpu_model() -> str:
+    """This machine's CPU model (``/proc/cpuinfo``; ``platform`` elsewhere)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{name}, {os.cpu_count() or 1} cores"
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_description() -> str:
+    """This machine's CPU model and core count, as a profile records it."""
+    return f"{cpu_model()}, {os.cpu_count() or 1} cores"
 
 
 # ----------------------------------------------------------------- the worker (subprocess)
