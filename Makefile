@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install system-packages demo test lint typecheck bench clean
+.PHONY: install system-packages demo test lint imports typecheck bench clean
 
 install: system-packages $(VENV)/.installed
 
@@ -33,9 +33,13 @@ demo: install
 test: install
 	$(VENV)/bin/pytest -q
 
-lint: install
+lint: install imports
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
+
+# The import rules of pyproject.toml ([tool.importlinter]; reasons in docs/decisions.md).
+imports: install
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info src/*.egg-info

@@ -8,9 +8,9 @@ import pytest
 
 from aiscale.config import load_config, parse_config
 from aiscale.errors import ConfigError
-from aiscale.serving.gateway import spec_from_config
 from aiscale.serving.lane import VersionLane
 from aiscale.serving.metrics import GatewayMetrics
+from aiscale.serving.specs import spec_from_config
 
 
 def test_file_then_environment_then_flags(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ def _replica_children() -> list[int]:
         except OSError:
             continue
         parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == os.getpid() and b"aiscale.serving.replica" in cmdline:
+        if parent == os.getpid() and b"aiscale.replicas.process" in cmdline:
             found.append(int(entry.name))
     return found
 

@@ -43,7 +43,14 @@ from rich.console import Console
 from aiscale.bench import BenchConfig, ProgressSnapshot, run_bench
 from aiscale.config import load_config, parse_config
 from aiscale.demo_scrape import GatewayMonitor, mean_batch_size
-from aiscale.demo_view import DemoView, open_view, render_summary
+from aiscale.demo_view import (
+    DemoFrame,
+    DemoSummary,
+    DemoView,
+    StageResult,
+    open_view,
+    render_summary,
+)
 from aiscale.errors import AiscaleError, InvalidInput
 from aiscale.registry import FsspecArtifactStore, SqlRegistry
 from aiscale.serving.app import GatewayApp
@@ -61,62 +68,6 @@ _SCRAPE_INTERVAL_S = 1.0
 _READY_TIMEOUT_S = 180.0
 _STOP_TIMEOUT_S = 90.0
 _SCRAPE_TIMEOUT = httpx.Timeout(2.0)
-
-
-@dataclass(frozen=True, slots=True)
-class StageResult:
-    """One stage of the ramp: ``num_users`` closed-loop users for ``duration_s`` seconds.
-
-    Latencies (ms) cover successful requests; ``mean_batch_size`` is items per batch the
-    gateway sent to replicas during the stage (``None`` when ``/metrics`` could not be read).
-    """
-
-    index: int
-    num_users: int
-    duration_s: float
-    num_requests: int
-    num_errors: int
-    throughput_rps: float
-    p50_ms: float | None
-    p99_ms: float | None
-    mean_batch_size: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class DemoSummary:
-    """What the demo measured.
-
-    ``cold_start_s``: seconds from the server's launch to the first embedding answered
-    (``None`` when interrupted before). ``stages`` holds the stages that ran to their end.
-    """
-
-    url: str
-    cold_start_s: float | None
-    stages: tuple[StageResult, ...]
-    num_requests: int
-    num_errors: int
-    data_dir: Path
-    is_interrupted: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class DemoFrame:
-    """One redraw of the live view: recent throughput/latency and the gateway's gauges."""
-
-    stage_index: int
-    num_stages: int
-    num_users: int
-    elapsed_s: float
-    total_s: float
-    throughput_rps: float
-    p50_ms: float | None
-    p99_ms: float | None
-    num_requests: int
-    num_errors: int
-    mean_batch_size: float | None
-    queue_depth: float | None
-    num_replicas_ready: float | None
-    num_replicas_wanted: float | None
 
 
 def stage_users(max_users: int) -> tuple[int, ...]:

@@ -3,14 +3,18 @@
 ``open_view(console, ...)`` picks ``LiveView`` (a ``rich.live.Live`` redrawn from the demo's
 event loop about twice a second, no refresh thread) when the console is a terminal, and
 ``PlainView`` (a progress line every few seconds, for CI logs and tests) when it is not.
-``render_summary`` formats the final ``DemoSummary``. This module only formats and writes to
-the console it is given; it never sends requests and never decides what a number means.
+``render_summary`` formats the final ``DemoSummary``. The values the demo hands its view
+(``StageResult``, ``DemoSummary``, ``DemoFrame``) are defined here, so the view needs nothing
+of ``demo.py``. This module only formats and writes to the console it is given; it never
+sends requests and never decides what a number means.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -18,15 +22,69 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-if TYPE_CHECKING:
-    from aiscale.demo import DemoFrame, DemoSummary, StageResult
-
-__all__ = ["DemoView", "LiveView", "PlainView", "open_view", "render_summary", "sparkline"]
+__all__ = ["DemoFrame", "DemoSummary", "DemoView", "LiveView", "PlainView", "StageResult",
+           "open_view", "render_summary", "sparkline"]
 
 _BLOCKS = "▁▂▃▄▅▆▇█"
 _HISTORY_POINTS = 48
 _PLAIN_EVERY_S = 2.0
 _PANEL_WIDTH = 88
+
+
+@dataclass(frozen=True, slots=True)
+class StageResult:
+    """One stage of the ramp: ``num_users`` closed-loop users for ``duration_s`` seconds.
+
+    Latencies (ms) cover successful requests; ``mean_batch_size`` is items per batch the
+    gateway sent to replicas during the stage (``None`` when ``/metrics`` could not be read).
+    """
+
+    index: int
+    num_users: int
+    duration_s: float
+    num_requests: int
+    num_errors: int
+    throughput_rps: float
+    p50_ms: float | None
+    p99_ms: float | None
+    mean_batch_size: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class DemoSummary:
+    """What the demo measured.
+
+    ``cold_start_s``: seconds from the server's launch to the first embedding answered
+    (``None`` when interrupted before). ``stages`` holds the stages that ran to their end.
+    """
+
+    url: str
+    cold_start_s: float | None
+    stages: tuple[StageResult, ...]
+    num_requests: int
+    num_errors: int
+    data_dir: Path
+    is_interrupted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DemoFrame:
+    """One redraw of the live view: recent throughput/latency and the gateway's gauges."""
+
+    stage_index: int
+    num_stages: int
+    num_users: int
+    elapsed_s: float
+    total_s: float
+    throughput_rps: float
+    p50_ms: float | None
+    p99_ms: float | None
+    num_requests: int
+    num_errors: int
+    mean_batch_size: float | None
+    queue_depth: float | None
+    num_replicas_ready: float | None
+    num_replicas_wanted: float | None
 
 
 class DemoView(Protocol):

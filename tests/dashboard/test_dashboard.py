@@ -15,8 +15,8 @@ import pytest
 from aiscale.dashboard import plotly_js_path
 from aiscale.monitor.config import MonitorConfig
 from aiscale.registry import FsspecArtifactStore, SqlRegistry
+from aiscale.registry.front import RegistryControl
 from aiscale.serving import Gateway, GatewayApp, GatewaySettings, start_in_thread
-from aiscale.serving.control import RegistryControl
 from tests.dashboard.conftest import PageErrors
 from tests.serving.conftest import python_spec, start_gateway
 from tests.serving.loadgen import SteadyLoad

@@ -8,6 +8,7 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from aiscale.contracts.clock import ManualClock
 from aiscale.errors import InvalidInput, Overloaded, ReplicaUnavailable
 from aiscale.gpus import (
     GpuCapacityUnavailable,
@@ -88,6 +89,27 @@ def test_waiting_request_is_granted_on_release_or_gives_up_at_its_deadline() -> 
         assert gpus.snapshot()["waiting"] == []
         with pytest.raises(GpuCapacityUnavailable, match=r"gave up after waiting 0\.\d+s"):
             await gpus.acquire("c/1", GpuDemand(1, team="vision", wait_s=0.05))
+        assert gpus.snapshot()["waiting"] == []
+
+    asyncio.run(scenario())
+
+
+def test_a_wait_ends_at_its_deadline_on_the_pool_clock() -> None:
+    """The deadline of a waiting request is read on the pool's clock: with a ``ManualClock``
+    it is still waiting just before ``wait_s`` and refused once the clock passes it, saying
+    how long it waited on that clock."""
+
+    async def scenario() -> None:
+        clock = ManualClock()
+        gpus = pool(clock=clock)
+        await gpus.acquire("a/1", GpuDemand(1, team="nlp"), num_replicas=2)
+        waiting = asyncio.create_task(gpus.acquire("b/1", GpuDemand(1, team="vision", wait_s=30)))
+        await clock.advance(29.5)
+        assert not waiting.done()
+        assert gpus.snapshot()["waiting"][0]["waited_s"] == 29.5
+        await clock.advance(0.5)
+        with pytest.raises(GpuCapacityUnavailable, match=r"gave up after waiting 30\.0s"):
+            await waiting
         assert gpus.snapshot()["waiting"] == []
 
     asyncio.run(scenario())

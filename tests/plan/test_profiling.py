@@ -61,7 +61,7 @@ def test_the_profile_runs_the_model_as_a_replica_runs_it(monkeypatch: pytest.Mon
     """The profiler and the replica pool build the model's threads and environment with one
     function: a threads knob for runtimes that take it, OMP_NUM_THREADS for all, and the
     short OpenMP spin unless the caller chose a wait policy."""
-    from aiscale.serving.replica_pool import OPENMP_SPIN_COUNT, replica_environment
+    from aiscale.replicas.environment import OPENMP_SPIN_COUNT, replica_environment
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from aiscale.contracts.histogram import Histogram, latency_histogram
 from aiscale.errors import ConfigError, InvalidInput
 from aiscale.rollout._stats import rank_evidence
 from aiscale.rollout.analysis import (
@@ -20,7 +21,6 @@ from aiscale.rollout.analysis import (
     VersionCounts,
     decide,
 )
-from aiscale.rollout.histogram import Histogram, latency_histogram
 
 SCORES = Histogram.empty([1.0, 2.0, 3.0, 4.0, 5.0])
 STEP = RolloutStep(index=0, canary_percent=10.0, started_s=0.0, min_duration_s=600.0)

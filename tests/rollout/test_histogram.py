@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from aiscale.contracts.histogram import Histogram, latency_histogram
 from aiscale.errors import InvalidInput
-from aiscale.rollout.histogram import Histogram, latency_histogram
 
 
 def test_quantiles_are_within_one_bucket_of_the_samples() -> None:

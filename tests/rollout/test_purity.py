@@ -13,7 +13,7 @@ def test_policy_modules_import_no_io_libraries() -> None:
     packages."""
     code = (
         "import sys\n"
-        "import aiscale.rollout.analysis, aiscale.rollout.split, aiscale.rollout.histogram\n"
+        "import aiscale.rollout.analysis, aiscale.contracts.split, aiscale.contracts.histogram\n"
         f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})\n"
         "print(','.join(bad))\n"
     )

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from aiscale.contracts.histogram import latency_histogram
 from aiscale.errors import InvalidInput
-from aiscale.rollout.histogram import latency_histogram
-from aiscale.rollout.report import build_report, render_table, write_report
+from aiscale.rollout.report import build_report
+from aiscale.rollout.report_output import render_table, write_report
 from aiscale.rollout.report_stats import (
     ERROR_RATE_TEST,
     LATENCY_TEST,
@@ -344,11 +345,12 @@ def test_importing_the_report_loads_no_plotting_or_io_library(tmp_path: Path) ->
     matplotlib, rich nor a web/database library; writing it then loads matplotlib."""
     code = (
         "import sys, pathlib\n"
-        "from aiscale.rollout.report import build_report, write_report\n"
+        "from aiscale.rollout.report import build_report\n"
+        "from aiscale.rollout.report_output import report_json, write_report\n"
         "stats = {'versions': {'v1': {'num_requests': 40, 'num_errors': 0,\n"
         "  'latency_histogram': {'upper_bounds_s': [0.1, 0.2], 'counts': [20, 20, 0]}}}}\n"
         "report = build_report(stats)\n"
-        "report.to_json()\n"
+        "report_json(report)\n"
         "bad = ('matplotlib', 'rich', 'starlette', 'sqlalchemy', 'redis', 'ray', 'uvicorn')\n"
         "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in bad)))\n"
         "write_report(report, pathlib.Path(sys.argv[1]))\n"

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
+from aiscale.contracts.split import TrafficSplit, canary_split, choose_version, should_shadow
 from aiscale.errors import InvalidInput
-from aiscale.rollout.split import TrafficSplit, canary_split, choose_version, should_shadow
 
 KEYS = [f"user-{i}" for i in range(10_000)]
 

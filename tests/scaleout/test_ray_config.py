@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 from aiscale.cli import app
 from aiscale.config import DeploymentConfig, load_config, parse_config
 from aiscale.errors import ConfigError, InvalidInput
-from aiscale.serving.pool import ReplicaRuntime
-from aiscale.serving.ray_pool import RayPlacement, placement_from_config
+from aiscale.replicas.pool import ReplicaRuntime
+from aiscale.replicas.ray_pool import RayPlacement
+from aiscale.serving.specs import placement_from_config
 
 RAY = ReplicaRuntime("ray", "10.0.0.1:6379")
 

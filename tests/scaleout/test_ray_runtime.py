@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
+from aiscale.replicas.ray_pool import RayPlacement, connect, disconnect
 from aiscale.serving import BatchingSettings, GatewaySettings
-from aiscale.serving.ray_pool import RayPlacement, connect, disconnect
 from aiscale.serving.server import ThreadedServer
 from tests.polling import wait_for
 from tests.serving.conftest import python_spec, start_gateway

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from aiscale.registry import FsspecArtifactStore, SqlRegistry
+from aiscale.registry.front import RegistryControl
 from aiscale.serving import GatewaySettings
-from aiscale.serving.control import RegistryControl
 from tests.serving.conftest import python_spec, start_gateway
 
 TEXT = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}

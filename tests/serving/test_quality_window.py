@@ -17,8 +17,8 @@ from aiscale.config import AiscaleConfig, parse_config
 from aiscale.errors import ConfigError
 from aiscale.registry.records import VersionRecord
 from aiscale.serving import Gateway, GatewayApp, GatewaySettings, start_in_thread
-from aiscale.serving.gateway import spec_from_config
 from aiscale.serving.server import ThreadedServer
+from aiscale.serving.specs import spec_from_config
 from tests.polling import wait_for
 
 #: From the first out-of-range request to the failed report, and to the firing alert: one

@@ -13,10 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aiscale.config import DeploymentConfig
 from aiscale.registry import FsspecArtifactStore, SqlRegistry
+from aiscale.registry.front import RegistryControl, rollout_history
 from aiscale.serving import Gateway, GatewayApp, GatewaySettings, start_in_thread
-from aiscale.serving.control import RegistryControl, rollout_history
-from aiscale.serving.gateway import spec_from_config
 from aiscale.serving.server import ThreadedServer
+from aiscale.serving.specs import spec_from_config
 from tests.serving.loadgen import SteadyLoad
 
 TEXT = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}

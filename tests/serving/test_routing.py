@@ -11,10 +11,10 @@ import pytest
 
 from aiscale.config import DeploymentConfig
 from aiscale.registry import FsspecArtifactStore, SqlRegistry
+from aiscale.registry.front import RegistryControl
 from aiscale.serving import Gateway, GatewayApp, GatewaySettings, start_in_thread
-from aiscale.serving.control import RegistryControl
-from aiscale.serving.gateway import spec_from_config
 from aiscale.serving.server import ThreadedServer
+from aiscale.serving.specs import spec_from_config
 
 TEXT = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}
 

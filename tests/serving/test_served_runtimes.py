@@ -13,8 +13,8 @@ from sklearn.linear_model import LinearRegression
 
 from aiscale.config import DeploymentConfig
 from aiscale.registry import FsspecArtifactStore, SqlRegistry, register_with_artifact
-from aiscale.serving.control import RegistryControl
-from aiscale.serving.gateway import spec_from_config
+from aiscale.registry.front import RegistryControl
+from aiscale.serving.specs import spec_from_config
 from tests.serving.conftest import ServerFactory
 
 

@@ -157,7 +157,7 @@ def rollout_history(
 ) -> None:
     """Rollouts, their decisions, and which version served which share when (from the registry)."""
     with reported_errors(), open_registry(resolve_paths(data_dir, registry_url)) as registry:
-        from aiscale.serving.control import rollout_history as history_of
+        from aiscale.registry.front import rollout_history as history_of
 
         history = history_of(registry, deployment)
     console = _stdout()
@@ -207,7 +207,8 @@ def experiment_report(
     key: KeyOption = None,
 ) -> None:
     """Per-version traffic, error rate and latency with intervals and tests, plus plots."""
-    from aiscale.rollout.report import build_report, render_table, write_report
+    from aiscale.rollout.report import build_report
+    from aiscale.rollout.report_output import render_table, write_report
 
     with reported_errors():
         stats = _admin_call("GET", url, f"/admin/deployments/{deployment}/stats", key)

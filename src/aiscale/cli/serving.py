@@ -161,7 +161,7 @@ def serve(
             },
         )
         if config.server.runtime == "ray":
-            from aiscale.serving.ray_pool import connect
+            from aiscale.replicas.ray_pool import connect
 
             # Join now, in the main thread: a bad address is one line and exit 1, before
             # anything is registered or bound.
@@ -347,12 +347,22 @@ def detect(
         Path, typer.Option("--out", help="Where to write timestamp,value,anomaly_score.")
     ],
 ) -> None:
-    """Score every point of a metric series for anomalies (the live monitor's detector)."""
+    """Score every point of a metric series for anomalies (the live monitor's detector).
+
+    Rows with a missing or non-numeric value keep their place with an empty score; timestamps
+    that step back or repeat are scored in arrival order. Each kind is reported on stderr.
+    """
+    from aiscale.cli._common import _stderr
     from aiscale.monitor import detect_csv
 
     with reported_errors():
-        rows = detect_csv(source, out)
-    _stdout().print(f"scored {rows} rows into {out}", highlight=False)
+        report = detect_csv(source, out)
+    for warning in report.warnings():
+        _stderr().print(f"warning: {warning}")
+    skipped = report.num_rows - report.num_scored
+    _stdout().print(f"scored {report.num_scored} of {report.num_rows} rows into {out}"
+                    + (f" ({skipped} skipped, score left empty)" if skipped else ""),
+                    highlight=False)
 
 
 @app.command()

@@ -1,7 +1,7 @@
 """The live GPU pool of one server: grants devices to replicas, queues, releases, measures.
 
 The gateway owns one ``GpuPool``. A lane's replica pool asks it for one replica's devices
-through ``LaneGpus.acquire`` (the ``ReplicaResources`` hook of ``serving/replica_pool.py``)
+through ``LaneGpus.acquire`` (the ``ReplicaResources`` hook of ``replicas/backend.py``)
 and gets a ``GpuLease``: the environment for the replica process (``CUDA_VISIBLE_DEVICES``),
 ``serving()`` to call once the replica is ready, and ``release()`` when it exits. Decisions
 are the pure functions of ``placement.py``; this class owns the clock, the waiting list
@@ -16,7 +16,6 @@ import asyncio
 import itertools
 import logging
 import statistics
-import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from aiscale.contracts.clock import Clock, SystemClock
 from aiscale.errors import AiscaleError, InvalidInput, Overloaded, ReplicaUnavailable
 from aiscale.gpus.config import GpuPoolConfig
 from aiscale.gpus.errors import GpuCapacityUnavailable, GpuQuotaExceeded
@@ -71,7 +71,7 @@ class GpuLease:
     def serving(self) -> None:
         """The replica answered ready: record the time from request to serving (once)."""
         if self.serving_after_s is None:
-            self.serving_after_s = time.monotonic() - self.requested_at_s
+            self.serving_after_s = self._pool.clock.monotonic() - self.requested_at_s
             self._pool._observe_serving(self)
 
     def release(self) -> None:
@@ -148,8 +148,11 @@ class GpuPool:
         *,
         max_waiting: int = 1024,
         metrics_registry: CollectorRegistry | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.devices = list(devices)
+        #: Waits, their deadlines and the times reported are read on this clock.
+        self.clock: Clock = clock if clock is not None else SystemClock()
         self._state = PoolState(
             tuple(Device(d.device_id, d.kind, d.memory_mb) for d in devices), dict(quotas or {})
         )
@@ -167,7 +170,11 @@ class GpuPool:
 
     @classmethod
     def from_config(
-        cls, config: GpuPoolConfig, *, metrics_registry: CollectorRegistry | None = None
+        cls,
+        config: GpuPoolConfig,
+        *,
+        metrics_registry: CollectorRegistry | None = None,
+        clock: Clock | None = None,
     ) -> GpuPool:
         """The pool of ``config``: devices found by NVML or declared, and the teams' quotas."""
         quotas = {t.name: Quota(t.max_gpus, t.max_gpu_memory_mb) for t in config.teams}
@@ -176,6 +183,7 @@ class GpuPool:
             quotas,
             max_waiting=config.max_waiting,
             metrics_registry=metrics_registry,
+            clock=clock,
         )
 
     # ----- asking and giving back ------------------------------------------------------
@@ -198,7 +206,9 @@ class GpuPool:
         list is full, ``ReplicaUnavailable`` when the pool closes while waiting.
         """
         request = GpuRequest(next(self._request_ids), holder, demand, num_replicas)
-        waiter = _Waiter(request, asyncio.get_running_loop().create_future(), time.monotonic())
+        waiter = _Waiter(
+            request, asyncio.get_running_loop().create_future(), self.clock.monotonic()
+        )
         self._waiting[request.request_id] = waiter
         self._admit()
         if waiter.future.done():
@@ -216,9 +226,13 @@ class GpuPool:
                 field="gpus",
             )
         logger.info("GPU request %d of %s waits for capacity", request.request_id, holder)
+        # The deadline is on the pool's clock (a test drives it), not the event loop's.
+        deadline = asyncio.ensure_future(self.clock.sleep(demand.wait_s))
+        either: set[asyncio.Future[Any]] = {waiter.future, deadline}
         try:
-            await asyncio.wait({waiter.future}, timeout=demand.wait_s)
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
+            deadline.cancel()
             # The caller is gone: give back what may have been granted meanwhile.
             self._waiting.pop(request.request_id, None)
             future = waiter.future
@@ -228,14 +242,15 @@ class GpuPool:
             future.cancel()
             self._admit()
             raise
+        deadline.cancel()
+        await asyncio.gather(deadline, return_exceptions=True)
         self._waiting.pop(request.request_id, None)
         if waiter.future.done():
             return waiter.future.result()
         waiter.future.cancel()
         self._admit()  # a waiter gone from the head of the line may let others through
-        raise self._refusal(
-            request, place(self._state, request), waited_s=time.monotonic() - waiter.requested_at_s
-        )
+        waited_s = self.clock.monotonic() - waiter.requested_at_s
+        raise self._refusal(request, place(self._state, request), waited_s=waited_s)
 
     async def reserve(
         self, deployment: str, version: str, demand: GpuDemand, num_replicas: int
@@ -271,7 +286,7 @@ class GpuPool:
         if not self._waiting:
             return
         admitted, self._state = admit(self._state, [w.request for w in self._waiting.values()])
-        now = time.monotonic()
+        now = self.clock.monotonic()
         for request, placed in admitted:
             waiter = self._waiting.pop(request.request_id)
             leases = [GpuLease(self, grant, waiter.requested_at_s) for grant in placed.grants]
@@ -340,7 +355,7 @@ class GpuPool:
     # ----- what ``GET /admin/gpus`` and ``aiscale gpus`` show -----------------------------
     def snapshot(self) -> dict[str, Any]:
         state = self._state
-        now = time.monotonic()
+        now = self.clock.monotonic()
         holders: dict[str, list[dict[str, Any]]] = {d.device_id: [] for d in state.devices}
         for grant in state.grants:
             lease = self._leases.get(grant.grant_id)

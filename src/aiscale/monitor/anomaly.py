@@ -5,7 +5,10 @@ returns the point's anomaly score in [0, 1] from that point and the past only), 
 detectors by name (``make_detector``), scores a whole series (``score_series``) and scores a
 ``timestamp,value`` CSV file into a ``timestamp,value,anomaly_score`` file (``detect_csv``,
 behind ``aiscale detect``). The live monitor runs the very same detector objects, one per
-series, fed on its own clock.
+series, fed on its own clock. Every detector ``make_detector`` returns sits behind the input
+layer (``anomaly_input.GuardedDetector``): missing values are skipped with a count, clock steps,
+repeated timestamps and gaps are scored in arrival order and reported, in both places alike.
+The default detector is ``ChannelSurpriseDetector`` (``anomaly_channels.py``).
 
 What it must never do: read a clock or use global randomness (time arrives as ``now_s``), let a
 score depend on later points, or hold memory that grows with the length of the stream.
@@ -16,16 +19,23 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from aiscale.errors import InvalidInput
+from aiscale.monitor.anomaly_channels import ChannelSurpriseDetector
 from aiscale.monitor.anomaly_detectors import RecordSurpriseDetector
+from aiscale.monitor.anomaly_input import GuardedDetector, InputCounts
 
 __all__ = [
     "StreamingDetector",
+    "ChannelSurpriseDetector",
     "RecordSurpriseDetector",
+    "GuardedDetector",
+    "InputCounts",
+    "DetectReport",
     "DETECTOR_NAMES",
     "make_detector",
     "score_series",
@@ -43,14 +53,17 @@ class StreamingDetector(Protocol):
 
 
 _FACTORIES: dict[str, Callable[..., StreamingDetector]] = {
-    "default": RecordSurpriseDetector,
+    "default": ChannelSurpriseDetector,
+    "channel_surprise": ChannelSurpriseDetector,
+    # the detector before issue 13: tuned to the 24 local NAB files, O(history) numpy per point
     "record_surprise": RecordSurpriseDetector,
 }
 DETECTOR_NAMES: tuple[str, ...] = tuple(sorted(_FACTORIES))
 
 
-def make_detector(name: str = "default", **params: Any) -> StreamingDetector:
-    """A fresh detector by name; ``params`` go to its constructor.
+def make_detector(name: str = "default", **params: Any) -> GuardedDetector:
+    """A fresh detector by name behind the input layer (``anomaly_input.GuardedDetector``);
+    ``params`` go to its constructor. The live monitor and ``aiscale detect`` both call this.
 
     Raises ``InvalidInput`` (field ``detector``) for an unknown name or bad parameters.
     """
@@ -60,7 +73,7 @@ def make_detector(name: str = "default", **params: Any) -> StreamingDetector:
             f"unknown detector {name!r}; known: {', '.join(DETECTOR_NAMES)}", field="detector"
         )
     try:
-        return factory(**params)
+        return GuardedDetector(factory(**params))
     except (TypeError, ValueError) as exc:
         raise InvalidInput(
             f"bad parameters for detector {name!r}: {exc}", field="detector"
@@ -112,16 +125,34 @@ def parse_timestamp(text: str) -> float:
     return parsed.timestamp()
 
 
+@dataclass(frozen=True, slots=True)
+class DetectReport:
+    """What ``detect_csv`` did: rows written, rows scored, and what the input layer saw."""
+
+    num_rows: int
+    num_scored: int
+    counts: InputCounts
+
+    def warnings(self) -> list[str]:
+        return self.counts.warnings()
+
+
 def detect_csv(
     in_path: str | Path, out_path: str | Path, detector: StreamingDetector | None = None
-) -> int:
+) -> DetectReport:
     """Score a ``timestamp,value`` CSV (with header) into ``timestamp,value,anomaly_score``.
 
-    One output row per input row, timestamps and values copied as written. Returns the number of
-    rows written. Raises ``InvalidInput`` naming the line of a bad row, or the missing column;
-    nothing is written when the input is bad.
+    One output row per input data row, in input order, timestamps and values copied as written
+    (blank lines are not rows). Imperfect input follows ``aiscale.monitor.anomaly_input``: a
+    missing, empty, non-numeric or non-finite value is skipped (its ``anomaly_score`` cell is
+    empty, and the report counts and names it); timestamps that step back or repeat, and gaps,
+    are scored in arrival order and reported. A header-only file gives a header-only output.
+    Raises ``InvalidInput`` naming the line of a row whose timestamp cannot be read or that has
+    too few fields, or the missing column, or an empty file; nothing is written then.
     """
-    rows: list[tuple[str, str, float, float]] = []
+    guard = detector if isinstance(detector, GuardedDetector) else GuardedDetector(
+        detector if detector is not None else make_detector())
+    rows: list[tuple[str, str, float | None]] = []
     with open(in_path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -133,8 +164,10 @@ def detect_csv(
             if column not in names:
                 raise InvalidInput(f"{in_path}: line 1: missing column {column!r}", field=column)
         t_col, v_col = names.index("timestamp"), names.index("value")
-        for line_no, row in enumerate(reader, start=2):
-            if not row:
+        parsed: list[tuple[int, str, str, float, float | None]] = []
+        for row in reader:
+            line_no = reader.line_num
+            if not row or not any(cell.strip() for cell in row):
                 continue
             if len(row) <= max(t_col, v_col):
                 raise InvalidInput(f"{in_path}: line {line_no}: expected {len(names)} fields, "
@@ -144,22 +177,24 @@ def detect_csv(
             except ValueError:
                 raise InvalidInput(f"{in_path}: line {line_no}: bad timestamp {row[t_col]!r}",
                                    field="timestamp") from None
-            try:
-                value = float(row[v_col])
-            except ValueError:
-                raise InvalidInput(f"{in_path}: line {line_no}: bad value {row[v_col]!r}",
-                                   field="value") from None
-            if not math.isfinite(value):
-                raise InvalidInput(f"{in_path}: line {line_no}: value {row[v_col]!r} is not "
-                                   "finite", field="value")
-            if rows and t_s < rows[-1][2]:
-                raise InvalidInput(f"{in_path}: line {line_no}: timestamp {row[t_col]!r} is "
-                                   "earlier than the previous row", field="timestamp")
-            rows.append((row[t_col].strip(), row[v_col].strip(), t_s, value))
-    scores = score_series([r[2] for r in rows], [r[3] for r in rows], detector)
+            parsed.append((line_no, row[t_col].strip(), row[v_col].strip(), t_s,
+                           _parse_value(row[v_col])))
+    # score only once the whole file has been read: a bad row leaves nothing half-written
+    for line_no, t_text, v_text, t_s, value in parsed:
+        rows.append((t_text, v_text, guard.observe(t_s, value, row=line_no)))
     with open(out_path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["timestamp", "value", "anomaly_score"])
-        for (t_text, v_text, _, _), score in zip(rows, scores, strict=True):
-            writer.writerow([t_text, v_text, f"{score:.6f}"])
-    return len(rows)
+        for t_text, v_text, score in rows:
+            writer.writerow([t_text, v_text, "" if score is None else f"{score:.6f}"])
+    counts = guard.counts()
+    return DetectReport(len(rows), counts.num_scored, counts)
+
+
+def _parse_value(text: str) -> float | None:
+    """The cell as a float, or ``None`` when it is empty or not a number (NaN stays NaN: the
+    input layer skips it like a missing one)."""
+    try:
+        return float(text)
+    except ValueError:
+        return None

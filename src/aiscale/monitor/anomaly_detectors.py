@@ -26,7 +26,7 @@ all of them), and it quiets the run of repeat alerts after a level shift: once t
 shifted points set the record, the later ones, less surprising as the baseline adapts, do not
 beat it.
 
-A refractory period then shapes the score (``_Refractory``): once a point fires (beats the
+A refractory period then shapes the score (``Refractory``): once a point fires (beats the
 record by a few percent), the ratios of the next ``refractory`` points are halved unless they
 escalate (exceed the episode's largest ratio by half again). One incident then raises one alert
 instead of a burst of near-ties from the three measures taking turns, and a growing incident
@@ -71,7 +71,7 @@ class _Ring:
         return self._buf[start : start + self.size]
 
 
-class _RecordScale:
+class RecordScale:
     """Maps a non-negative surprise to a ratio against the fading record of the recent past.
 
     The record is ``max_j s_j * 2 ** (-(t - j) / half_life)`` over the last ``capacity``
@@ -106,15 +106,17 @@ class _RecordScale:
             self._maxq.popleft()
 
 
-class _Refractory:
+class Refractory:
     """Damps the ratios of the ``hold`` points after one that fired, unless they escalate.
 
-    A point fires when its (shaped) ratio is at least ``_FIRE_RATIO``. For the next ``hold``
+    A point fires when its (shaped) ratio is at least ``fire_ratio``. For the next ``hold``
     points a ratio is multiplied by ``damping`` unless it exceeds ``escalation`` times the
     largest ratio of the episode; a point that fires, damped or not, restarts the hold.
     """
 
-    def __init__(self, hold: int, damping: float, escalation: float) -> None:
+    def __init__(self, hold: int, damping: float, escalation: float,
+                 fire_ratio: float = _FIRE_RATIO) -> None:
+        self._fire_ratio = fire_ratio
         self._hold = hold
         self._damping = damping
         self._escalation = escalation
@@ -131,7 +133,7 @@ class _Refractory:
             if ratio <= self._escalation * self._peak:
                 shaped = ratio * self._damping
             self._peak = max(self._peak, ratio)
-        if shaped >= _FIRE_RATIO:
+        if shaped >= self._fire_ratio:
             self._peak = max(self._peak, ratio) if in_hold else ratio
             self._left = self._hold
         return shaped
@@ -173,11 +175,11 @@ class RecordSurpriseDetector:
             raise ValueError(
                 "need refractory >= 0, 0 < refractory_damping <= 1, escalation >= 1"
             )
-        self._refractory = _Refractory(refractory, refractory_damping, escalation)
+        self._refractory = Refractory(refractory, refractory_damping, escalation)
         self._m = shape_len
         self._warmup = warmup
         self._values = _Ring(history)
-        self._records = tuple(_RecordScale(history, half_life) for _ in range(3))
+        self._records = tuple(RecordScale(history, half_life) for _ in range(3))
         self._num_seen = 0
 
     def update(self, now_s: float, value: float) -> float:

@@ -1,18 +1,21 @@
-"""The live monitor: the pure monitoring policies fed from a running gateway on a real clock.
+"""The live monitor: the pure monitoring policies fed from the fleet on an injected clock.
 
-What it does: every ``interval_s`` (monotonic clock) ``LiveMonitor`` samples each deployment
-and version (``sampler.py``) into the embedded history (``InMemoryMetricsStore``, tiers and
-retention from the config), scores each deployment's series with its own streaming anomaly
-detector (the ``aiscale detect`` code), counts good and bad requests for each SLO and
-evaluates its multiwindow burn rates, feeds arrivals to a seasonal forecaster, estimates when
-the queue would saturate, and hands all of it as signals to the alert engine, with the number
-of failed checks of the gateway's data-quality window (``data_quality_failed``). Notifications go
-to the log and the configured webhooks (in tasks it owns); actions go to ``ActionRunner``.
-Timestamps in the store are wall-clock unix seconds; intervals use ``time.monotonic``.
+What it does: every ``interval_s`` (``clock.monotonic``) ``LiveMonitor`` samples each
+deployment and version of the ``Fleet`` (``sampler.py``) into the embedded history
+(``InMemoryMetricsStore``, tiers and retention from the config), scores each deployment's
+series with its own streaming anomaly detector (the ``aiscale detect`` code), counts good
+and bad requests for each SLO and evaluates its multiwindow burn rates, feeds arrivals to a
+seasonal forecaster, estimates when the queue would saturate, and hands all of it as signals
+to the alert engine, with the number of failed checks of the data-quality window
+(``QualityFailures``, ``data_quality_failed``). Notifications go to the log and the
+configured webhooks (in tasks it owns); actions go to ``ActionRunner``. Timestamps in the
+store are the clock's wall time (unix seconds); intervals use its monotonic time. A test
+drives the whole loop with a ``ManualClock``.
 
-What it must never do: add work to the request path (it reads counters the gateway keeps
-anyway), block the event loop on I/O, let one failed tick stop the loop, or grow without bound
-(series, detectors and alerts are bounded; a removed deployment's state is dropped).
+What it must never do: hold the gateway (it sees the serving side only through the ``Fleet``
+it is given), add work to the request path (it reads counters the fleet keeps anyway), block
+the event loop on I/O, let one failed tick stop the loop, or grow without bound (series,
+detectors and alerts are bounded; a removed deployment's state is dropped).
 """
 
 from __future__ import annotations
@@ -20,15 +23,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
+from aiscale.contracts.clock import Clock, SystemClock
+from aiscale.contracts.fleet import Fleet
+from aiscale.contracts.histogram import Histogram
 from aiscale.errors import InvalidInput, Overloaded
-from aiscale.monitor.actions import ActionRunner
+from aiscale.monitor.actions import ActionRunner, RolloutCommands
 from aiscale.monitor.alert_log import AlertLog
 from aiscale.monitor.alerts import (
     ActionDecision,
@@ -48,17 +53,24 @@ from aiscale.monitor.forecast import ForecastConfig, SeasonalForecaster
 from aiscale.monitor.history import Aggregation, InMemoryMetricsStore
 from aiscale.monitor.notifiers import LogNotifier, NotificationFailed, Notifier, WebhookNotifier
 from aiscale.monitor.prometheus import PrometheusError, PrometheusReader
-from aiscale.monitor.sampler import DeploymentSample, GatewaySampler
+from aiscale.monitor.sampler import DeploymentSample, FleetSampler
 from aiscale.monitor.slo import RollingCounts, Slo, SloStatus, evaluate
-from aiscale.rollout.histogram import Histogram
 
-__all__ = ["LiveMonitor"]
+__all__ = ["LiveMonitor", "QualityFailures"]
 
 logger = logging.getLogger(__name__)
 
 #: Notification deliveries in flight at once; past this a notification is logged and dropped.
 MAX_PENDING_NOTIFICATIONS = 64
 MAX_SILENCES = 1000
+
+
+class QualityFailures(Protocol):
+    """The data-quality windows as the monitor reads them (``data.quality_window``)."""
+
+    def num_failed(self, deployment: str) -> int | None:
+        """Failed checks in the last check of ``deployment``; ``None`` without a window."""
+        ...
 
 
 def count_at_most(histogram: Histogram, threshold: float) -> float:
@@ -139,15 +151,20 @@ class _DeploymentState:
 
 
 class LiveMonitor:
-    """Owned by the gateway: ``start`` after the deployments are up, ``stop`` before they stop."""
+    """Owned by the composition root (the gateway): ``start`` after the deployments are up,
+    ``stop`` before they stop. ``rollouts`` and ``quality`` are optional: without them the
+    rollout actions are skipped and no ``data_quality_failed`` signal is made."""
 
-    def __init__(self, gateway: Any, config: MonitorConfig, *,
-                 wall_clock: Callable[[], float] = time.time) -> None:
-        self.gateway = gateway
+    def __init__(self, fleet: Fleet, config: MonitorConfig, *,
+                 rollouts: RolloutCommands | None = None,
+                 quality: QualityFailures | None = None,
+                 clock: Clock | None = None) -> None:
+        self.fleet = fleet
         self.config = config
-        self._clock = wall_clock
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._quality = quality
         self.store = InMemoryMetricsStore(config.to_tiers(), max_series=config.max_series)
-        self._sampler = GatewaySampler()
+        self._sampler = FleetSampler()
         self._slos = [_SloTracker.of(c, config.interval_s) for c in config.slos]
         self._deployments: dict[str, _DeploymentState] = {}
         self.engine = AlertEngine([r.to_rule() for r in config.rules],
@@ -157,8 +174,8 @@ class LiveMonitor:
         self.alerts = AlertLog()
         self.silences: dict[str, Silence] = {}
         self._num_silences = 0
-        self.actions = ActionRunner(gateway, config.actions, config.audit_path,
-                                    wall_clock=wall_clock)
+        self.actions = ActionRunner(fleet, config.actions, config.audit_path,
+                                    clock=self._clock, rollouts=rollouts)
         self._webhooks = [WebhookNotifier(w.url, headers=dict(w.headers))
                           for w in config.webhooks]
         self._notifiers: list[Notifier] = [LogNotifier(logger), *self._webhooks]
@@ -173,12 +190,12 @@ class LiveMonitor:
 
     # ----- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
-        now = self._clock()
+        now = self._clock.time()
         self.started_at_s = now
         for silence in self.config.silences:
             self.add_silence(silence.to_silence(now))
         # Prime the counters: the first interval starts now, not when the server started.
-        self._sampler.sample(self.gateway, now, self.config.interval_s)
+        self._sampler.sample(self.fleet, now, self.config.interval_s)
         self._loop_task = asyncio.create_task(self._run(), name="live-monitor")
         if self.config.prometheus_url is not None:
             self._spawn(self._check_prometheus(self.config.prometheus_url), "check-prometheus")
@@ -192,12 +209,13 @@ class LiveMonitor:
             await webhook.aclose()
 
     async def _run(self) -> None:
+        clock = self._clock
         interval = self.config.interval_s
-        last = next_at = time.monotonic()
+        last = next_at = clock.monotonic()
         while True:
             next_at += interval
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            now = time.monotonic()
+            await clock.sleep(max(0.0, next_at - clock.monotonic()))
+            now = clock.monotonic()
             if now - next_at > interval:
                 next_at = now  # fell behind (a busy loop): skip the missed ticks, no burst
             dt, last = now - last, now
@@ -205,17 +223,17 @@ class LiveMonitor:
                 self.tick(dt)
             except Exception:  # a task boundary: one bad tick must not end monitoring
                 logger.exception("monitor tick failed")
-            self.last_tick_cost_s = time.monotonic() - now
+            self.last_tick_cost_s = clock.monotonic() - now
 
     # ----- one tick -------------------------------------------------------------------
     def tick(self, dt_s: float) -> None:
         """Sample, store, score, evaluate and alert once; ``dt_s``: seconds since the last."""
-        t = self._clock()
+        t = self._clock.time()
         if self.last_t_s is not None and t <= self.last_t_s:
             t = self.last_t_s + 1e-3  # the wall clock stepped back: keep the store ordered
         self.last_t_s = t
         self.num_ticks += 1
-        samples = self._sampler.sample(self.gateway, t, max(dt_s, 1e-3))
+        samples = self._sampler.sample(self.fleet, t, max(dt_s, 1e-3))
         signals: list[Signal] = []
         totals: dict[str, DeploymentSample] = {}
         for sample in samples:
@@ -272,7 +290,8 @@ class LiveMonitor:
                                     else old + 0.2 * (sample.capacity_per_s - old))
         state.warning = self._capacity(name, state, sample, t)
         signals.append(capacity_signal(name, state.warning, t))
-        num_failed = self.gateway.quality.num_failed(name)  # ``None``: no quality section
+        # ``None``: no quality section
+        num_failed = self._quality.num_failed(name) if self._quality is not None else None
         if num_failed is not None:
             signals.append(Signal("data_quality_failed", name, float(num_failed), t))
         return signals
@@ -381,7 +400,7 @@ class LiveMonitor:
     # ----- reading ----------------------------------------------------------------------
     def wall_time(self) -> float:
         """The monitor's wall clock (unix s), as its stored timestamps use."""
-        return self._clock()
+        return self._clock.time()
 
     def history(self, series: str, deployment: str, version: str, start_s: float,
                 end_s: float, step_s: float) -> list[tuple[float, float]]:
@@ -392,6 +411,20 @@ class LiveMonitor:
             "anomaly_score:") else "avg"
         return self.store.query(series, {"deployment": deployment, "version": version},
                                 start_s, end_s, step_s, agg)
+
+    async def stored_rate(self, deployment: str, version: str, start_s: float, end_s: float,
+                          step_s: float) -> list[tuple[float, float]]:
+        """Requests/s of one version over a past span (unix s), for an autoscaler that starts
+        (after a restart or a redeploy): from Prometheus when configured, since it outlives
+        this process, else from this monitor's own store."""
+        url = self.config.prometheus_url
+        if url is None:
+            return self.history("rps", deployment, version, start_s, end_s, step_s)
+        reader = PrometheusReader(url, rate_window_s=self.config.prometheus_rate_window_s)
+        try:
+            return await reader.history("rps", deployment, version, start_s, end_s, step_s)
+        finally:
+            await reader.aclose()
 
     def deployment_state(self, name: str) -> tuple[SeasonalForecaster, CapacityWarning | None] \
             | None:

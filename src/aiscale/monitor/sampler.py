@@ -1,28 +1,26 @@
-"""Reading a running gateway's counters into per-interval samples, once per monitor tick.
+"""Reading the fleet's counters into per-interval samples, once per monitor tick.
 
-What it does: ``GatewaySampler.sample`` reads, for each deployment and version lane, what the
-gateway already keeps (``VersionLane.counts()``: cumulative requests, 5xx and the latency
-histogram; ``load_snapshot()``: replicas and queue depth; the batch-size and model-time
-Prometheus histograms, read once per tick through ``collect()``) and turns the difference with
-the previous tick into a ``LaneSample``: requests, errors and latencies *of that interval*.
-``DeploymentSample`` adds up a deployment's lanes. ``values`` gives the series the monitor
+What it does: ``FleetSampler.sample`` reads one ``FleetSnapshot`` per deployment and version
+(``Fleet.snapshot``: cumulative requests, 5xx, the latency histogram, batches and the items
+and model time in them, replicas and queue depth) and turns the difference with the previous
+tick into a ``LaneSample``: requests, errors, latencies and batches *of that interval*.
+``DeploymentSample`` adds up a deployment's versions. ``values`` gives the series the monitor
 stores (``rps``, ``p50_ms``, ``p99_ms``, ``error_rate``, ``batch_size``, ``replicas``,
 ``queue_depth``; a percentile or batch size is left out when the interval had none).
 
-What it must never do: touch the request path (it only reads counters the hot path keeps
-anyway), block, or invent a value. A lane that was replaced (a fresh lane object, or counts
-that went down) starts from zero rather than giving a negative interval.
+What it must never do: touch the request path (a snapshot only reads counters the hot path
+keeps anyway), block, or invent a value. A version whose lane was replaced (another
+``lane_id``, or counts that went down) starts from zero rather than giving a negative interval.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from aiscale.rollout.histogram import Histogram
+from aiscale.contracts.fleet import Fleet, FleetSnapshot
+from aiscale.contracts.histogram import Histogram
 
-__all__ = ["DeploymentSample", "GatewaySampler", "LaneSample"]
+__all__ = ["DeploymentSample", "FleetSampler", "LaneSample"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,89 +104,62 @@ class DeploymentSample:
             sum(s.max_queue for s in lanes), capacity if has_capacity else None)
 
 
-def _sum_count(families: Iterable[Any]) -> dict[tuple[str, str], tuple[float, float]]:
-    """``(deployment, version) -> (sum, count)`` of a labelled Prometheus histogram."""
-    out: dict[tuple[str, str], list[float]] = {}
-    for family in families:
-        for s in family.samples:
-            if s.name.endswith("_sum"):
-                index = 0
-            elif s.name.endswith("_count"):
-                index = 1
-            else:
-                continue
-            key = (s.labels.get("deployment", ""), s.labels.get("version", ""))
-            out.setdefault(key, [0.0, 0.0])[index] = float(s.value)
-    return {k: (v[0], v[1]) for k, v in out.items()}
-
-
-@dataclass(frozen=True, slots=True)
-class _LaneMemory:
-    lane_id: int
-    num_requests: int
-    num_errors: int
-    latency_s: Histogram
-
-
-class GatewaySampler:
-    """Remembers each lane's counters at the previous tick; one owner (the monitor loop)."""
+class FleetSampler:
+    """Remembers each version's snapshot at the previous tick; one owner (the monitor loop)."""
 
     def __init__(self) -> None:
-        self._memory: dict[tuple[str, str], _LaneMemory] = {}
-        #: ``(sum, count)`` of the batch-size and model-time histograms per lane label: they
-        #: outlive a lane object (same labels), so they are remembered apart from it.
-        self._batch: dict[tuple[str, str], tuple[float, float]] = {}
-        self._model: dict[tuple[str, str], tuple[float, float]] = {}
+        self._memory: dict[tuple[str, str], FleetSnapshot] = {}
 
-    def sample(self, gateway: Any, t_s: float, dt_s: float) -> list[DeploymentSample]:
+    def sample(self, fleet: Fleet, t_s: float, dt_s: float) -> list[DeploymentSample]:
         """Per deployment: its total (version ``"*"``) first, then one sample per version."""
-        batch = _sum_count(gateway.metrics.batch_size.collect())
-        model = _sum_count(gateway.metrics.model_seconds.collect())
-        out: list[DeploymentSample] = []
+        by_deployment: dict[str, list[LaneSample]] = {}
         seen: set[tuple[str, str]] = set()
-        for name, deployment in list(gateway.deployments.items()):
-            lanes = [self._lane(name, version, lane, t_s, dt_s, batch, model)
-                     for version, lane in list(deployment.lanes.items())]
-            seen.update((name, s.version) for s in lanes)
-            if not lanes:
-                continue
+        for snapshot in fleet.snapshot():
+            key = (snapshot.deployment, snapshot.version)
+            seen.add(key)
+            by_deployment.setdefault(snapshot.deployment, []).append(
+                self._lane(snapshot, self._memory.get(key), t_s, dt_s)
+            )
+            self._memory[key] = snapshot
+        for key in [k for k in self._memory if k not in seen]:
+            del self._memory[key]  # a removed version: forget it (bounded memory)
+        out: list[DeploymentSample] = []
+        for lanes in by_deployment.values():
             out.append(DeploymentSample.of(lanes, "*"))
             out.extend(DeploymentSample.of([s], s.version) for s in lanes)
-        for key in [k for k in self._memory if k not in seen]:
-            # a removed lane: forget it (bounded memory)
-            del self._memory[key]
-            self._batch.pop(key, None)
-            self._model.pop(key, None)
         return out
 
-    def _lane(self, name: str, version: str, lane: Any, t_s: float, dt_s: float,
-              batch: Mapping[tuple[str, str], tuple[float, float]],
-              model: Mapping[tuple[str, str], tuple[float, float]]) -> LaneSample:
-        counts = lane.counts()
-        ready, starting, _wanted, _inflight, queue_depth, _submitted = lane.load_snapshot()
-        key = (name, version)
-        now_batch = batch.get(key, (0.0, 0.0))
-        now_model = model.get(key, (0.0, 0.0))
-        old = self._memory.get(key)
-        if old is None or old.lane_id != id(lane) or counts.num_requests < old.num_requests:
-            old = _LaneMemory(id(lane), 0, 0, Histogram.empty(counts.latency_s.upper_bounds))
-        old_batch = self._batch.get(key, (0.0, 0.0))
-        old_model = self._model.get(key, (0.0, 0.0))
-        if now_batch[1] < old_batch[1] or now_model[1] < old_model[1]:
-            old_batch, old_model = (0.0, 0.0), (0.0, 0.0)  # the registry was reset
-        latency = Histogram(
-            counts.latency_s.upper_bounds,
-            tuple(a - b for a, b in zip(counts.latency_s.counts, old.latency_s.counts,
-                                        strict=True)),
-            counts.latency_s.total - old.latency_s.total)
-        sample = LaneSample(
-            name, version, t_s, dt_s,
-            counts.num_requests - old.num_requests, counts.num_errors - old.num_errors,
-            latency, now_batch[0] - old_batch[0], now_batch[1] - old_batch[1],
-            now_model[0] - old_model[0], ready, ready + starting, queue_depth,
-            lane.spec.batching.max_queue, lane.spec.max_inflight_batches)
-        self._memory[key] = _LaneMemory(id(lane), counts.num_requests, counts.num_errors,
-                                        counts.latency_s)
-        self._batch[key] = now_batch
-        self._model[key] = now_model
-        return sample
+    @staticmethod
+    def _lane(
+        now: FleetSnapshot, old: FleetSnapshot | None, t_s: float, dt_s: float
+    ) -> LaneSample:
+        if old is not None and (
+            old.lane_id != now.lane_id
+            or now.num_requests < old.num_requests
+            or now.num_batches < old.num_batches
+        ):
+            old = None  # a fresh lane: its counts restarted from zero
+        latency = now.latency_s
+        if old is not None:
+            latency = Histogram(
+                latency.upper_bounds,
+                tuple(a - b for a, b in zip(latency.counts, old.latency_s.counts, strict=True)),
+                latency.total - old.latency_s.total,
+            )
+        return LaneSample(
+            now.deployment,
+            now.version,
+            t_s,
+            dt_s,
+            now.num_requests - (old.num_requests if old else 0),
+            now.num_errors - (old.num_errors if old else 0),
+            latency,
+            float(now.num_batch_items - (old.num_batch_items if old else 0)),
+            float(now.num_batches - (old.num_batches if old else 0)),
+            now.model_s - (old.model_s if old else 0.0),
+            now.num_ready,
+            now.num_ready + now.num_starting,
+            now.num_queued_items,
+            now.max_queue,
+            now.max_inflight_batches,
+        )

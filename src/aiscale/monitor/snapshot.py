@@ -1,6 +1,6 @@
 """The monitor's JSON views: the dashboard snapshot, alerts and the audit log.
 
-What it does: ``build_snapshot`` reads a ``LiveMonitor`` and its gateway into the
+What it does: ``build_snapshot`` reads a ``LiveMonitor`` and its fleet into the
 ``GET /admin/monitor/snapshot`` document (the dashboard draws from it, so its names are a
 contract): per deployment its versions, series over the window, anomaly marks, the arrival
 forecast with its band, the capacity warning, SLOs with error budget and burn rates, the
@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from aiscale.contracts.fleet import FleetSnapshot
 from aiscale.monitor.audit import AuditEntry
 from aiscale.monitor.config import SERIES
 from aiscale.monitor.live import LiveMonitor
@@ -52,9 +53,9 @@ def _step_for(window_s: float, interval_s: float) -> float:
     return raw
 
 
-def _deployment(monitor: LiveMonitor, name: str, deployment: Any, now: float, window_s: float,
-                step_s: float, rollout_of: Callable[[str], dict[str, Any] | None]
-                ) -> dict[str, Any]:
+def _deployment(monitor: LiveMonitor, name: str, fleet: list[FleetSnapshot], now: float,
+                window_s: float, step_s: float,
+                rollout_of: Callable[[str], dict[str, Any] | None]) -> dict[str, Any]:
     start = now - window_s
     series = {s: [[t, round(v, 6)] for t, v in monitor.history(s, name, "*", start, now + 1,
                                                                step_s)]
@@ -99,20 +100,15 @@ def _deployment(monitor: LiveMonitor, name: str, deployment: Any, now: float, wi
                 window_label(w): _finite(b) for w, b in sorted(status.burn_rates.items())},
             "alerting": status is not None and bool(status.alerts),
             "severity": None if status is None else status.severity})
-    versions = []
-    num_replicas = 0
-    weights = dict(deployment.split.weights)
-    for version, lane in list(deployment.lanes.items()):
-        ready, starting = lane.pool.num_ready, lane.pool.num_starting
-        num_replicas += ready + starting
-        versions.append({"version": version, "weight": weights.get(version, 0.0),
-                         "replicas": ready + starting, "ready": ready,
-                         "is_primary": version == deployment.primary_version})
+    versions = [{"version": v.version, "weight": v.traffic_percent, "replicas": v.num_replicas,
+                 "ready": v.num_ready, "is_primary": v.is_primary} for v in fleet]
+    num_replicas = sum(v.num_replicas for v in fleet)
     price = _price_per_hour(monitor.config.hardware, monitor.config.price_kind)
     return {
-        "name": name, "model": deployment.spec.model, "versions": versions,
+        "name": name, "model": fleet[0].model, "versions": versions,
         "series": series, "anomalies": anomalies, "forecast": forecast, "capacity": capacity,
-        "slos": slos, "rollout": rollout_of(name), "shedding": name in monitor.gateway.shedding,
+        "slos": slos, "rollout": rollout_of(name),
+        "shedding": any(v.is_shedding for v in fleet),
         "cost_per_hour_usd": round(num_replicas * price, 4),
     }
 
@@ -143,9 +139,12 @@ def build_snapshot(monitor: LiveMonitor, window_s: float,
     started = monitor.started_at_s
     span_s = window_s if started is None else min(window_s, max(now - started, 1.0))
     step = step_s if step_s is not None else _step_for(span_s, monitor.config.interval_s)
+    by_name: dict[str, list[FleetSnapshot]] = {}
+    for version in monitor.fleet.snapshot():
+        by_name.setdefault(version.deployment, []).append(version)
     deployments = [
-        _deployment(monitor, name, deployment, now, window_s, step, rollout_of)
-        for name, deployment in sorted(monitor.gateway.deployments.items())]
+        _deployment(monitor, name, versions, now, window_s, step, rollout_of)
+        for name, versions in sorted(by_name.items())]
     return {"time": now, "window_s": window_s, "step_s": step, "interval_s":
             monitor.config.interval_s, "deployments": deployments,
             "alerts": alerts_json(monitor), "actions": audit_json(monitor, 50)}

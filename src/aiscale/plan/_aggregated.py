@@ -27,7 +27,8 @@ import numpy as np
 from aiscale.errors import ConfigError
 from aiscale.plan._simcore import SimulationConfig, SimulationResult, make_history
 from aiscale.plan.traffic import ArrivalCounts, Arrivals, FloatArray
-from aiscale.scaling.policies.base import ScalingObservation, ScalingPolicy
+from aiscale.scaling.observe import LoadSample, observe
+from aiscale.scaling.policies.base import ScalingPolicy
 
 #: Seconds over which arrival rates are averaged for the queueing term, and how many Poisson
 #: standard deviations a step's count must exceed that average by to count as a burst.
@@ -226,6 +227,9 @@ def run_aggregated(
     timeline: list[tuple[float, int, int]] = []
     policy_state = policy.initial_state()
     arrived_since = served_since = 0.0
+    # Cumulative, as a live FleetSnapshot counts: ``observe`` diffs two samples.
+    num_arrived = num_served = busy_s = 0.0
+    previous = LoadSample(0.0, ready, 0, 0, 0, 0.0, 0.0, 0.0)
     num_decisions = 0
 
     k = 0
@@ -247,18 +251,20 @@ def run_aggregated(
             # longer than the interval the rate was measured over: cap it there.
             queued = rate * one_p_wait * min(one_wait, interval) + backlog
             history.advance(t)
-            observation = ScalingObservation(
-                now_s=t,
-                num_replicas=ready + len(starting),
+            # The step model's replica-busy seconds per item, charged to what was served.
+            busy_s += served_since * (one_latency / one_batch)
+            sample = LoadSample(
+                at_s=t,
                 num_ready=ready,
                 num_starting=len(starting),
                 num_in_flight=round(in_flight),
                 num_queued=round(queued),
-                arrival_rate_per_s=rate,
-                completed_rate_per_s=served_since / interval,
-                mean_service_time_s=(one_latency / one_batch if served_since else None),
-                arrival_history=history,
+                num_arrived=num_arrived,
+                num_completed=num_served,
+                busy_s=busy_s,
             )
+            observation = observe(sample, previous, history)
+            previous = sample
             decision, policy_state = policy.decide(observation, policy_state)
             change = decision.target_replicas - observation.num_replicas
             for _ in range(max(change, 0)):
@@ -288,6 +294,8 @@ def run_aggregated(
         dropped_per_step.append(dropped)
         arrived_since += arriving
         served_since += served
+        num_arrived += arriving
+        num_served += served
         k += 1
         if k >= num_given and backlog == 0.0 and k * dt >= end_s:
             break

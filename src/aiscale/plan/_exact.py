@@ -41,7 +41,8 @@ from aiscale.plan._simcore import (
 )
 from aiscale.plan.traffic import Arrivals
 from aiscale.policies.batching import batch_size_to_take
-from aiscale.scaling.policies.base import ScalingObservation, ScalingPolicy
+from aiscale.scaling.observe import LoadSample, observe
+from aiscale.scaling.policies.base import ScalingPolicy
 
 #: Seconds of arrivals over which the rate behind the server terms is counted.
 CONTENTION_WINDOW_S = 1.0
@@ -120,8 +121,9 @@ def run_exact(
     is_timeout_pending = False
     dropped = 0
     num_events = 0
-    arrived_since = completed_since = 0
-    busy_seconds_since = 0.0
+    # Cumulative, as a live FleetSnapshot counts: ``observe`` diffs two samples.
+    num_arrived = num_completed = 0
+    busy_s = 0.0
 
     def dispatch(now: float) -> None:
         nonlocal target_size, is_timeout_pending, window_start
@@ -156,6 +158,7 @@ def run_exact(
             push(now + service, _DONE, rid)
 
     policy_state = policy.initial_state()
+    previous = LoadSample(0.0, num_ready, 0, 0, 0, 0, 0, 0.0)
     timeline: list[tuple[float, int, int]] = []
     end_s = arrivals.duration_s
     deadline_s = end_s + config.drain_timeout_s
@@ -178,7 +181,7 @@ def run_exact(
         if kind != _TICK:
             last_activity_s = now
         if kind == -1:  # an arrival
-            arrived_since += 1
+            num_arrived += 1
             if len(queue) >= config.max_queue:
                 dropped += 1
             else:
@@ -191,8 +194,8 @@ def run_exact(
                 latencies[request] = now - times[request]
             if overhead_scale is not None and batch_scale[rid] != 1.0:
                 overhead_scale[batch] = batch_scale[rid]
-            completed_since += len(batch)
-            busy_seconds_since += service_s[rid]
+            num_completed += len(batch)
+            busy_s += service_s[rid]
             batches[rid] = []
             if state[rid] == _DRAINING:
                 remove(rid, now)
@@ -217,20 +220,18 @@ def run_exact(
                 len(batches[r]) for r in range(len(state)) if state[r] in (_BUSY, _DRAINING)
             )
             history.advance(now)
-            observation = ScalingObservation(
-                now_s=now,
-                num_replicas=num_starting + num_ready,
+            sample = LoadSample(
+                at_s=now,
                 num_ready=num_ready,
                 num_starting=num_starting,
                 num_in_flight=in_flight,
                 num_queued=len(queue),
-                arrival_rate_per_s=arrived_since / interval,
-                completed_rate_per_s=completed_since / interval,
-                mean_service_time_s=(
-                    busy_seconds_since / completed_since if completed_since else None
-                ),
-                arrival_history=history,
+                num_arrived=num_arrived,
+                num_completed=num_completed,
+                busy_s=busy_s,
             )
+            observation = observe(sample, previous, history)
+            previous = sample
             decision, policy_state = policy.decide(observation, policy_state)
             # Not ``num_ready += _apply(...)``: that reads num_ready before ``remove`` (called
             # inside) updates it.
@@ -238,8 +239,6 @@ def run_exact(
                 decision.target_replicas - observation.num_replicas, now, state, launch, remove
             )
             num_ready += drained
-            arrived_since = completed_since = 0
-            busy_seconds_since = 0.0
             num_paid = sum(1 for s in state if s != _GONE)
             timeline.append((now, num_paid, state.count(_IDLE) + state.count(_BUSY)))
             dispatch(now)

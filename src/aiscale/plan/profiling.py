@@ -35,7 +35,7 @@ from aiscale.bench.sentences import SENTENCES
 from aiscale.errors import InvalidInput, ModelLoadError
 from aiscale.plan.catalog import HardwareSpec, derive_profile, load_catalog
 from aiscale.plan.profile import SPREAD_LEVELS, ModelProfile, ServiceSpread, profile_from_latencies
-from aiscale.serving.replica_pool import replica_environment
+from aiscale.replicas.environment import replica_environment
 
 #: Batch sizes measured by default: powers of two from 1 to 128.
 DEFAULT_BATCH_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)

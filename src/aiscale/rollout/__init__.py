@@ -5,6 +5,8 @@ The pure parts live here; the live rollout controller feeds them real counts on 
 
 from __future__ import annotations
 
+from aiscale.contracts.histogram import Histogram, latency_histogram
+from aiscale.contracts.split import TrafficSplit, canary_split, choose_version, should_shadow
 from aiscale.rollout.analysis import (
     AnalysisConfig,
     AnalysisState,
@@ -17,8 +19,6 @@ from aiscale.rollout.analysis import (
     VersionCounts,
     decide,
 )
-from aiscale.rollout.histogram import Histogram, latency_histogram
-from aiscale.rollout.split import TrafficSplit, canary_split, choose_version, should_shadow
 
 __all__ = [
     "AnalysisConfig",

@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from aiscale.contracts.histogram import Histogram
 from aiscale.errors import ConfigError, InvalidInput
 from aiscale.rollout._stats import (
     Evidence,
@@ -42,7 +43,6 @@ from aiscale.rollout._stats import (
     log_e_value,
     rank_evidence,
 )
-from aiscale.rollout.histogram import Histogram
 
 __all__ = [
     "AnalysisConfig",

@@ -3,19 +3,22 @@
 It owns time and I/O for one rollout; every judgement is the pure ``analysis.decide``. Each
 step compares canary and baseline over the same period (counts since the step began). It
 steers a deployment through the small ``RolloutTarget`` protocol and persists every change
-through ``RolloutStore``, so a restarted server resumes where it was. It never imports the
-web framework or the database: the serving part adapts both.
+through ``RolloutStore``, so a restarted server resumes where it was. Time is read from an
+injected ``Clock`` (a test drives it with ``ManualClock``). It never imports the web
+framework, the serving part or the database: ``live.py`` adapts the fleet and the registry.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from aiscale.contracts.clock import Clock, SystemClock, wait_or_timeout
+from aiscale.contracts.histogram import Histogram
+from aiscale.contracts.split import TrafficSplit, canary_split
 from aiscale.errors import Conflict, InvalidInput
 from aiscale.rollout.analysis import (
     AnalysisConfig,
@@ -27,8 +30,6 @@ from aiscale.rollout.analysis import (
     VersionCounts,
     decide,
 )
-from aiscale.rollout.histogram import Histogram
-from aiscale.rollout.split import TrafficSplit, canary_split
 
 logger = logging.getLogger(__name__)
 
@@ -75,13 +76,13 @@ class RolloutPlan:
 
 
 class RolloutTarget(Protocol):
-    """The deployment a rollout steers (a serving ``Deployment`` behind an adapter)."""
+    """The deployment a rollout steers (the ``Fleet`` behind an adapter, ``live.py``)."""
 
     def counts(self, version: str) -> VersionCounts:
         """Cumulative counts of a version since its lane started."""
         ...
 
-    def set_split(self, split: TrafficSplit) -> None: ...
+    async def set_split(self, split: TrafficSplit, cause: str) -> None: ...
 
     async def finish(self, winner: str, loser: str) -> None:
         """Give ``winner`` all traffic, make it the primary version and drain ``loser``."""
@@ -154,8 +155,10 @@ class RolloutController:
         *,
         step_index: int = 0,
         status: RolloutStatus = RolloutStatus.RUNNING,
+        clock: Clock | None = None,
     ) -> None:
         self.rollout_id = rollout_id
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self.plan = plan
         self.target = target
         self.store = store
@@ -165,7 +168,7 @@ class RolloutController:
         self.reason = ""
         self._analysis = AnalysisState()
         self._wake = asyncio.Event()
-        self._step_started_s = time.monotonic()
+        self._step_started_s = self._clock.monotonic()
         self._at_step_start: tuple[VersionCounts, VersionCounts] | None = None
         self.done = asyncio.Event()
 
@@ -216,10 +219,7 @@ class RolloutController:
             await self._enter_step(self.step_index, "rollout step")
             while self.status.is_active:
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.plan.interval_s)
-                except TimeoutError:
-                    pass
+                await wait_or_timeout(self._clock, self._wake, self.plan.interval_s)
                 if self.status is RolloutStatus.RUNNING:
                     await self._look()
         finally:
@@ -237,7 +237,7 @@ class RolloutController:
                 self._step_started_s,
                 self.plan.min_step_duration_s,
             ),
-            now_s=time.monotonic(),
+            now_s=self._clock.monotonic(),
         )
         decision, self._analysis = decide(observation, self._analysis, self.plan.analysis)
         changed = self.last_decision is None or self.last_decision.verdict != decision.verdict
@@ -279,8 +279,8 @@ class RolloutController:
             shadow_version=self.plan.canary if self.plan.shadow_fraction else None,
             shadow_fraction=self.plan.shadow_fraction,
         )
-        self.target.set_split(split)
-        self._step_started_s = time.monotonic()
+        await self.target.set_split(split, f"rollout step {index}: {cause}")
+        self._step_started_s = self._clock.monotonic()
         self._at_step_start = (
             self.target.counts(self.plan.baseline),
             self.target.counts(self.plan.canary),
@@ -302,7 +302,7 @@ class RolloutController:
         drains restarts with the outcome already in the registry.
         """
         split = TrafficSplit.of({winner: 100.0})
-        self.target.set_split(split)
+        await self.target.set_split(split, f"rollout {status}: {reason}")
         await self.store.record_traffic(self.plan.deployment, split, f"{status}: {reason}")
         self.status = status
         self.reason = reason

@@ -21,6 +21,7 @@ from statistics import NormalDist
 import numpy as np
 import numpy.typing as npt
 
+from aiscale.contracts.histogram import Histogram, latency_histogram
 from aiscale.rollout.analysis import (
     AnalysisConfig,
     AnalysisState,
@@ -30,7 +31,6 @@ from aiscale.rollout.analysis import (
     VersionCounts,
     decide,
 )
-from aiscale.rollout.histogram import Histogram, latency_histogram
 
 __all__ = ["RolloutScenario", "SimulationResult", "power_table", "simulate_rollouts"]
 

@@ -14,9 +14,10 @@ consulted as often as one likes. Counts run since each version's replicas starte
 versions may cover different periods; the report says so rather than hiding it.
 
 ``build_report`` is pure: no I/O, no clock, no randomness. Input validation lives in
-``report_input``, the statistics in ``report_stats``, the renderings in ``report_output`` and
-``report_plots``; the last two load only when ``write_report``, ``render_table`` or ``to_json``
-is called, so importing this module never loads matplotlib or rich.
+``report_input``, the statistics in ``report_stats``, the renderings in ``report_output``
+(``report_json``, ``write_report``, ``render_table``) and ``report_plots``. Those import this
+module and never the other way round; importing either this module or ``report_output``
+never loads matplotlib or rich.
 """
 
 from __future__ import annotations
@@ -24,11 +25,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from aiscale.contracts.histogram import Histogram
 from aiscale.errors import InvalidInput
-from aiscale.rollout.histogram import Histogram
 from aiscale.rollout.report_input import ParsedMetric, ParsedVersion, parse_stats
 from aiscale.rollout.report_stats import (
     Interval,
@@ -42,9 +42,6 @@ from aiscale.rollout.report_stats import (
     z_value,
 )
 
-if TYPE_CHECKING:
-    from rich.table import Table
-
 __all__ = [
     "Comparison",
     "ExperimentReport",
@@ -55,8 +52,6 @@ __all__ = [
     "SignificanceTest",
     "VersionReport",
     "build_report",
-    "render_table",
-    "write_report",
 ]
 
 #: The latency quantiles the report gives, by name.
@@ -165,12 +160,6 @@ class ExperimentReport:
                 return comparison
         raise InvalidInput(f"no comparison for version {name!r}", field="version")
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict; non-finite numbers (open interval ends) become ``None``."""
-        from aiscale.rollout.report_output import report_json
-
-        return report_json(self)
-
 
 def build_report(
     stats: Mapping[str, Any],
@@ -219,24 +208,6 @@ def build_report(
     return ExperimentReport(
         deployment, baseline, confidence, min_requests, total, versions, comparisons, tuple(notes)
     )
-
-
-def write_report(report: ExperimentReport, out_dir: Path) -> list[Path]:
-    """Write ``report.json``, ``report.md``, ``report.html``, ``latency.png`` and
-    ``errors.png`` into ``out_dir`` (created if missing); return their paths.
-
-    Loads matplotlib (Agg, no display) on first call.
-    """
-    from aiscale.rollout.report_output import write_files
-
-    return write_files(report, out_dir)
-
-
-def render_table(report: ExperimentReport) -> Table:
-    """A rich ``Table`` with one row per version, for the terminal."""
-    from aiscale.rollout.report_output import report_table
-
-    return report_table(report)
 
 
 def _version_report(

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from aiscale.contracts.histogram import Histogram
 from aiscale.errors import InvalidInput
-from aiscale.rollout.histogram import Histogram
 
 __all__ = ["ParsedMetric", "ParsedVersion", "parse_stats"]
 

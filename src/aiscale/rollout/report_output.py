@@ -1,9 +1,9 @@
 """Renderings of an ``ExperimentReport``: JSON, Markdown, self-contained HTML, PNG plots, a table.
 
-Called through ``report.write_report`` / ``report.render_table`` / ``ExperimentReport.to_json``,
-which import this module only when used; rich loads only in ``report_table`` and matplotlib
-(``report_plots``) only in ``write_files``. This module computes no statistics (``report`` and
-``report_stats`` do); it only formats them, and only ``write_files`` touches the file system.
+Called by the CLI (``aiscale experiment report``) after ``report.build_report``; rich loads
+only in ``render_table`` and matplotlib (``report_plots``) only in ``write_report``. This
+module computes no statistics (``report`` and ``report_stats`` do); it only formats them,
+and only ``write_report`` touches the file system.
 The HTML page is self-contained: styles inline, plots embedded as base64 PNG.
 """
 
@@ -29,14 +29,18 @@ from aiscale.rollout.report_stats import Interval, SignificanceTest
 if TYPE_CHECKING:
     from rich.table import Table
 
-__all__ = ["report_json", "report_markdown", "report_table", "write_files"]
+__all__ = ["render_table", "report_json", "report_markdown", "write_report"]
 
 _QUANTILE_NAMES = tuple(name for name, _ in QUANTILES)
 _FILES = ("report.json", "report.md", "report.html", "latency.png", "errors.png")
 
 
-def write_files(report: ExperimentReport, out_dir: Path) -> list[Path]:
-    """Write the five report files into ``out_dir`` and return their paths in a fixed order."""
+def write_report(report: ExperimentReport, out_dir: Path) -> list[Path]:
+    """Write ``report.json``, ``report.md``, ``report.html``, ``latency.png`` and
+    ``errors.png`` into ``out_dir`` (created if missing); return their paths in that order.
+
+    Loads matplotlib (Agg, no display) on first call.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / name for name in _FILES]
     json_path, md_path, html_path, latency_path, errors_path = paths
@@ -86,7 +90,7 @@ def report_markdown(report: ExperimentReport) -> str:
     return "\n".join(lines)
 
 
-def report_table(report: ExperimentReport) -> Table:
+def render_table(report: ExperimentReport) -> Table:
     """One row per version: traffic, error rate, latency quantiles and the tests' p-values."""
     from rich.table import Table
 

@@ -1,7 +1,7 @@
 """The A/B report's plots: latency distributions and quantiles, and error rates, as PNG bytes.
 
 Drawn on a bare ``matplotlib.figure.Figure`` with the Agg canvas: no pyplot, no global figure
-state, no display, no backend switch. Imported only by ``report_output.write_files``, so
+state, no display, no backend switch. Imported only by ``report_output.write_report``, so
 matplotlib loads only when a report is written. This module computes no statistics and writes
 no files; it returns the PNG bytes.
 """

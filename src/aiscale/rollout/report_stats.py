@@ -34,8 +34,8 @@ from statistics import NormalDist
 
 from scipy.special import bdtr
 
+from aiscale.contracts.histogram import Histogram
 from aiscale.rollout._stats import proportion_evidence, rank_evidence
-from aiscale.rollout.histogram import Histogram
 
 __all__ = [
     "ERROR_RATE_TEST",

@@ -1,8 +1,8 @@
-"""The serving part: gateway app, protocols, batcher, replicas, cache and limits.
+"""The serving part: the hot path (gateway app, protocols, batcher, router, cache, limits,
+capture hand-off) and the gateway's lifecycle. Replicas live in ``aiscale.replicas``.
 
-The public names load on first use (PEP 562): a replica process runs
-``python -m aiscale.serving.replica``, which imports this package first, and must not pay
-for the gateway, the registry and the data stack (about 3 s of CPU) it never uses.
+The public names load on first use (PEP 562), so that importing one module of this package
+does not pay for the gateway, the registry and the data stack (about 3 s of CPU).
 """
 
 from __future__ import annotations

@@ -7,23 +7,21 @@ validated with the same pydantic config models as the config file (the edge of t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aiscale.config import DeploymentConfig
+from aiscale.contracts.split import TrafficSplit
+from aiscale.data.quality_window import QualityStatus
 from aiscale.errors import Conflict, InvalidInput, MethodNotAllowed, NotFound
+from aiscale.monitor.api import MonitorApi
 from aiscale.rollout.analysis import AnalysisConfig
 from aiscale.rollout.controller import RolloutPlan, decision_numbers
-from aiscale.rollout.split import TrafficSplit
 from aiscale.serving.gateway import Gateway
+from aiscale.serving.http import Request, Response
 from aiscale.serving.lane import VersionLane
-from aiscale.serving.monitor_admin import MonitorApi
-from aiscale.serving.quality_window import QualityStatus
-
-if TYPE_CHECKING:
-    from aiscale.serving.app import Request, Response
 
 
 class RolloutBody(BaseModel):
@@ -143,12 +141,19 @@ def describe(gateway: Gateway, name: str) -> dict[str, Any]:
 class AdminApi:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.monitor = MonitorApi(gateway)
+        self.monitor = MonitorApi(gateway.monitor, self._rollout_of)
+
+    def _rollout_of(self, name: str) -> dict[str, Any] | None:
+        """The monitor snapshot's ``rollout`` entry: this server's rollout of ``name``."""
+        if name not in self.gateway.rollouts.controllers:
+            return None
+        return rollout_status(self.gateway, name)
 
     async def handle(self, request: Request, method: str, parts: list[str]) -> Response:
         gateway = self.gateway
         if parts and parts[0] == "monitor":
-            return await self.monitor.handle(request, method, parts[1:])
+            payload = await self.monitor.handle(method, parts[1:], request.query(), request.body)
+            return _ok(payload)
         if parts == ["deployments"]:
             if method == "GET":
                 return _ok({"deployments": [describe(gateway, n) for n in gateway.deployments]})
@@ -168,7 +173,7 @@ class AdminApi:
             if method != "POST":
                 raise MethodNotAllowed("use POST", field="method")
             body = _validated(ScaleBody, await request.body())
-            await gateway.scale(parts[1], body.replicas)
+            await gateway.scale(parts[1], body.replicas, cause="admin: scale")
             return _ok(describe(gateway, parts[1]))
         if len(parts) == 3 and parts[0] == "deployments" and parts[2] == "quality":
             if method != "GET":
@@ -204,21 +209,21 @@ class AdminApi:
                 shadow_fraction=body.shadow_fraction,
                 analysis=AnalysisConfig(alpha=body.alpha, min_requests=body.min_requests),
             )
-            await manager.begin(deployment, body.version, plan)
+            await manager.begin(plan)
             return _ok(rollout_status(gateway, name))
         if rest == ["rollout"] and method == "GET":
             return _ok(await any_rollout_status(gateway, name))
         if len(rest) == 2 and rest[0] == "rollout" and method == "POST":
             # Whichever gateway drives the rollout applies it (``rollout_sync.py``).
-            await gateway.rollout_sync.command(deployment, rest[1])
+            await gateway.rollout_sync.command(name, rest[1])
             return _ok(await any_rollout_status(gateway, name))
         if rest == ["rollback"] and method == "POST":
             view = None if manager.is_driving(name) else await gateway.rollout_sync.status(name)
             if view is not None and view["status"] in ("running", "paused"):
-                await gateway.rollout_sync.command(deployment, "abort")
+                await gateway.rollout_sync.command(name, "abort")
                 version = str(view["baseline"])
             else:
-                version = await manager.rollback(deployment)
+                version = await manager.rollback(name)
             return _ok({"deployment": name, "version": version, **describe(gateway, name)})
         if rest == ["split"] and method == "PUT":
             body = _validated(SplitBody, await request.body())
@@ -228,14 +233,20 @@ class AdminApi:
                 shadow_fraction=body.shadow_fraction,
                 salt=name,
             )
-            deployment.set_split(split)
+            await gateway.set_split(name, split, cause="admin: manual split")
             await gateway.rollout_sync.record_split(name, split, "manual split")
             return _ok(describe(gateway, name))
         if rest == ["versions"] and method == "POST":
             body = _validated(VersionBody, await request.body())
-            lane = await manager.warm_lane(deployment, body.version)
+            if body.version in deployment.lanes:
+                raise Conflict(
+                    f"version {body.version!r} is already deployed in {name!r}", field="version"
+                )
+            await gateway.warm(name, body.version)
             if body.replicas is not None:
-                await lane.scale(body.replicas)
+                await gateway.scale(
+                    name, body.replicas, version=body.version, cause="admin: version replicas"
+                )
             return _ok(describe(gateway, name))
         if len(rest) == 2 and rest[0] == "versions" and method == "DELETE":
             await deployment.remove_lane(rest[1], gateway.settings.drain_timeout_s)

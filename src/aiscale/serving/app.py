@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -24,7 +24,6 @@ from aiscale.errors import (
     InvalidInput,
     MethodNotAllowed,
     NotFound,
-    PayloadTooLarge,
     ReplicaUnavailable,
 )
 from aiscale.serving import feedback, oip_v2, openai_api
@@ -32,55 +31,12 @@ from aiscale.serving.admin import AdminApi
 from aiscale.serving.deployment import Deployment
 from aiscale.serving.errors import error_body, render_error
 from aiscale.serving.gateway import Gateway
+from aiscale.serving.http import Receive, Request, Response, Scope, Send
 from aiscale.serving.lane import VersionLane
 
 logger = logging.getLogger(__name__)
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-Response = tuple[int, bytes, list[tuple[bytes, bytes]]]
-
 _JSON = (b"content-type", b"application/json")
-
-
-class Request:
-    """What handlers need of one HTTP request; the body is read on demand, with the size limit."""
-
-    __slots__ = ("scope", "receive", "headers", "request_id", "_max_body_bytes")
-
-    def __init__(self, scope: Scope, receive: Receive, max_body_bytes: int) -> None:
-        self.scope = scope
-        self.receive = receive
-        self.headers: dict[bytes, bytes] = dict(scope["headers"])
-        incoming = self.headers.get(b"x-request-id")
-        self.request_id = incoming.decode("latin-1")[:128] if incoming else uuid.uuid4().hex
-        self._max_body_bytes = max_body_bytes
-
-    def header(self, name: bytes) -> str | None:
-        value = self.headers.get(name)
-        return value.decode("latin-1") if value is not None else None
-
-    async def body(self) -> bytes:
-        limit = self._max_body_bytes
-        declared = self.headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(
-                f"body of {int(declared)} bytes exceeds the {limit}-byte limit", field="body"
-            )
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise InvalidInput("client disconnected before the body was sent", field="body")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"body exceeds the {limit}-byte limit", field="body")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _json(status: int, payload: Any) -> Response:

@@ -25,9 +25,8 @@ from typing import Any
 
 from aiscale.errors import DeadlineExceeded, Overloaded, ReplicaUnavailable
 from aiscale.policies.batching import batch_size_to_take
-from aiscale.serving.ipc import BatchReply
-from aiscale.serving.pool import BatchTarget
-from aiscale.serving.replica_pool import reply_outputs
+from aiscale.replicas.ipc import BatchReply
+from aiscale.replicas.target import BatchTarget, reply_outputs
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """A deployment: the model versions (lanes) it serves and the traffic split between them.
 
 The split is an immutable ``TrafficSplit`` swapped in one assignment, so a change takes effect
-atomically between two requests. Routing is sticky by user key (``rollout/split.py``), a
+atomically between two requests. Routing is sticky by user key (``contracts/split.py``), a
 header can force a version or alias, and a share of traffic can be mirrored to a shadow
 version whose answers are compared and counted but never returned. Shadow work runs in
 tasks this object owns and never delays or fails the primary answer.
@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from aiscale.contracts.split import TrafficSplit, choose_version, should_shadow
 from aiscale.errors import AiscaleError, Conflict, InvalidInput, NotFound
 from aiscale.gpus import GpuPool
 from aiscale.model import Schema
-from aiscale.rollout.split import TrafficSplit, choose_version, should_shadow
 from aiscale.serving.errors import status_for
-from aiscale.serving.lane import DeploymentSpec, VersionLane
+from aiscale.serving.lane import AutoscalerFactory, DeploymentSpec, VersionLane
 from aiscale.serving.metrics import GatewayMetrics
 
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ class Deployment:
         metrics: GatewayMetrics,
         gpus: GpuPool | None = None,
         shared_cache: RedisResponseCache | None = None,
+        autoscalers: AutoscalerFactory | None = None,
     ) -> None:
         self.name = spec.name
         self._metrics = metrics
@@ -72,8 +73,10 @@ class Deployment:
         self._gpus = gpus
         #: The Redis response cache every lane uses when its cache is on (``None``: in process).
         self._shared_cache = shared_cache
+        #: Builds each autoscaled lane's autoscaler (the gateway's, over its Fleet).
+        self._autoscalers = autoscalers
         self.lanes: dict[str, VersionLane] = {
-            spec.version: VersionLane(spec, metrics, gpus, shared_cache)
+            spec.version: VersionLane(spec, metrics, gpus, shared_cache, autoscalers)
         }
         self.primary_version = spec.version
         self.split = TrafficSplit.of({spec.version: 100.0})
@@ -131,7 +134,9 @@ class Deployment:
             raise Conflict(
                 f"version {spec.version!r} is already deployed in {self.name!r}", field="version"
             )
-        lane = VersionLane(spec, self._metrics, self._gpus, self._shared_cache)
+        lane = VersionLane(
+            spec, self._metrics, self._gpus, self._shared_cache, self._autoscalers
+        )
         try:
             await lane.start()
         except BaseException:

@@ -8,6 +8,8 @@ hot path: keys are refreshed in the background, deployments resolved only by adm
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -17,22 +19,25 @@ import anyio
 from prometheus_client import CollectorRegistry
 
 from aiscale.config import DeploymentConfig
-from aiscale.errors import InvalidInput, NotFound, Overloaded, RateLimited
-from aiscale.gpus import GpuDemand, GpuPool, GpuPoolConfig, Reservation
+from aiscale.contracts.clock import Clock, SystemClock
+from aiscale.contracts.fleet import FleetSnapshot, ScaleRecord
+from aiscale.contracts.split import TrafficSplit
+from aiscale.data.quality_window import QualitySettings, QualityWindows
+from aiscale.errors import Conflict, InvalidInput, NotFound, Overloaded, RateLimited
+from aiscale.gpus import GpuPool, GpuPoolConfig, Reservation
 from aiscale.monitor.config import MonitorConfig
 from aiscale.monitor.live import LiveMonitor
+from aiscale.replicas.pool import ReplicaRuntime
+from aiscale.rollout.live import RolloutManager, RolloutMetrics, RolloutRecords
+from aiscale.rollout.sync import RolloutSync
+from aiscale.scaling.controller import VersionAutoscaler
 from aiscale.serving.auth import Caller, KeyRing
-from aiscale.serving.batcher import BatchingSettings
 from aiscale.serving.capturing import CaptureBackend, RequestCapture
 from aiscale.serving.deployment import Deployment
-from aiscale.serving.lane import AutoscalingSettings, DeploymentSpec
+from aiscale.serving.lane import DeploymentSpec, VersionLane
 from aiscale.serving.limits import RateLimiter
 from aiscale.serving.metrics import GatewayMetrics
-from aiscale.serving.pool import ReplicaRuntime
-from aiscale.serving.quality_window import QualitySettings, QualityWindows
-from aiscale.serving.ray_pool import placement_from_config
-from aiscale.serving.rollout_sync import RolloutSync
-from aiscale.serving.rollouts import RolloutManager, RolloutRecords
+from aiscale.serving.specs import spec_from_config
 
 if TYPE_CHECKING:
     from aiscale.serving.shared_state import SharedState
@@ -69,58 +74,6 @@ class GatewaySettings:
     runtime: ReplicaRuntime = ReplicaRuntime()
 
 
-def spec_from_config(
-    config: DeploymentConfig, version: Any, runtime: ReplicaRuntime | None = None
-) -> DeploymentSpec:
-    """A runnable spec from a deployment's config and its registry version record.
-
-    With the Ray ``runtime`` the replicas' resources become Ray actor options and Ray, not
-    the gateway's GPU pool, assigns the GPUs.
-    """
-    batching = config.batching
-    placement = placement_from_config(config, runtime or ReplicaRuntime())
-    return DeploymentSpec(
-        name=config.name,
-        model=config.model,
-        version=str(version.version),
-        runtime=str(version.runtime),
-        uri=str(version.uri),
-        model_config=dict(version.config or {}),
-        replicas=config.replicas,
-        batching=BatchingSettings(
-            max_batch_size=batching.max_batch_size,
-            max_batch_delay_s=batching.max_batch_delay_ms / 1000.0,
-            max_queue=batching.max_queue,
-            max_retries=batching.max_retries,
-        ),
-        timeout_s=config.timeout_ms / 1000.0,
-        cache_max_bytes=config.cache.max_bytes if config.cache.is_enabled else 0,
-        num_threads=config.num_threads,
-        max_inflight_batches=config.max_inflight_batches,
-        autoscaling=None
-        if config.autoscaling is None
-        else AutoscalingSettings(
-            config.autoscaling.policy,
-            config.autoscaling.decision_interval_s,
-            dict(config.autoscaling.knobs),
-        ),
-        gpu=GpuDemand(
-            config.gpus, config.gpu_memory_mb, config.team, config.gpu_wait_s, config.gpu_priority
-        )
-        if config.gpus > 0 and placement is None
-        else None,
-        placement=placement,
-        quality=None
-        if config.quality is None
-        else QualitySettings(
-            config.quality.to_expectations(),
-            window_s=config.quality.window_s,
-            interval_s=config.quality.interval_s,
-            max_examples=config.quality.max_examples,
-        ),
-    )
-
-
 class Gateway:
     """Owns every deployment and background task of one server process."""
 
@@ -135,14 +88,19 @@ class Gateway:
         monitor: MonitorConfig | None = None,
         gpus: GpuPoolConfig | None = None,
         shared: SharedState | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
+        #: The time of every control loop built here (a test passes a ``ManualClock``).
+        self.clock: Clock = clock if clock is not None else SystemClock()
         #: Redis for rate limits and the response cache (``None``: both in process).
         self.shared = shared
         self.metrics_registry = metrics_registry or CollectorRegistry()
         #: Devices, team quotas and waiting GPU requests (NVML discovery unless configured).
         self.gpus = GpuPool.from_config(
-            gpus if gpus is not None else GpuPoolConfig(), metrics_registry=self.metrics_registry
+            gpus if gpus is not None else GpuPoolConfig(),
+            metrics_registry=self.metrics_registry,
+            clock=self.clock,
         )
         self.metrics = GatewayMetrics(self.metrics_registry)
         self.keyring = KeyRing()
@@ -151,27 +109,39 @@ class Gateway:
         #: Every answered request's record, made durable before the answer is sent.
         self.capture = RequestCapture(capture) if capture is not None else None
         #: Recent examples of deployments with a ``quality:`` section, checked on a window.
-        self.quality = QualityWindows(self.metrics_registry)
+        self.quality = QualityWindows(self.metrics_registry, clock=self.clock)
         self._initial_specs = list(specs)
         self.deployments: dict[str, Deployment] = {}
         #: The config each deployment was made from, kept to persist later changes.
         self.configs: dict[str, DeploymentConfig] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._admin_lock = asyncio.Lock()
+        # The control loops below are composed here and see this gateway only as their
+        # ``Fleet`` (contracts/fleet.py), plus the narrow protocols each declares.
         self.rollouts = RolloutManager(
+            self,
             control if isinstance(control, RolloutRecords) else None,
-            settings.drain_timeout_s,
-            on_finish=self._version_changed,
-            metrics=self.metrics,
+            metrics=RolloutMetrics(self.metrics_registry),
+            clock=self.clock,
         )
         #: Follows splits and rollouts other gateways change; takes over orphaned rollouts.
-        self.rollout_sync = RolloutSync(self, settings.split_poll_s)
+        self.rollout_sync = RolloutSync(
+            self, self.rollouts, control, poll_s=settings.split_poll_s, clock=self.clock
+        )
         self.is_ready = False
         self.is_draining = False
         #: Deployments refusing ``x-aiscale-priority: low`` requests (the monitor's ``shed``).
         self.shedding: set[str] = set()
+        #: The last change of each (deployment, version)'s wanted count and its cause.
+        self._last_scale: dict[tuple[str, str], ScaleRecord] = {}
         monitor_config = monitor if monitor is not None else MonitorConfig()
-        self.monitor = LiveMonitor(self, monitor_config) if monitor_config.is_enabled else None
+        self.monitor = (
+            LiveMonitor(
+                self, monitor_config, rollouts=self.rollouts, quality=self.quality, clock=self.clock
+            )
+            if monitor_config.is_enabled
+            else None
+        )
 
     async def start(self) -> None:
         await self.refresh_keys()
@@ -188,7 +158,9 @@ class Gateway:
             raise failures[0]
         self.deployments = {d.spec.name: d for d in started}
         try:
-            await self.rollouts.resume_all(self.deployments)
+            for name in self.deployments:
+                await self.refresh_aliases(name)
+            await self.rollouts.resume_all()
         except BaseException:
             await self.stop()
             raise
@@ -203,6 +175,7 @@ class Gateway:
     async def stop(self) -> None:
         """Drain in-flight work with a deadline, then stop replicas and background tasks."""
         self.is_draining = True
+        self.rollouts.is_stopping = True  # the follower takes nothing over from now on
         self.gpus.close()  # waiting GPU requests fail now rather than at their deadline
         if self.monitor is not None:
             await self.monitor.stop()  # first: no action may start while the rest stops
@@ -220,7 +193,29 @@ class Gateway:
 
     def _new_deployment(self, spec: DeploymentSpec) -> Deployment:
         return Deployment(
-            spec, self.metrics, self.gpus, self.shared.cache if self.shared is not None else None
+            spec,
+            self.metrics,
+            self.gpus,
+            self.shared.cache if self.shared is not None else None,
+            self._autoscaler_for,
+        )
+
+    def _autoscaler_for(self, spec: DeploymentSpec, lane_id: int) -> VersionAutoscaler:
+        """The autoscaler of an autoscaled lane: it sees this gateway only as its Fleet."""
+        assert spec.autoscaling is not None
+        return VersionAutoscaler(
+            self,
+            self.clock,
+            spec.name,
+            spec.version,
+            policy=spec.autoscaling.policy,
+            knobs=spec.autoscaling.knobs,
+            interval_s=spec.autoscaling.decision_interval_s,
+            metrics=self.metrics,
+            lane_id=lane_id,
+            history_source=None
+            if self.monitor is None
+            else functools.partial(self.monitor.stored_rate, spec.name, spec.version),
         )
 
     def _quality_settings(self) -> dict[str, QualitySettings]:
@@ -314,25 +309,150 @@ class Gateway:
         await anyio.to_thread.run_sync(self.control.save_deployment, config)
         return deployment
 
-    async def scale(self, name: str, num_replicas: int) -> Deployment:
+    # ----- the Fleet (contracts/fleet.py): the one way control loops see and change serving ----
+    def snapshot(self, deployment: str | None = None) -> tuple[FleetSnapshot, ...]:
+        """Every version of ``deployment`` (all when ``None``), each deployment's primary first."""
+        if deployment is None:
+            chosen = list(self.deployments.values())
+        else:
+            found = self.deployments.get(deployment)
+            chosen = [found] if found is not None else []
+        return tuple(
+            self._lane_snapshot(d, lane)
+            for d in chosen
+            for lane in sorted(d.lanes.values(), key=lambda x: x.version != d.primary_version)
+        )
+
+    def _lane_snapshot(self, deployment: Deployment, lane: VersionLane) -> FleetSnapshot:
+        split = deployment.split
+        share = dict(split.weights).get(lane.version, 0.0)
+        in_split = share > 0 or split.shadow_version == lane.version
+        is_shared = sum(1 for _, w in split.weights if w > 0) > 1 or split.shadow_version
+        counts = lane.counts()
+        num_batches, num_batch_items, model_s = lane.batch_totals()
+        pool = lane.pool
+        spec = lane.spec
+        return FleetSnapshot(
+            deployment=deployment.name,
+            version=lane.version,
+            lane_id=id(lane),
+            is_primary=lane.version == deployment.primary_version,
+            traffic_percent=share,
+            is_in_rollout=bool(in_split and is_shared),
+            is_shedding=deployment.name in self.shedding,
+            is_autoscaled=lane.autoscaler is not None,
+            num_ready=pool.num_ready,
+            num_starting=pool.num_starting,
+            num_wanted=pool.num_wanted,
+            num_inflight_items=pool.num_inflight_items,
+            num_queued_items=lane.batcher.queue_depth,
+            max_queue=spec.batching.max_queue,
+            max_batch_size=spec.batching.max_batch_size,
+            max_inflight_batches=spec.max_inflight_batches,
+            num_arrived=lane.batcher.num_submitted,
+            num_completed=num_batch_items,
+            num_requests=counts.num_requests,
+            num_errors=counts.num_errors,
+            latency_s=counts.latency_s,
+            num_batches=num_batches,
+            num_batch_items=num_batch_items,
+            model_s=model_s,
+            custom_metrics=counts.metrics,
+            model=spec.model,
+            last_scale=self._last_scale.get((deployment.name, lane.version)),
+        )
+
+    async def scale(
+        self, deployment: str, num_replicas: int, *, version: str | None = None, cause: str
+    ) -> None:
+        """The one scale path: GPUs reserved first, the change logged with its cause, and the
+        primary's wanted count persisted. A version with no share of traffic that is not the
+        primary is removed (drained) when scaled to zero."""
         if num_replicas < 0:
             raise InvalidInput("replicas must be >= 0", field="replicas")
-        lane = self.deployment(name).primary
-        reservation = await self._reserve_gpus(lane.spec, num_replicas - lane.pool.num_wanted)
+        found = self.deployment(deployment)
+        lane = found.lane(version or found.primary_version)
+        before = lane.pool.num_wanted
+        reservation = await self._reserve_gpus(lane.spec, num_replicas - before)
         try:
             async with self._admin_lock:
-                deployment = self.deployment(name)
-                await deployment.scale(num_replicas, self.settings.drain_timeout_s)
-                logger.info("scaled %s to %d replicas", name, num_replicas)
+                current = self.deployment(deployment)
+                lane = current.lane(lane.version)
+                before = lane.pool.num_wanted
+                is_primary = lane.version == current.primary_version
+                has_share = lane.version in current.split.versions or (
+                    lane.version == current.split.shadow_version
+                )
+                if num_replicas == 0 and not is_primary and not has_share:
+                    await current.remove_lane(lane.version, self.settings.drain_timeout_s)
+                else:
+                    await lane.scale(num_replicas, self.settings.drain_timeout_s)
+                self._last_scale[(deployment, lane.version)] = ScaleRecord(
+                    cause, self.clock.monotonic(), before, num_replicas
+                )
+                logger.info(
+                    "scaled %s version %s: %d -> %d replicas (%s)",
+                    deployment, lane.version, before, num_replicas, cause,
+                )
         finally:
             if reservation is not None:
                 reservation.cancel()
-        config = self.configs.get(name)
-        if config is not None and self.control is not None:
+        config = self.configs.get(deployment)
+        if is_primary and config is not None and self.control is not None:
             config = config.model_copy(update={"replicas": num_replicas})
-            self.configs[name] = config
+            self.configs[deployment] = config
             await anyio.to_thread.run_sync(self.control.save_deployment, config)
-        return deployment
+
+    async def set_split(
+        self, deployment: str, split: TrafficSplit, *, primary: str | None = None, cause: str
+    ) -> None:
+        """Swap the split atomically; with ``primary``, make it the primary and persist it."""
+        target = self.deployment(deployment)
+        target.set_split(split)
+        if primary is not None and primary != target.primary_version:
+            target.make_primary(primary)
+            await self._version_changed(deployment, primary)
+        logger.info("split of %s: %s (%s)", deployment, dict(split.weights), cause)
+
+    def set_shedding(self, deployment: str, is_shedding: bool) -> None:
+        """Refuse (or accept again) ``x-aiscale-priority: low`` requests to ``deployment``."""
+        if is_shedding:
+            self.shedding.add(deployment)
+        else:
+            self.shedding.discard(deployment)
+
+    async def warm(self, deployment: str, version: str) -> None:
+        """Start ``version``'s replicas beside the serving ones; no traffic until a split says."""
+        target = self.deployment(deployment)
+        if version in target.lanes:
+            return
+        if self.control is None:
+            raise Conflict("starting another version needs a registry", field="deployment")
+        record = await anyio.to_thread.run_sync(
+            self.control.resolve_version, target.spec.model, version
+        )
+        if str(record.version) in target.lanes:
+            return
+        spec = dataclasses.replace(
+            target.spec,
+            version=str(record.version),
+            runtime=str(record.runtime),
+            uri=str(record.uri),
+            model_config=dict(record.config or {}),
+        )
+        await target.add_lane(spec)
+        await self.refresh_aliases(deployment)
+
+    async def refresh_aliases(self, deployment: str) -> None:
+        """Let ``x-aiscale-version`` name versions by the model's aliases."""
+        target = self.deployment(deployment)
+        aliases = getattr(self.control, "aliases", None)
+        if aliases is None:
+            return
+        try:
+            target.aliases = await anyio.to_thread.run_sync(aliases, target.spec.model)
+        except NotFound:
+            target.aliases = {}  # a model run from a spec, unknown to the registry
 
     async def undeploy(self, name: str) -> None:
         async with self._admin_lock:

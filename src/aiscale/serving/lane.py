@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,18 +17,20 @@ import orjson
 from prometheus_client.metrics import Counter, Gauge
 from prometheus_client.metrics import Histogram as PromHistogram
 
+from aiscale.contracts.histogram import Histogram, latency_histogram
+from aiscale.data.quality_window import QualitySettings
 from aiscale.errors import InvalidInput
 from aiscale.gpus import GpuDemand, GpuPool
 from aiscale.model import Schema
-from aiscale.rollout.histogram import Histogram, latency_histogram
-from aiscale.serving.autoscaler import LaneAutoscaler
+from aiscale.replicas.backend import ReplicaBackend, ReplicaResources, ReplicaSpec
+from aiscale.replicas.local import LocalProcessBackend
+from aiscale.replicas.pool import ReplicaPool
+from aiscale.replicas.ray_pool import RayActorBackend, RayPlacement
+from aiscale.scaling.controller import VersionAutoscaler
+from aiscale.scaling.policies import make_policy
 from aiscale.serving.batcher import Batcher, BatchingSettings, BatchObservation
 from aiscale.serving.cache import ResponseCache, cache_key
 from aiscale.serving.metrics import GatewayMetrics
-from aiscale.serving.pool import ReplicaPool
-from aiscale.serving.quality_window import QualitySettings
-from aiscale.serving.ray_pool import RayPlacement, RayReplicaPool
-from aiscale.serving.replica_pool import LocalReplicaPool, ReplicaResources, ReplicaSpec
 
 if TYPE_CHECKING:
     from aiscale.serving.shared_state import RedisResponseCache
@@ -86,6 +89,10 @@ def _gpu_resources(spec: DeploymentSpec, gpus: GpuPool | None) -> ReplicaResourc
     return gpus.for_lane(spec.name, spec.version, spec.gpu)
 
 
+#: Builds the autoscaler of a lane: ``(spec, lane_id)``; the gateway's gives it the Fleet.
+AutoscalerFactory = Callable[["DeploymentSpec", int], VersionAutoscaler]
+
+
 class HistogramRecorder:
     """A mutable, O(log buckets) per-sample counterpart of the immutable rollout ``Histogram``.
 
@@ -126,6 +133,7 @@ class VersionLane:
         metrics: GatewayMetrics,
         gpus: GpuPool | None = None,
         shared_cache: RedisResponseCache | None = None,
+        autoscalers: AutoscalerFactory | None = None,
     ) -> None:
         self.spec = spec
         self._metrics = metrics
@@ -145,41 +153,37 @@ class VersionLane:
             max_inflight_batches=spec.max_inflight_batches,
             num_threads=spec.num_threads,
         )
-        self.pool: ReplicaPool[Any]
+        backend: ReplicaBackend[Any]
         if spec.placement is None:
-            self.pool = LocalReplicaPool(
-                replica_spec,
-                on_change=self._export_replicas,
-                on_started=self._replica_start_seconds.observe,
-                resources=_gpu_resources(spec, gpus),
-            )
+            backend = LocalProcessBackend(replica_spec)
+            resources = _gpu_resources(spec, gpus)
         else:
             # Ray assigns each actor its devices (``num_gpus`` in the placement), so the
             # gateway's local GPU pool is not asked.
-            self.pool = RayReplicaPool(
-                replica_spec,
-                spec.placement,
-                on_change=self._export_replicas,
-                on_started=self._replica_start_seconds.observe,
-            )
+            backend = RayActorBackend(replica_spec, spec.placement)
+            resources = None
+        self.pool: ReplicaPool[Any] = ReplicaPool(
+            replica_spec,
+            backend,
+            on_change=self._export_replicas,
+            on_started=self._replica_start_seconds.observe,
+            resources=resources,
+        )
         self.batcher = Batcher(
             self.pool,
             spec.batching,
             on_batch=self._observe_batch,
             on_cold_arrival=self._wake_up if spec.autoscaling is not None else None,
         )
+        #: Sees this lane only through the Fleet; the lane owns its task (start and stop).
         self.autoscaler = (
-            LaneAutoscaler(
-                self,
-                spec.name,
-                spec.autoscaling.policy,
-                dict(spec.autoscaling.knobs),
-                spec.autoscaling.decision_interval_s,
-                metrics,
-            )
-            if spec.autoscaling is not None
+            autoscalers(spec, id(self))
+            if spec.autoscaling is not None and autoscalers is not None
             else None
         )
+        if spec.autoscaling is not None and autoscalers is None:
+            # No Fleet runs it here (a lane built outside a gateway); bad knobs still fail.
+            make_policy(spec.autoscaling.policy, **spec.autoscaling.knobs)
         #: With Redis configured, a cache-enabled lane uses the shared cache instead.
         self.shared_cache = shared_cache if spec.cache_max_bytes > 0 else None
         self.cache = (
@@ -193,6 +197,9 @@ class VersionLane:
         self._num_requests = 0
         self._num_errors = 0
         self._latency = HistogramRecorder(latency_histogram())
+        self._num_batches = 0
+        self._num_batch_items = 0
+        self._model_s_total = 0.0
         #: Custom metric samples (e.g. shadow divergence), by metric name.
         self._custom_metrics: dict[str, HistogramRecorder] = {}
 
@@ -217,6 +224,10 @@ class VersionLane:
             )
         recorder.record(value)
 
+    def batch_totals(self) -> tuple[int, int, float]:
+        """(batches run, items in them, model seconds of the successful ones) so far."""
+        return self._num_batches, self._num_batch_items, self._model_s_total
+
     def counts(self) -> LaneCounts:
         return LaneCounts(
             self._num_requests,
@@ -232,17 +243,6 @@ class VersionLane:
             return False
         is_resting = self.autoscaler is not None and self.pool.num_wanted == 0
         return self.pool.num_ready > 0 or is_resting
-
-    def load_snapshot(self) -> tuple[int, int, int, int, int, int]:
-        pool = self.pool
-        return (
-            pool.num_ready,
-            pool.num_starting,
-            pool.num_wanted,
-            pool.num_inflight_items,
-            self.batcher.queue_depth,
-            self.batcher.num_submitted,
-        )
 
     def _wake_up(self) -> None:
         if self.autoscaler is not None:
@@ -344,6 +344,12 @@ class VersionLane:
         return results
 
     def _observe_batch(self, observation: BatchObservation) -> None:
+        # Plain counters for ``fleet_counts`` (the control loops' view); the Prometheus
+        # histograms below are for scrapers and are never read back.
+        self._num_batches += 1
+        self._num_batch_items += observation.size
+        if observation.is_ok:
+            self._model_s_total += observation.model_s
         self._batch_size.observe(observation.size)
         for waited in observation.queue_s:
             self._queue_seconds.observe(waited)

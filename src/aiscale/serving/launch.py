@@ -20,10 +20,11 @@ from aiscale.data.capture_nats import NatsCaptureSink
 from aiscale.data.capture_record import CaptureConfig
 from aiscale.errors import InvalidInput, NotFound
 from aiscale.registry import FsspecArtifactStore, SqlRegistry, register_with_artifact
+from aiscale.registry.front import RegistryControl
+from aiscale.replicas.pool import ReplicaRuntime
 from aiscale.serving.capturing import CaptureBackend
-from aiscale.serving.control import RegistryControl
-from aiscale.serving.gateway import Gateway, GatewaySettings, spec_from_config
-from aiscale.serving.pool import ReplicaRuntime
+from aiscale.serving.gateway import Gateway, GatewaySettings
+from aiscale.serving.specs import spec_from_config
 
 if TYPE_CHECKING:
     from aiscale.serving.shared_state import SharedState
@@ -143,7 +144,11 @@ def build_gateway(
     (from command-line flags); a later source replaces an earlier one of the same name."""
     control = RegistryControl(registry, artifacts)
     by_name: dict[str, DeploymentConfig] = {}
-    for deployment in [*control.saved_deployments(), *config.deployments, *extra]:
+    for deployment in [
+        *(DeploymentConfig.model_validate(saved) for saved in control.saved_deployments()),
+        *config.deployments,
+        *extra,
+    ]:
         by_name[deployment.name] = deployment
     server = config.server
     runtime = ReplicaRuntime(server.runtime, server.ray_address)

@@ -100,18 +100,6 @@ class GatewayMetrics:
             ("deployment",),
             registry=registry,
         )
-        self.rollout_decisions = Counter(
-            "aiscale_rollout_decisions_total",
-            "Rollout decisions by verdict (analysis verdicts and operator actions).",
-            ("deployment", "verdict"),
-            registry=registry,
-        )
-        self.traffic_share = Gauge(
-            "aiscale_traffic_share_percent",
-            "Share of a deployment's traffic each version gets.",
-            ("deployment", "version"),
-            registry=registry,
-        )
         self.autoscaler_target = Gauge(
             "aiscale_autoscaler_target_replicas",
             "Replicas the autoscaling policy asks for.",

@@ -2,11 +2,12 @@
 
 The forecast is seasonal-naive with a level correction: the arrival rate over the coming
 ``startup_s + lookahead_s`` is what the same clock time saw one season ago (one week when the
-history covers it, else one day), scaled by how the last ``level_window_s`` compares with the
-same stretch one season ago (growth, a slow day). Without a season of history it falls back to
-a linear trend over the level window. The peak forecast rate divided by the replica capacity
-(requests/s per replica at the target utilisation) gives the replicas to have now, so that
-replicas started now are ready when the load comes.
+history covers it, else one day; or the one ``season_s`` configured), scaled by how the last
+``level_window_s`` compares with the same stretch one season ago (growth, a slow day).
+Without a season of history it falls back to a linear trend over the level window. The peak
+forecast rate divided by the replica capacity (requests/s per replica at the target
+utilisation) gives the replicas to have now, so that replicas started now are ready when the
+load comes.
 
 The policy scores itself: each decision records what it predicts for the bin one start-up
 time ahead, and later compares it with what came. While the smoothed relative error is above
@@ -48,6 +49,9 @@ class PredictiveConfig:
     error_smoothing: float = 0.1
     #: Forecast scores needed before the error can switch the forecast off.
     min_scored: int = 5
+    #: The one season to look back (s); ``None``: a week when the history covers it, else
+    #: a day. A short season suits tests and loads with a known period (a batch job's).
+    season_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.capacity_per_replica_per_s is not None and self.capacity_per_replica_per_s <= 0:
@@ -58,6 +62,8 @@ class PredictiveConfig:
             raise ConfigError("windows must be >= 0", field="startup_s")
         if not 0 < self.error_smoothing <= 1:
             raise ConfigError("must be in (0, 1]", field="error_smoothing")
+        if self.season_s is not None and self.season_s <= 0:
+            raise ConfigError("must be > 0 or None", field="season_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +118,12 @@ def forecast_peak_rate(
     bins = _Bins(history)
     horizon_end = now_s + config.startup_s + config.lookahead_s
     level_start = now_s - config.level_window_s
-    for season_s, name in ((WEEK_S, "weekly"), (DAY_S, "daily")):
+    seasons = (
+        ((WEEK_S, "weekly"), (DAY_S, "daily"))
+        if config.season_s is None
+        else ((config.season_s, "seasonal"),)
+    )
+    for season_s, name in seasons:
         if bins.covers(level_start - season_s, horizon_end - season_s):
             past = sum(bins.rates(level_start - season_s, now_s - season_s))
             recent = sum(bins.rates(level_start, now_s))

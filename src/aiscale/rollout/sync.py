@@ -16,26 +16,24 @@ registry read once the versions are warm (a version new to a gateway is loaded f
 then that gateway keeps serving the previous split). Operator actions sent to a gateway that
 does not drive the rollout are recorded and wait until the driver has applied them.
 
-It never touches the hot path: requests read ``Deployment.split``, which this loop swaps.
-Every registry call runs in a worker thread.
+It never touches the hot path or holds the gateway: it reads and changes the serving side
+through the ``Fleet`` (``snapshot``, ``set_split``, ``warm``, ``scale`` to 0 to drain) and
+drives rollouts through the ``RolloutManager``; its time is an injected ``Clock``. Every
+registry call runs in a worker thread.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 
+from aiscale.contracts.clock import Clock, SystemClock
+from aiscale.contracts.fleet import Fleet
+from aiscale.contracts.split import TrafficSplit
 from aiscale.errors import AiscaleError, Conflict, DeadlineExceeded, NotFound
-from aiscale.rollout.split import TrafficSplit
-from aiscale.serving.deployment import Deployment
-from aiscale.serving.rollouts import RolloutRecords, split_json
-
-if TYPE_CHECKING:
-    from aiscale.serving.gateway import Gateway
+from aiscale.rollout.live import RolloutManager, RolloutRecords, finish_rollout, split_json
 
 logger = logging.getLogger(__name__)
 
@@ -79,42 +77,52 @@ def split_from_json(deployment: str, data: dict[str, Any]) -> TrafficSplit:
 
 
 class RolloutSync:
-    """The follow loop of one gateway; ``run`` is its task, ``command`` serves admin calls."""
+    """The follow loop of one gateway; ``run`` is its task, ``command`` serves admin calls.
 
-    def __init__(self, gateway: Gateway, poll_s: float, command_timeout_s: float = 15.0) -> None:
-        self.gateway = gateway
+    ``records`` is the registry (``None``, or one without the shared tables: nothing to
+    follow, ``run`` returns at once and commands go to the local manager)."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        manager: RolloutManager,
+        records: object | None,
+        *,
+        poll_s: float,
+        command_timeout_s: float = 15.0,
+        clock: Clock | None = None,
+    ) -> None:
+        self.fleet = fleet
+        self.manager = manager
+        is_shared = isinstance(records, SharedRollouts) and isinstance(records, RolloutRecords)
+        self._records: Any = records if is_shared else None
         self.poll_s = poll_s
         self.command_timeout_s = command_timeout_s
+        self.clock: Clock = clock if clock is not None else SystemClock()
         #: The last traffic record applied (or found at start-up) per deployment.
         self._seen: dict[str, int] = {}
         #: A followed split whose rollout had not ended when it was applied, per deployment.
         self._unfinished: dict[str, TrafficSplit] = {}
 
-    @property
-    def _records(self) -> Any:
-        control = self.gateway.control
-        if isinstance(control, SharedRollouts) and isinstance(control, RolloutRecords):
-            return control
-        return None
-
     async def run(self) -> None:
         """Look every ``poll_s`` seconds (at a fixed rate: a slow look does not add up)."""
         if self._records is None:
             return
-        next_s = time.monotonic()
+        clock = self.clock
+        next_s = clock.monotonic()
         while True:
             try:
                 await self.tick()
             except Exception:  # a task boundary: keep the current splits, try again next time
                 logger.exception("following the registry's traffic splits failed")
-            next_s = max(next_s + self.poll_s, time.monotonic() + self.poll_s / 10)
-            await asyncio.sleep(next_s - time.monotonic())
+            next_s = max(next_s + self.poll_s, clock.monotonic() + self.poll_s / 10)
+            await clock.sleep(next_s - clock.monotonic())
 
     def _read(self, names: list[str]) -> tuple[bool, dict[str, Any], dict[str, Any]]:
         """Everything one look needs, in one worker-thread call: whether this gateway still
         holds its leases, the active rollouts, and each deployment's latest traffic record."""
         records = self._records
-        leases = self.gateway.rollouts.leases
+        leases = self.manager.leases
         is_lease_ok = leases is None or leases.check_leases()
         active = {r.deployment: r for r in records.active_rollouts()}
         latest = {name: records.latest_traffic(name) for name in names}
@@ -122,20 +130,20 @@ class RolloutSync:
 
     async def tick(self) -> None:
         """One look at the registry: drive, take over or follow each deployment."""
-        if self.gateway.is_draining:
+        manager = self.manager
+        if manager.is_stopping:
             return  # stopping: take nothing over, warm nothing
         records = self._records
-        manager = self.gateway.rollouts
-        deployments = dict(self.gateway.deployments)
-        is_lease_ok, active, latest = await anyio.to_thread.run_sync(
-            self._read, list(deployments)
-        )
+        deployments: dict[str, set[str]] = {}
+        for snapshot in self.fleet.snapshot():
+            deployments.setdefault(snapshot.deployment, set()).add(snapshot.version)
+        is_lease_ok, active, latest = await anyio.to_thread.run_sync(self._read, list(deployments))
         if not is_lease_ok:
             for name in list(manager.controllers):
                 if manager.is_driving(name):
                     logger.warning("lost the lease of %s's rollout; following it instead", name)
                     await manager.step_down(name)
-        for name, deployment in deployments.items():
+        for name, versions in deployments.items():
             if manager.is_driving(name):
                 await self._apply_requests(name, records)
                 continue
@@ -143,22 +151,22 @@ class RolloutSync:
             local = manager.controllers.get(name)
             if record is not None and (local is None or local.rollout_id != record.rollout_id):
                 # Nobody drives it (or only this gateway can): take its lease and resume it.
-                await manager.resume(record, deployment)
+                await manager.resume(record)
                 if manager.is_driving(name):
                     continue
-            await self._follow(name, deployment, record is not None, latest.get(name))
+            await self._follow(name, versions, record is not None, latest.get(name))
 
     async def _follow(
-        self, name: str, deployment: Deployment, is_rolling_out: bool, latest: Any
+        self, name: str, versions: set[str], is_rolling_out: bool, latest: Any
     ) -> None:
-        current = self.gateway.rollouts.controllers.get(name)
+        current = self.manager.controllers.get(name)
         if current is not None and not current.done.is_set():
             return  # this gateway's own controller is still finishing
         if latest is None:
             return
         seen = self._seen.get(name)
         if latest.traffic_id == seen:
-            await self._finish_when_ended(deployment, is_rolling_out)
+            await self._finish_when_ended(name, is_rolling_out)
             return
         if seen is None and not is_rolling_out:
             # History from before this gateway started: its deployment config is the truth.
@@ -167,49 +175,32 @@ class RolloutSync:
         split = split_from_json(name, latest.split)
         wanted = [*split.versions, *([split.shadow_version] if split.shadow_version else [])]
         for version in wanted:
-            if version not in deployment.lanes:
+            if version not in versions:
                 logger.info("warming version %s of %s to follow the registry", version, name)
-                try:
-                    await self.gateway.rollouts.warm_lane(deployment, version)
-                except Conflict:
-                    pass
-        if deployment.split != split:
-            deployment.set_split(split)
-            logger.info("following %s's split from the registry: %s", name, dict(split.weights))
+                await self.fleet.warm(name, version)
+        await self.fleet.set_split(name, split, cause="following the registry")
         self._seen[name] = latest.traffic_id
         self._unfinished[name] = split
-        await self._finish_when_ended(deployment, is_rolling_out)
+        await self._finish_when_ended(name, is_rolling_out)
 
-    async def _finish_when_ended(self, deployment: Deployment, is_rolling_out: bool) -> None:
+    async def _finish_when_ended(self, name: str, is_rolling_out: bool) -> None:
         """Finish once the followed split has one version and no rollout is active.
 
         The driver records the final split a moment before it marks its rollout ended, so a
         look can see the one without the other: the finish then waits for a later look
         instead of being skipped with the record (which left the loser's replicas running).
         """
-        split = self._unfinished.get(deployment.name)
+        split = self._unfinished.get(name)
         if split is None or is_rolling_out:
             return
-        del self._unfinished[deployment.name]
+        del self._unfinished[name]
         if len(split.weights) == 1 and split.shadow_version is None:
-            await self._finish(deployment, split.weights[0][0])
-
-    async def _finish(self, deployment: Deployment, winner: str) -> None:
-        """A rollout ended elsewhere: make the winner primary and drain the other versions."""
-        if deployment.primary_version != winner:
-            deployment.make_primary(winner)
-            on_finish = self.gateway.rollouts.on_finish
-            if on_finish is not None:
-                await on_finish(deployment.name, winner)
-        for version in [v for v in deployment.lanes if v != winner]:
-            try:
-                await deployment.remove_lane(version, self.gateway.settings.drain_timeout_s)
-            except (Conflict, KeyError):
-                pass
+            # A rollout ended elsewhere: the winner becomes primary, the other versions drain.
+            await finish_rollout(self.fleet, name, split.weights[0][0], None)
 
     async def _apply_requests(self, name: str, records: Any) -> None:
         """Apply actions asked through other gateways that the driver has not answered yet."""
-        controller = self.gateway.rollouts.controllers[name]
+        controller = self.manager.controllers[name]
         decisions = await anyio.to_thread.run_sync(records.decisions, controller.rollout_id)
         for index, decision in enumerate(decisions):
             if decision.verdict != "requested":
@@ -229,7 +220,7 @@ class RolloutSync:
             return  # one action per look: the next look sees its decision
 
     # ----- admin calls ---------------------------------------------------------------------
-    async def command(self, deployment: Deployment, action: str) -> None:
+    async def command(self, name: str, action: str) -> None:
         """Pause, resume, promote or abort a rollout through this gateway, whichever drives it.
 
         Raises ``NotFound`` (no rollout / no such action), ``Conflict`` (the rollout ended)
@@ -237,13 +228,12 @@ class RolloutSync:
         """
         if action not in ACTIONS:
             raise NotFound(f"no rollout action {action!r}; use {sorted(ACTIONS)}", field="action")
-        name = deployment.name
-        manager = self.gateway.rollouts
+        manager = self.manager
         records = self._records
         if not manager.is_driving(name) and records is not None:
             record = await self._active(name)
             if record is not None:
-                await manager.resume(record, deployment)  # nobody drives it: this gateway will
+                await manager.resume(record)  # nobody drives it: this gateway will
                 if not manager.is_driving(name):
                     await self._ask(record, action)
                     return
@@ -266,9 +256,10 @@ class RolloutSync:
                 {"action": action},
             )
         )
-        deadline = time.monotonic() + self.command_timeout_s
-        while time.monotonic() < deadline:
-            await asyncio.sleep(min(0.1, self.poll_s))
+        clock = self.clock
+        deadline = clock.monotonic() + self.command_timeout_s
+        while clock.monotonic() < deadline:
+            await clock.sleep(min(0.1, self.poll_s))
             latest = await anyio.to_thread.run_sync(records.latest_rollout, record.deployment)
             if latest is None or latest.rollout_id != record.rollout_id:
                 break
@@ -295,9 +286,7 @@ class RolloutSync:
         records = self._records
         if records is None:
             return
-        await anyio.to_thread.run_sync(
-            records.record_traffic, name, split_json(split), cause
-        )
+        await anyio.to_thread.run_sync(records.record_traffic, name, split_json(split), cause)
         latest = await anyio.to_thread.run_sync(records.latest_traffic, name)
         if latest is not None:
             self._seen[name] = latest.traffic_id
@@ -312,8 +301,9 @@ class RolloutSync:
         if record is None:
             return None
         decisions = await anyio.to_thread.run_sync(records.decisions, record.rollout_id)
-        analysis = [d for d in decisions if d.verdict in ("promote", "wait", "rollback",
-                                                           "not_enough_data")]
+        analysis = [
+            d for d in decisions if d.verdict in ("promote", "wait", "rollback", "not_enough_data")
+        ]
         last = analysis[-1] if analysis else None
         return {
             "deployment": name,

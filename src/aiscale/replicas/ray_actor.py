@@ -1,10 +1,10 @@
 """The replica as a Ray actor: loads one model version and answers batches in a Ray worker.
 
-The Ray counterpart of ``replica.py``: ``RayReplicaPool`` creates one actor per replica with
+The Ray counterpart of ``process.py``: ``RayActorBackend`` creates one actor per replica with
 the deployment's resource requests and calls ``predict`` with each batch. Model code runs only
 here, so a model that crashes takes down this worker, never the gateway. Every exception from
 the model comes back in the ``BatchReply`` with its type name; this module never decides
-status codes and never imports the web framework. It does not import Ray either: the pool
+status codes and never imports the web framework. It does not import Ray either: the backend
 wraps the class with ``ray.remote`` when it creates an actor.
 """
 
@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from aiscale.serving.ipc import BatchReply, BatchRequest, LoadFailedMessage
-from aiscale.serving.replica import _run_batch
+from aiscale.replicas.ipc import BatchReply, BatchRequest, LoadFailedMessage
+from aiscale.replicas.process import _run_batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ class RayReplicaActor:
         """Load the model; the environment is set first, before torch/OpenMP are imported.
 
         The values replace Ray's own (Ray sets ``OMP_NUM_THREADS`` to the actor's CPUs),
-        as the local pool's do: this worker process is the replica's alone.
+        as a local replica's do: this worker process is the replica's alone.
         """
         started = time.monotonic()
         os.environ.update(env)
@@ -73,7 +73,7 @@ class RayReplicaActor:
         return _run_batch(self._predict, BatchRequest(batch_id, items))
 
     def watch(self) -> None:
-        """Return only when stopped: the pool awaits this call to learn of the actor's death
+        """Return only when stopped: the backend awaits this call to learn of the actor's death
         (its reference fails with ``ActorDiedError``) even while no batch is on it."""
         self._stopped.wait()
 

@@ -8,11 +8,31 @@ methods are synchronous SQL: the gateway calls them through ``anyio.to_thread``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Protocol
 
-from aiscale.config import DeploymentConfig
 from aiscale.errors import NotFound
 from aiscale.registry import DeploymentRecord, FsspecArtifactStore, SqlRegistry, VersionRecord
+
+
+class SavedDeployment(Protocol):
+    """What is persisted of a deployment's config (``aiscale.config.DeploymentConfig`` is one).
+
+    A protocol rather than the config class: the registry sits below the config tree, which
+    aggregates every part's settings, so it must not import it (docs/decisions.md)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def version(self) -> str | None: ...
+
+    @property
+    def replicas(self) -> int: ...
+
+    def model_dump(self, *, mode: str, by_alias: bool) -> dict[str, Any]: ...
 
 
 class RegistryControl:
@@ -39,7 +59,7 @@ class RegistryControl:
             record = dataclasses.replace(record, uri=str(local))
         return record
 
-    def save_deployment(self, config: DeploymentConfig) -> None:
+    def save_deployment(self, config: SavedDeployment) -> None:
         self.registry.put_deployment(
             DeploymentRecord(
                 name=config.name,
@@ -50,14 +70,14 @@ class RegistryControl:
             )
         )
 
-    def saved_deployments(self) -> list[DeploymentConfig]:
-        """Deployments persisted by earlier runs, as configs to start again."""
+    def saved_deployments(self) -> list[dict[str, Any]]:
+        """Deployments persisted by earlier runs, as config data to validate and start again."""
         return [
-            DeploymentConfig.model_validate({**record.config, "replicas": record.replicas})
+            {**record.config, "replicas": record.replicas}
             for record in self.registry.list_deployments()
         ]
 
-    # ----- rollouts (the ``RolloutRecords`` protocol of serving/rollouts.py) -------------------
+    # ----- rollouts (the ``RolloutRecords`` protocol of rollout/live.py) -------------------
     def start_rollout(
         self,
         deployment: str,
@@ -98,7 +118,7 @@ class RegistryControl:
     def aliases(self, model: str) -> dict[str, str]:
         return dict(self.registry.list_aliases(model))
 
-    # ----- several gateways (the ``SharedRollouts`` protocol of serving/rollout_sync.py) -----
+    # ----- several gateways (the ``SharedRollouts`` protocol of rollout/sync.py) -----
     def latest_traffic(self, deployment: str) -> Any:
         return self.registry.rollouts.latest_traffic(deployment)
 

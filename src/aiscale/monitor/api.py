@@ -1,16 +1,18 @@
 """Admin endpoints under ``/admin/monitor``: snapshot, history, alerts, silences, audit.
 
-Called by ``AdminApi`` (the caller already has the ``admin`` scope). Query parameters and
-bodies are checked here; every bad one is a 400 naming the parameter. History comes from the
-embedded store, or from Prometheus (``source=prometheus``, the default when
-``monitor.prometheus_url`` is set).
+Called by ``AdminApi`` (the caller already has the ``admin`` scope), which hands it plain
+values (method, path parts, query parameters, a body reader) and turns the JSON payload it
+returns into the HTTP answer: this module never imports the serving part. Query parameters and
+bodies are checked here; every bad one is an ``InvalidInput`` (400) naming the parameter.
+History comes from the embedded store, or from Prometheus (``source=prometheus``, the default
+when ``monitor.prometheus_url`` is set).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -21,10 +23,8 @@ from aiscale.monitor.config import SERIES
 from aiscale.monitor.live import LiveMonitor
 from aiscale.monitor.prometheus import PrometheusReader
 from aiscale.monitor.snapshot import alerts_json, audit_json, build_snapshot
-from aiscale.serving.gateway import Gateway
 
-if TYPE_CHECKING:
-    from aiscale.serving.app import Request, Response
+__all__ = ["MonitorApi"]
 
 _MAX_POINTS = 11_000  # Prometheus refuses more than 11,000 points per series as well
 
@@ -44,16 +44,7 @@ class SilenceBody(BaseModel):
         return self
 
 
-def _ok(payload: Any) -> Response:
-    return 200, orjson.dumps(payload), [(b"content-type", b"application/json")]
-
-
-def _query(request: Request) -> dict[str, str]:
-    raw = request.scope.get("query_string", b"").decode("latin-1")
-    return {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}
-
-
-def _number(params: dict[str, str], name: str, default: float | None, *,
+def _number(params: Mapping[str, str], name: str, default: float | None, *,
             minimum: float | None = None) -> float | None:
     text = params.get(name)
     if text is None or text == "":
@@ -67,32 +58,32 @@ def _number(params: dict[str, str], name: str, default: float | None, *,
     return value
 
 
-def _rollout_of(gateway: Gateway, name: str) -> dict[str, Any] | None:
-    from aiscale.serving.admin import rollout_status
-
-    if name not in gateway.rollouts.controllers:
-        return None
-    return rollout_status(gateway, name)
-
-
 class MonitorApi:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    """The ``/admin/monitor`` endpoints of one monitor (``None``: the monitor is off, and
+    every endpoint answers ``Conflict``). ``rollout_of(deployment)`` gives the snapshot's
+    ``rollout`` entry (``None`` when there is no rollout)."""
+
+    def __init__(self, monitor: LiveMonitor | None,
+                 rollout_of: Callable[[str], dict[str, Any] | None]) -> None:
+        self.monitor = monitor
+        self.rollout_of = rollout_of
 
     def _monitor(self) -> LiveMonitor:
-        if self.gateway.monitor is None:
+        if self.monitor is None:
             raise Conflict("the monitor is off on this server (monitor.enabled: false)",
                            field="monitor")
-        return self.gateway.monitor
+        return self.monitor
 
-    async def handle(self, request: Request, method: str, parts: list[str]) -> Response:
+    async def handle(self, method: str, parts: list[str], params: Mapping[str, str],
+                     read_body: Callable[[], Awaitable[bytes]]) -> Any:
+        """The JSON payload of ``method`` on ``/admin/monitor/{parts}``; raises the domain
+        errors the admin layer maps to status codes."""
         monitor = self._monitor()
-        params = _query(request)
         if parts == ["silences"]:
             if method == "POST":
-                return _ok(self._add_silence(monitor, await request.body()))
+                return self._add_silence(monitor, await read_body())
             if method == "GET":
-                return _ok({"silences": _silences(monitor)})
+                return {"silences": _silences(monitor)}
             raise MethodNotAllowed("use GET or POST", field="method")
         if method != "GET":
             raise MethodNotAllowed("use GET", field="method")
@@ -101,19 +92,18 @@ class MonitorApi:
             step = _number(params, "step_s", None, minimum=0.001)
             if step is not None and window / step > _MAX_POINTS:
                 raise InvalidInput(f"window_s / step_s must be <= {_MAX_POINTS}", field="step_s")
-            return _ok(build_snapshot(monitor, window,
-                                      lambda name: _rollout_of(self.gateway, name),
-                                      step_s=step))
+            return build_snapshot(monitor, window, self.rollout_of, step_s=step)
         if parts == ["history"]:
-            return _ok(await self._history(monitor, params))
+            return await self._history(monitor, params)
         if parts == ["alerts"]:
-            return _ok({"alerts": alerts_json(monitor), "silences": _silences(monitor)})
+            return {"alerts": alerts_json(monitor), "silences": _silences(monitor)}
         if parts == ["audit"]:
             limit = int(_number(params, "limit", 200.0, minimum=1.0) or 200)
-            return _ok({"entries": audit_json(monitor, min(limit, 1000))})
+            return {"entries": audit_json(monitor, min(limit, 1000))}
         raise NotFound(f"no monitor endpoint at /admin/monitor/{'/'.join(parts)}", field="path")
 
-    async def _history(self, monitor: LiveMonitor, params: dict[str, str]) -> dict[str, Any]:
+    async def _history(self, monitor: LiveMonitor, params: Mapping[str, str]
+                       ) -> dict[str, Any]:
         """``since_s``/``until_s``: unix seconds, or negative for seconds before now."""
         deployment = params.get("deployment")
         if not deployment:

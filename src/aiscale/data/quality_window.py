@@ -20,9 +20,7 @@ deployment's window is dropped).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ import anyio
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from aiscale.contracts.clock import Clock, SystemClock
 from aiscale.data.export import quality_columns
 from aiscale.data.quality import Expectations, QualityReport, check_quality
 
@@ -98,9 +97,11 @@ class _Window:
 
 
 class QualityWindows:
-    """Every deployment's window; created by the gateway with its metrics registry."""
+    """Every deployment's window; created by the gateway with its metrics registry. Ages and
+    check times are read on ``clock`` (monotonic), ``checked_at_s`` on its wall time."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, clock: Clock | None = None) -> None:
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self._windows: dict[str, _Window] = {}
         self._failed = Gauge(
             "aiscale_data_quality_checks_failed",
@@ -134,7 +135,7 @@ class QualityWindows:
         latency_s: float,
     ) -> None:
         """Append one successful request's rows (called by the app before it answers)."""
-        now_s = time.monotonic()
+        now_s = self._clock.monotonic()
         window = self._windows.get(deployment)
         if window is None or (window.settings is not settings and window.settings != settings):
             # A new deployment, or one redeployed with other settings: a fresh window.
@@ -143,7 +144,7 @@ class QualityWindows:
             pairs: Any = zip(inputs, outputs, strict=True)
         else:
             pairs = ((inputs, outputs),)
-        ts_s = time.time()
+        ts_s = self._clock.time()
         latency_ms = latency_s * 1000.0
         window.rows.extend(
             (now_s, {"request_id": request_id, "item": i, "ts": ts_s, "version": version,
@@ -169,7 +170,7 @@ class QualityWindows:
         """Check each due window, forever; ``configured()`` gives the settings of every
         current deployment that has them. Cancelled by the gateway at shutdown."""
         while True:
-            now_s = time.monotonic()
+            now_s = self._clock.monotonic()
             wanted = configured()
             self._sync(wanted, now_s)
             for name, window in list(self._windows.items()):
@@ -181,7 +182,7 @@ class QualityWindows:
                         logger.exception("data-quality check of %s failed", name)
             next_s = min((w.next_check_s for w in self._windows.values()),
                          default=now_s + MAX_IDLE_S)  # fmt: skip
-            await asyncio.sleep(min(MAX_IDLE_S, max(0.0, next_s - time.monotonic())))
+            await self._clock.sleep(min(MAX_IDLE_S, max(0.0, next_s - self._clock.monotonic())))
 
     def _sync(self, wanted: Mapping[str, QualitySettings], now_s: float) -> None:
         """A window per configured deployment, so that one with no traffic reports no data."""
@@ -201,7 +202,7 @@ class QualityWindows:
         """Drop rows older than the window and check the rest, in a worker thread."""
         window = self._windows[deployment]
         settings = window.settings
-        horizon_s = time.monotonic() - settings.window_s
+        horizon_s = self._clock.monotonic() - settings.window_s
         rows = window.rows
         while rows and rows[0][0] < horizon_s:
             rows.popleft()
@@ -210,7 +211,8 @@ class QualityWindows:
         if snapshot:
             report = await anyio.to_thread.run_sync(_check_rows, snapshot, settings.expectations)
         before = window.status
-        status = QualityStatus(deployment, settings, report, len(snapshot), time.time())
+        checked_at_s = self._clock.time()
+        status = QualityStatus(deployment, settings, report, len(snapshot), checked_at_s)
         if self._windows.get(deployment) is window:  # not removed while the thread ran
             window.status = status
             self._failed.labels(deployment).set(status.num_failed)

@@ -1,8 +1,13 @@
-"""Progressive rollouts inside the gateway: one controller task per deployment being rolled out.
+"""Progressive rollouts of one server: one controller task per deployment being rolled out.
 
-Adapts a serving ``Deployment`` to the controller's ``RolloutTarget`` and the registry to its
-``RolloutStore`` (SQL in a worker thread). Starting a rollout warms the canary's replicas
-before it gets any traffic; a server restarted mid-rollout resumes every active rollout.
+Adapts the ``Fleet`` (``contracts/fleet.py``) to the controller's ``RolloutTarget`` and the
+registry to its ``RolloutStore`` (SQL in a worker thread). Starting a rollout warms the
+canary's replicas (``Fleet.warm``) before it gets any traffic; finishing makes the winner
+the primary (``Fleet.set_split``) and drains the loser (``Fleet.scale`` to 0); a server
+restarted mid-rollout resumes every active rollout.
+
+It never holds the gateway or imports the serving part: everything it sees and changes of
+the serving side goes through the ``Fleet`` it is given, and its time through a ``Clock``.
 """
 
 from __future__ import annotations
@@ -13,14 +18,14 @@ import logging
 from typing import Any, Protocol, runtime_checkable
 
 import anyio
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from aiscale.contracts.clock import Clock, SystemClock
+from aiscale.contracts.fleet import Fleet, FleetSnapshot
+from aiscale.contracts.split import TrafficSplit
 from aiscale.errors import Conflict, NotFound
 from aiscale.rollout.analysis import AnalysisConfig, VersionCounts
 from aiscale.rollout.controller import RolloutController, RolloutPlan, RolloutStatus
-from aiscale.rollout.split import TrafficSplit
-from aiscale.serving.deployment import Deployment
-from aiscale.serving.lane import VersionLane
-from aiscale.serving.metrics import GatewayMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +36,24 @@ def split_json(split: TrafficSplit) -> dict[str, Any]:
         "shadow_version": split.shadow_version,
         "shadow_fraction": split.shadow_fraction,
     }
+
+
+class RolloutMetrics:
+    """The rollout part's metrics, registered on the server's injected registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.decisions = Counter(
+            "aiscale_rollout_decisions_total",
+            "Rollout decisions by verdict (analysis verdicts and operator actions).",
+            ("deployment", "verdict"),
+            registry=registry,
+        )
+        self.traffic_share = Gauge(
+            "aiscale_traffic_share_percent",
+            "Share of a deployment's traffic each version gets.",
+            ("deployment", "version"),
+            registry=registry,
+        )
 
 
 @runtime_checkable
@@ -89,39 +112,59 @@ class RolloutLeases(Protocol):
         ...
 
 
-class DeploymentTarget:
-    """A serving deployment as the rollout controller steers it."""
+def version_snapshot(fleet: Fleet, deployment: str, version: str) -> FleetSnapshot:
+    """One version of one deployment now; ``NotFound`` when it runs no replicas here."""
+    for snapshot in fleet.snapshot(deployment):
+        if snapshot.version == version:
+            return snapshot
+    raise NotFound(f"version {version!r} of {deployment!r} is not deployed", field="version")
 
-    def __init__(
-        self, deployment: Deployment, drain_timeout_s: float, on_finish: Any = None
-    ) -> None:
+
+class FleetTarget:
+    """One deployment of the fleet as the rollout controller steers it."""
+
+    def __init__(self, fleet: Fleet, deployment: str) -> None:
+        self.fleet = fleet
         self.deployment = deployment
-        self.drain_timeout_s = drain_timeout_s
-        self._on_finish = on_finish
 
     def counts(self, version: str) -> VersionCounts:
-        counts = self.deployment.lane(version).counts()
+        found = version_snapshot(self.fleet, self.deployment, version)
         return VersionCounts(
-            counts.num_requests, counts.num_errors, counts.latency_s, counts.metrics
+            found.num_requests, found.num_errors, found.latency_s, dict(found.custom_metrics)
         )
 
-    def set_split(self, split: TrafficSplit) -> None:
-        self.deployment.set_split(split)
+    async def set_split(self, split: TrafficSplit, cause: str) -> None:
+        await self.fleet.set_split(self.deployment, split, cause=cause)
 
     async def finish(self, winner: str, loser: str) -> None:
-        self.deployment.set_split(TrafficSplit.of({winner: 100.0}))
-        self.deployment.make_primary(winner)
-        if self._on_finish is not None:
-            await self._on_finish(self.deployment.name, winner)
-        if loser in self.deployment.lanes:
-            await self.deployment.remove_lane(loser, self.drain_timeout_s)
+        """``winner`` takes all traffic and becomes the primary (persisted); ``loser`` drains."""
+        await finish_rollout(self.fleet, self.deployment, winner, loser)
+
+
+async def finish_rollout(fleet: Fleet, deployment: str, winner: str, loser: str | None) -> None:
+    """Make ``winner`` the primary with all traffic, then drain ``loser`` (every other
+    version when ``None``): a version with no share scaled to zero is removed."""
+    await fleet.set_split(
+        deployment,
+        TrafficSplit.of({winner: 100.0}),
+        primary=winner,
+        cause=f"rollout: {winner} takes all traffic",
+    )
+    for snapshot in fleet.snapshot(deployment):
+        if snapshot.version != winner and loser in (None, snapshot.version):
+            try:
+                await fleet.scale(
+                    deployment, 0, version=snapshot.version, cause=f"rollout: {winner} won"
+                )
+            except NotFound:
+                pass  # removed meanwhile (another finish, an admin call)
 
 
 class RegistryRolloutStore:
     """The controller's ``RolloutStore`` on the registry, each call in a worker thread."""
 
     def __init__(
-        self, records: RolloutRecords, metrics: GatewayMetrics | None = None, deployment: str = ""
+        self, records: RolloutRecords, metrics: RolloutMetrics | None = None, deployment: str = ""
     ) -> None:
         self.records = records
         self.metrics = metrics
@@ -140,7 +183,7 @@ class RegistryRolloutStore:
         self, rollout_id: Any, step_index: int, verdict: str, reason: str, numbers: dict[str, Any]
     ) -> None:
         if self.metrics is not None:
-            self.metrics.rollout_decisions.labels(self.deployment, verdict).inc()
+            self.metrics.decisions.labels(self.deployment, verdict).inc()
         await anyio.to_thread.run_sync(
             self.records.record_decision, rollout_id, step_index, verdict, reason[:2000], numbers
         )
@@ -155,24 +198,33 @@ class RegistryRolloutStore:
 
 
 class RolloutManager:
-    """Starts, resumes and commands the controllers of one gateway."""
+    """Starts, resumes and commands the controllers of one server.
+
+    Owned by the composition root (the gateway): ``resume_all`` after the deployments are
+    up, ``stop`` before they stop. Besides the admin calls it answers the monitor's
+    actions (``phase``, ``pause``, ``rollback``: ``monitor.actions.RolloutCommands``).
+    """
 
     def __init__(
         self,
+        fleet: Fleet,
         records: RolloutRecords | None,
-        drain_timeout_s: float,
-        on_finish: Any = None,
-        metrics: GatewayMetrics | None = None,
+        *,
+        metrics: RolloutMetrics | None = None,
+        clock: Clock | None = None,
     ) -> None:
+        self.fleet = fleet
         self.records = records
         self.metrics = metrics
-        self.drain_timeout_s = drain_timeout_s
-        self.on_finish = on_finish
+        self.clock: Clock = clock if clock is not None else SystemClock()
         self.controllers: dict[str, RolloutController] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._task_of: dict[str, asyncio.Task[None]] = {}
         #: ``None``: one gateway, which drives every rollout of its deployments.
         self.leases = records if isinstance(records, RolloutLeases) else None
+        #: Set by ``stop`` (or by the owner as it begins to drain): nothing is resumed or
+        #: taken over any more.
+        self.is_stopping = False
 
     def controller(self, deployment: str) -> RolloutController:
         found = self.controllers.get(deployment)
@@ -184,26 +236,25 @@ class RolloutManager:
         self,
         rollout_id: Any,
         plan: RolloutPlan,
-        deployment: Deployment,
         *,
         step_index: int = 0,
         status: RolloutStatus = RolloutStatus.RUNNING,
     ) -> RolloutController:
-        """Run a controller for a rollout whose canary lane is already warm."""
+        """Run a controller for a rollout whose canary is already warm."""
         current = self.controllers.get(plan.deployment)
         if current is not None and current.status.is_active:
             raise Conflict(
                 f"{plan.deployment!r} already has a rollout in progress", field="deployment"
             )
-        if self.records is None:
-            raise Conflict("rollouts need a registry", field="deployment")
+        records = self._records()
         controller = RolloutController(
             rollout_id,
             plan,
-            DeploymentTarget(deployment, self.drain_timeout_s, self.on_finish),
-            RegistryRolloutStore(self.records, self.metrics, plan.deployment),
+            FleetTarget(self.fleet, plan.deployment),
+            RegistryRolloutStore(records, self.metrics, plan.deployment),
             step_index=step_index,
             status=status,
+            clock=self.clock,
         )
         self.controllers[plan.deployment] = controller
         task = asyncio.create_task(self._run(controller), name=f"rollout-{plan.deployment}")
@@ -213,7 +264,7 @@ class RolloutManager:
         return controller
 
     def is_driving(self, deployment: str) -> bool:
-        """True while this gateway runs the active rollout of ``deployment``."""
+        """True while this server runs the active rollout of ``deployment``."""
         current = self.controllers.get(deployment)
         return current is not None and current.status.is_active
 
@@ -243,140 +294,122 @@ class RolloutManager:
             await asyncio.gather(task, return_exceptions=True)
 
     async def stop(self) -> None:
+        self.is_stopping = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.leases is not None:
             await anyio.to_thread.run_sync(self.leases.close_leases)
 
+    # ----- the monitor's actions (``monitor.actions.RolloutCommands``) -------------------------
+    def phase(self, deployment: str) -> tuple[str, float] | None:
+        """The status and canary percent of the active rollout this server drives, if any."""
+        current = self.controllers.get(deployment)
+        if current is None or not current.status.is_active:
+            return None
+        return str(current.status), current.canary_percent
+
+    async def pause(self, deployment: str) -> None:
+        await self.controller(deployment).pause()
+
     # ----- from admin calls and start-up ------------------------------------------------------
-    async def begin(
-        self, deployment: Deployment, version: str, plan: RolloutPlan
-    ) -> RolloutController:
-        """Warm the canary's replicas, record the rollout, then start stepping traffic."""
+    async def begin(self, plan: RolloutPlan) -> RolloutController:
+        """Warm the canary's replicas, record the rollout, then start stepping traffic.
+
+        Raises ``Conflict`` when a rollout of the deployment is in progress (here or through
+        another gateway), when no registry is configured or when the canary already runs."""
         records = self._records()
-        current = self.controllers.get(deployment.name)
+        name = plan.deployment
+        current = self.controllers.get(name)
         if current is not None and current.status.is_active:
+            raise Conflict(f"{name!r} already has a rollout in progress", field="deployment")
+        versions = self.fleet.snapshot(name)
+        if not versions:
+            raise NotFound(f"no deployment named {name!r}", field="model")
+        # An alias names a version only until it moves: the rollout records the number.
+        canary = await anyio.to_thread.run_sync(
+            records.resolve_version, versions[0].model, plan.canary
+        )
+        plan = dataclasses.replace(plan, canary=str(canary.version))
+        if any(s.version == plan.canary for s in versions):
             raise Conflict(
-                f"{deployment.name!r} already has a rollout in progress", field="deployment"
+                f"version {plan.canary!r} is already deployed in {name!r}", field="version"
             )
         leases = self.leases
-        if leases is not None and not await anyio.to_thread.run_sync(
-            leases.try_lease, deployment.name
-        ):
-            raise Conflict(
-                f"another gateway is driving a rollout of {deployment.name!r}",
-                field="deployment",
-            )
+        if leases is not None and not await anyio.to_thread.run_sync(leases.try_lease, name):
+            raise Conflict(f"another gateway is driving a rollout of {name!r}", field="deployment")
         try:
             active = await anyio.to_thread.run_sync(records.active_rollouts)
-            if any(r.deployment == deployment.name for r in active):
-                raise Conflict(
-                    f"{deployment.name!r} already has a rollout in progress", field="deployment"
-                )
-            await self.warm_lane(deployment, version)
+            if any(r.deployment == name for r in active):
+                raise Conflict(f"{name!r} already has a rollout in progress", field="deployment")
+            await self.fleet.warm(name, plan.canary)
             try:
                 record = await anyio.to_thread.run_sync(
                     lambda: records.start_rollout(
-                        deployment.name,
-                        plan.baseline,
-                        plan.canary,
-                        list(plan.steps),
-                        plan_config(plan),
+                        name, plan.baseline, plan.canary, list(plan.steps), plan_config(plan)
                     )
                 )
             except Exception:
-                await deployment.remove_lane(plan.canary, self.drain_timeout_s)
+                await self.fleet.scale(
+                    name, 0, version=plan.canary, cause="rollout: not recorded, canary removed"
+                )
                 raise
         except BaseException:
             if leases is not None:
-                await anyio.to_thread.run_sync(leases.release_lease, deployment.name)
+                await anyio.to_thread.run_sync(leases.release_lease, name)
             raise
-        return self.start(record.rollout_id, plan, deployment)
+        return self.start(record.rollout_id, plan)
 
-    async def resume_all(self, deployments: dict[str, Deployment]) -> None:
+    async def resume_all(self) -> None:
         """Pick up every rollout the registry says is running or paused."""
         if self.records is None:
             return
-        for deployment in deployments.values():
-            await self.refresh_aliases(deployment)
+        names = {s.deployment for s in self.fleet.snapshot()}
         for record in await anyio.to_thread.run_sync(self.records.active_rollouts):
-            found = deployments.get(record.deployment)
-            if found is None:
-                continue
-            await self.resume(record, found)
+            if record.deployment in names:
+                await self.resume(record)
 
-    async def resume(self, record: Any, deployment: Deployment) -> None:
+    async def resume(self, record: Any) -> None:
         """Drive an active rollout from the step its record is at, if no other gateway does
         (with several gateways: at start-up, or after the one driving it went away)."""
+        if self.is_stopping:
+            return
         if self.leases is not None and not await anyio.to_thread.run_sync(
             self.leases.try_lease, record.deployment
         ):
             return
         plan = plan_from_record(record)
-        try:
-            await self.warm_lane(deployment, plan.canary)
-        except Conflict:
-            pass  # already deployed (the canary lane survived in this process)
-        logger.info(
-            "resuming the rollout of %s at step %d", record.deployment, record.step_index
-        )
+        await self.fleet.warm(plan.deployment, plan.canary)  # kept as it is when already warm
+        logger.info("resuming the rollout of %s at step %d", record.deployment, record.step_index)
         self.start(
             record.rollout_id,
             plan,
-            deployment,
             step_index=record.step_index,
             status=RolloutStatus(record.status),
         )
 
-    async def rollback(self, deployment: Deployment) -> str:
-        """Back to the previous version at once: abort a running rollout, else undo the last one."""
-        current = self.controllers.get(deployment.name)
+    async def rollback(self, deployment: str) -> str:
+        """Back to the previous version at once: abort a running rollout, else undo the last
+        one. Returns the version now served; ``Conflict`` when there is none to go back to."""
+        current = self.controllers.get(deployment)
         if current is not None and current.status.is_active:
             await current.abort("rolled back by operator")
             return current.plan.baseline
         records = self._records()
-        previous = await anyio.to_thread.run_sync(records.last_promoted_baseline, deployment.name)
-        if previous is None or previous == deployment.primary_version:
+        primary = next((s.version for s in self.fleet.snapshot(deployment) if s.is_primary), None)
+        if primary is None:
+            raise NotFound(f"no deployment named {deployment!r}", field="model")
+        previous = await anyio.to_thread.run_sync(records.last_promoted_baseline, deployment)
+        if previous is None or previous == primary:
             raise Conflict(
-                f"{deployment.name!r} has no previous version to go back to", field="deployment"
+                f"{deployment!r} has no previous version to go back to", field="deployment"
             )
-        loser = deployment.primary_version
-        await self.warm_lane(deployment, previous)
-        target = DeploymentTarget(deployment, self.drain_timeout_s, self.on_finish)
-        await target.finish(previous, loser)
-        await RegistryRolloutStore(records, self.metrics, deployment.name).record_traffic(
-            deployment.name, TrafficSplit.of({previous: 100.0}), f"rollback from {loser}"
+        await self.fleet.warm(deployment, previous)
+        await finish_rollout(self.fleet, deployment, previous, primary)
+        await RegistryRolloutStore(records, self.metrics, deployment).record_traffic(
+            deployment, TrafficSplit.of({previous: 100.0}), f"rollback from {primary}"
         )
         return previous
-
-    async def warm_lane(self, deployment: Deployment, version: str) -> VersionLane:
-        """Start a version's replicas beside the serving ones (no traffic until a split says)."""
-        records = self._records()
-        record = await anyio.to_thread.run_sync(
-            records.resolve_version, deployment.spec.model, version
-        )
-        spec = dataclasses.replace(
-            deployment.spec,
-            version=str(record.version),
-            runtime=str(record.runtime),
-            uri=str(record.uri),
-            model_config=dict(record.config or {}),
-        )
-        lane = await deployment.add_lane(spec)
-        await self.refresh_aliases(deployment)
-        return lane
-
-    async def refresh_aliases(self, deployment: Deployment) -> None:
-        """Let ``x-aiscale-version`` name versions by the model's aliases."""
-        if self.records is None:
-            return
-        try:
-            deployment.aliases = await anyio.to_thread.run_sync(
-                self.records.aliases, deployment.spec.model
-            )
-        except NotFound:
-            deployment.aliases = {}  # a model run from a spec, unknown to the registry
 
     def _records(self) -> RolloutRecords:
         if self.records is None:

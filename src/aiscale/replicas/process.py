@@ -1,9 +1,9 @@
 """The replica process: loads one model version and answers batches over a socket.
 
-Started by ``LocalReplicaPool`` as ``python -m aiscale.serving.replica``; the socket is
-inherited as a file descriptor. Model code runs only here, so a model that crashes, hangs
-or leaks takes down this process, never the gateway. Every exception from the model is
-sent back with its type name; this process never decides HTTP status codes.
+Started by ``LocalProcessBackend`` (``local.py``) as ``python -m aiscale.replicas.process``;
+the socket is inherited as a file descriptor. Model code runs only here, so a model that
+crashes, hangs or leaks takes down this process, never the gateway. Every exception from the
+model is sent back with its type name; this process never decides HTTP status codes.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from aiscale.serving.ipc import (
+from aiscale.replicas.ipc import (
     BatchReply,
     BatchRequest,
     LoadFailedMessage,

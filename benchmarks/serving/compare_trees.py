@@ -1,0 +1,141 @@
+"""The serving benchmark of two source trees side by side: `aiscale serve minilm` at one
+concurrency, before and after a change, interleaved round by round in one run.
+
+Why: these VMs drift ±20% within an hour, so a refactor's cost is only visible as same-run
+ratios. Each round serves the default model from the "before" tree (a checkout of an older
+commit, e.g. ``git worktree add /tmp/before <sha>``, imported through ``PYTHONPATH`` so its
+replicas run its code too) and from this tree, in alternating order, and drives both with this
+tree's ``aiscale bench`` (the client is the same code for both). The offline limit (minilm
+called directly, best batch size, the replicas' short OpenMP spin) is measured at the start
+and the end of the run.
+
+    .venv/bin/python benchmarks/serving/compare_trees.py --before /tmp/before --rounds 4
+
+Writes ``compare_trees.json`` and ``COMPARE.md`` beside this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from benchmarks.machine import describe_machine  # noqa: E402
+from benchmarks.serving.run import AISCALE, bench, run_json, stop  # noqa: E402
+
+
+def offline_limit(seconds: float) -> float:
+    """Best sentences/s over batch sizes of minilm called directly (replicas' spin)."""
+    rates = run_json(
+        [sys.executable, "benchmarks/serving/offline.py", "--seconds", str(seconds)],
+        env={"GOMP_SPINCOUNT": "10000"},
+    )["sentences_per_s"]
+    return float(max(rates.values()))
+
+
+def serve(tree: Path | None, data_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    """``aiscale serve minilm`` from ``tree`` (``None``: this one) on a free port."""
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree / "src")
+    process = subprocess.Popen(
+        [*AISCALE, "serve", "minilm", "--port", "0", "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=tree or ROOT,
+        env=env,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        found = re.search(r"aiscale serving on (http://\S+)", line)
+        if found:
+            return process, found.group(1)
+    stop(process)
+    raise RuntimeError(f"aiscale serve from {tree or ROOT} did not start")
+
+
+def one_run(tree: Path | None, args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as data_dir:
+        process, url = serve(tree, Path(data_dir))
+        try:
+            return bench(f"{url}/v1/embeddings", args.concurrency, args.seconds, args.warmup)
+        finally:
+            stop(process)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--before", type=Path, required=True, help="the older source tree")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--offline-seconds", type=float, default=4.0)
+    args = parser.parse_args()
+    before_sha = subprocess.run(
+        ["git", "-C", str(args.before), "rev-parse", "--short", "HEAD"],
+        capture_output=True, text=True, check=False,
+    ).stdout.strip()
+    offline = [offline_limit(args.offline_seconds)]
+    rounds = []
+    for index in range(args.rounds):
+        order = ("before", "after") if index % 2 == 0 else ("after", "before")
+        found: dict[str, Any] = {}
+        for label in order:
+            found[label] = one_run(args.before if label == "before" else None, args)
+            print(f"round {index + 1} {label}: {found[label]['throughput_rps']:.1f} req/s",
+                  flush=True)
+        rounds.append(found)
+    offline.append(offline_limit(args.offline_seconds))
+    limit = max(offline)
+    ratios = [r["after"]["throughput_rps"] / r["before"]["throughput_rps"] for r in rounds]
+    results = {
+        "machine": describe_machine(ROOT),
+        "command": " ".join(sys.argv),
+        "before": f"{args.before} ({before_sha})",
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "offline_limits": offline,
+        "rounds": rounds,
+        "after_over_before": ratios,
+    }
+    (Path(__file__).parent / "compare_trees.json").write_text(json.dumps(results, indent=2))
+    lines = [
+        "# Serving before and after, side by side",
+        "",
+        f"- machine: {results['machine']}",
+        f"- command: `{results['command']}`; date {results['date_utc']} UTC",
+        f"- before: {results['before']}; after: this tree",
+        f"- offline limit (minilm direct, best batch, short spin), start / end: "
+        f"{offline[0]:.1f} / {offline[1]:.1f} sentences/s",
+        "",
+        "| round | before req/s | after req/s | after / before | before / limit | after / limit |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for index, (found, ratio) in enumerate(zip(rounds, ratios, strict=True)):
+        b, a = found["before"]["throughput_rps"], found["after"]["throughput_rps"]
+        lines.append(f"| {index + 1} | {b:.1f} | {a:.1f} | {ratio:.3f} | {b / limit:.3f} | "
+                     f"{a / limit:.3f} |")
+    lines += [
+        "",
+        f"After / before: median **{statistics.median(ratios):.3f}**, range "
+        f"{min(ratios):.3f}-{max(ratios):.3f} over {len(ratios)} interleaved rounds "
+        f"(concurrency {args.concurrency}, {args.seconds:g} s each).",
+        "",
+    ]
+    (Path(__file__).parent / "COMPARE.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
