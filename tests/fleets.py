@@ -62,6 +62,7 @@ class MemoryFleet:
         self._deployments: dict[str, _Deployment] = {}
         self.scales: list[ScaleCall] = []
         self.splits: list[tuple[str, TrafficSplit, str]] = []
+        self._num_unknown_model_requests = 0
 
     # ----- what a test does -------------------------------------------------------------
     def deploy(self, name: str, version: str, *, model: str = "m", num_replicas: int = 1) -> None:
@@ -87,6 +88,14 @@ class MemoryFleet:
         lane.latency_total_s += latency_s * num_ok
         lane.num_batches += num_requests
         lane.model_s += latency_s * num_ok
+
+    def name_unknown_model(self, num_requests: int = 1) -> None:
+        """Count requests naming a model no deployment serves (a gateway answers them 404)."""
+        self._num_unknown_model_requests += num_requests
+
+    def num_unknown_model_requests(self) -> int:
+        """The ``UnknownModelCount`` a ``LiveMonitor`` reads, as ``Gateway`` gives it."""
+        return self._num_unknown_model_requests
 
     def primary_of(self, deployment: str) -> str:
         return self._deployments[deployment].primary

@@ -141,3 +141,13 @@ class VisibleDevices(Model):
     def predict(self, batch: Sequence[Any]) -> list[Any]:
         time.sleep(float(self.config.get("delay_ms", 0)) / 1000.0)
         return [os.environ.get("CUDA_VISIBLE_DEVICES", "") for _ in batch]
+
+
+class EnvValue(Model):
+    """Answers each text with the replica's environment variable of that name ("" when unset):
+    what model code could read of the gateway's environment."""
+
+    schema = _TEXT_IN_TEXT_OUT
+
+    def predict(self, batch: Sequence[Any]) -> list[Any]:
+        return [os.environ.get(str(name), "") for name in batch]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import re
 from pathlib import Path
@@ -55,13 +56,15 @@ def test_register_list_show_alias(data_dir: Path) -> None:
     assert re.search(r"prod\s+│\s+2", shown)
     with SqlRegistry.open(f"sqlite:///{data_dir / 'registry.db'}") as registry:
         version = registry.get_version("echo", "1")
-    assert version.config == {"max_batch_size": 8} and version.metadata == {"team": "search"}
+    assert version.config == {"max_batch_size": 8}
+    assert version.metadata == {"team": "search", "registered_by": f"cli:{getpass.getuser()}"}
 
 
 def test_file_and_folder_artifacts_are_copied_into_the_store(
-    data_dir: Path, tmp_path: Path
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """sklearn/onnx files and sentence-transformers folders are stored by digest."""
+    monkeypatch.chdir(tmp_path)  # the current directory is an allowed source
     model_file = tmp_path / "model.onnx"
     model_file.write_bytes(b"onnx-bytes")
     folder = tmp_path / "st"
@@ -162,3 +165,53 @@ def test_detect_command(tmp_path: Path) -> None:
     assert lines[0] == "timestamp,value,anomaly_score" and len(lines) == 61
     missing = run("detect", str(tmp_path / "none.csv"), "--out", str(out))
     assert missing.exit_code == 1 and "Traceback" not in missing.output
+
+
+def test_registering_a_file_outside_the_allowed_folders_is_refused(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``file:///etc/shadow`` or a ``../..`` path is refused with one line and nothing is
+    copied; from the current directory it is stored, not readable by others, and
+    --allow-any-path takes a file from anywhere."""
+    work = tmp_path / "work" / "project"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    outside = tmp_path / "secret.onnx"
+    outside.write_bytes(b"private")
+    for uri in ("file:///etc/shadow", "../../secret.onnx", str(outside)):
+        result = run("models", "register", "leak", "--runtime", "onnx", "--uri", uri)
+        assert_clean_failure(result, "outside the allowed folders")
+    assert not (data_dir / "artifacts" / "sha256").exists() or not any(
+        (data_dir / "artifacts" / "sha256").iterdir()
+    )
+    inside = work / "model.onnx"
+    inside.write_bytes(b"onnx")
+    inside.chmod(0o644)
+    ok("models", "register", "ok", "--runtime", "onnx", "--uri", "model.onnx")
+    ok("models", "register", "any", "--runtime", "onnx", "--uri", str(outside), "--allow-any-path")
+    with SqlRegistry.open(f"sqlite:///{data_dir / 'registry.db'}") as registry:
+        stored = registry.get_version("ok", "1")
+        assert registry.get_version("any", "1").artifact_digest is not None
+    assert Path(stored.uri).stat().st_mode & 0o777 == 0o600
+    assert Path(stored.uri).parent.stat().st_mode & 0o777 == 0o700
+    assert stored.metadata["registered_by"].startswith("cli:")
+    assert stored.artifact_digest == hashlib.sha256(b"onnx").hexdigest()
+
+
+def test_pickles_need_an_explicit_allowance(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An sklearn (joblib pickle) artifact is refused without --allow-pickle, and registered
+    with it after a warning that loading it runs its code; a read-only source stays so."""
+    monkeypatch.chdir(tmp_path)
+    pickle_file = tmp_path / "clf.joblib"
+    pickle_file.write_bytes(b"not really a pickle")
+    pickle_file.chmod(0o400)
+    refused = run("models", "register", "clf", "--runtime", "sklearn", "--uri", "clf.joblib")
+    assert_clean_failure(refused, "--allow-pickle")
+    out = ok("models", "register", "clf", "--runtime", "sklearn", "--uri", "clf.joblib",
+             "--allow-pickle")  # fmt: skip
+    assert "runs any code" in out
+    with SqlRegistry.open(f"sqlite:///{data_dir / 'registry.db'}") as registry:
+        stored = registry.get_version("clf", "1")
+    assert Path(stored.uri).stat().st_mode & 0o777 == 0o400

@@ -147,3 +147,46 @@ def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
         process.communicate(timeout=30)
+
+
+def test_version_and_plain_help_with_defaults() -> None:
+    """``--version`` prints the version; ``serve --help`` shows each default and no type tag
+    of a flag (``<bool>``) or a stray " ." where rich markup ate a "[default: ...]"."""
+    from aiscale import __version__
+
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"aiscale {__version__}"
+    shown = run_cli("serve", "--help")
+    assert shown.returncode == 0, shown.stderr
+    text = " ".join(shown.stdout.split())
+    assert "<bool>" not in text and " ." not in text
+    assert "[default: 127.0.0.1]" in text and "[default: minilm]" in text
+
+
+def test_a_model_that_fails_to_import_is_one_message(tmp_path: Path) -> None:
+    """A model whose module does not import: its cause is printed once, with no traceback,
+    and serve exits non-zero."""
+    result = run_cli("serve", "tests.no_such_module:Model", "--port", "0", data_dir=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.count("No module named 'tests.no_such_module'") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Application startup failed" not in result.stderr
+
+
+def test_serve_prints_the_dashboard_and_a_busy_port_is_named(tmp_path: Path) -> None:
+    """serve announces the dashboard's address; a second serve on the same port fails with
+    one line naming that port."""
+    process, url = start_serve("tests.models:Echo", data_dir=tmp_path)
+    try:
+        assert process.stdout is not None
+        assert f"dashboard: {url}/dashboard" in process.stdout.readline()
+        port = url.rsplit(":", 1)[1]
+        busy = run_cli(
+            "serve", "tests.models:Echo", "--port", port, data_dir=tmp_path / "second"
+        )
+        assert busy.returncode == 1
+        assert f"cannot bind 127.0.0.1:{port}: Address already in use" in busy.stderr
+        assert "Traceback" not in busy.stderr
+    finally:
+        process.kill()
+        process.communicate(timeout=30)

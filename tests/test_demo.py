@@ -100,11 +100,13 @@ def test_demo_ramps_users_reports_stages_and_stops(tmp_path: Path) -> None:
     shown = re.search(r"^dashboard: (http://\S+/dashboard\?key=\S+)$", text, re.MULTILINE)
     assert shown is not None and shown.group(1).startswith(f"{summary.url}/dashboard?key=")
     assert text.index("dashboard: ") < text.index("stage 1/")
-    assert f"dashboard: {summary.url}/dashboard\n" in text  # in the closing summary too
-    assert f"metrics: {summary.url}/metrics" in text
-    assert f"OpenAI: {summary.url}/v1/embeddings" in text
-    assert f"OIP v2: {summary.url}/v2/models/minilm/infer" in text
-    assert f"curl -s {summary.url}/v1/embeddings" in text
+    # The closing report names no URL of the server it has just stopped: it says that one
+    # stopped and points at the one `aiscale serve` starts.
+    closing = text[text.index("stopping:"):]
+    assert f"The demo server ({summary.url}) has stopped" in closing
+    assert f"{summary.url}/" not in closing
+    assert "at http://127.0.0.1:8000: dashboard /dashboard, metrics /metrics" in closing
+    assert "curl -s http://127.0.0.1:8000/v1/embeddings" in closing
     assert "stage 3/3 done: 8 users" in text
     assert f"data dir: {data_dir}" in text and "(temporary" not in text
     registry = SqlRegistry.open(f"sqlite:///{data_dir / 'registry.db'}")

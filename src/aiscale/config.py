@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -124,6 +125,9 @@ class DeploymentConfig(_Frozen):
     ray_resources: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
     #: Rolling-window data-quality checks of the served traffic; ``None``: none.
     quality: QualityConfig | None = None
+    #: Traffic percent per version or alias (``version`` must be one of them); set by
+    #: ``aiscale apply`` on a running server (``serving/apply.py``). ``None``: all to ``version``.
+    split: dict[str, Annotated[float, Field(ge=0, le=100)]] | None = None
 
     @field_validator("gpus")
     @classmethod
@@ -154,16 +158,52 @@ class CaptureServerConfig(_Frozen):
     nats_stream: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "AISCALE_CAPTURE"
 
 
+class TracingConfig(_Frozen):
+    """OpenTelemetry traces of requests, queues, batches, model calls and capture; off by default.
+
+    Tracing is on when ``endpoint`` is set (an OTLP/HTTP collector: its base URL, to which
+    ``/v1/traces`` is added, or the full traces URL; also ``--otel-endpoint`` and
+    ``AISCALE_OTEL_ENDPOINT``) or ``console`` is true (spans printed on stdout). It needs the
+    ``aiscale[otel]`` extra; with tracing off no OpenTelemetry module is loaded.
+    """
+
+    endpoint: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
+    is_console: bool = Field(default=False, alias="console")
+    service_name: Annotated[str, Field(min_length=1, max_length=128)] = "aiscale"
+    #: Share of new traces recorded; a request whose ``traceparent`` is sampled always is.
+    sample_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+
+    @property
+    def is_enabled(self) -> bool:
+        return self.endpoint is not None or self.is_console
+
+
 class ServerConfig(_Frozen):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     data_dir: Path = Path("~/.aiscale")
     registry_url: str | None = None
     max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    #: Items (OIP v2 rows, embeddings inputs) one request may carry, refused with 413 from the
+    #: declared count before any is decoded; a deployment's ``batching.max_queue`` caps it too.
+    max_items_per_request: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
     is_insecure: bool = Field(default=False, alias="insecure")
     drain_timeout_s: Annotated[float, Field(ge=0)] = 30.0
     key_refresh_s: Annotated[float, Field(gt=0)] = 2.0
+    #: A request's headers not all received this long after its connection opened (or its
+    #: first byte) close the connection with 408; so do idle new connections.
+    header_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    #: A request body not all received within this many seconds is answered 408.
+    body_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    #: An idle kept-alive connection is closed after this many seconds.
+    keep_alive_timeout_s: Annotated[float, Field(gt=0, le=600)] = 5.0
+    #: Open connections (and requests in progress) beyond this are answered 503.
+    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 2048
+    #: Whether ``/metrics`` needs a key with the ``metrics`` scope.
+    is_metrics_key_required: bool = Field(default=False, alias="metrics_key_required")
     capture: CaptureServerConfig = CaptureServerConfig()
+    #: OpenTelemetry traces (off unless an endpoint or the console is configured).
+    tracing: TracingConfig = TracingConfig()
     #: The live monitor (SLOs, anomalies, forecasts, alerts and actions).
     monitor: MonitorConfig = MonitorConfig()
     #: Accelerators (found by NVML or declared) and the teams' quotas.
@@ -177,6 +217,15 @@ class ServerConfig(_Frozen):
     redis_timeout_s: Annotated[float, Field(gt=0, le=10)] = 0.25
     #: Lifetime of a cached response in Redis (memory is bounded by Redis's ``maxmemory``).
     redis_cache_ttl_s: Annotated[float, Field(gt=0, le=30 * 86400)] = 3600.0
+    #: Key of the HMAC sealing cached values in Redis; every gateway sharing the cache needs
+    #: the same one. ``None``: one generated once in ``data_dir/cache_secret`` (mode 0600).
+    redis_cache_secret: Annotated[SecretStr, Field(min_length=16)] | None = None
+    #: Host names (``Host`` header) accepted besides the addresses the server is bound to
+    #: and ``localhost``; ``*`` accepts any (behind a proxy that checks names itself).
+    allowed_hosts: tuple[Annotated[str, Field(min_length=1, max_length=253)], ...] = ()
+    #: Browser origins (``https://app.example.com``) allowed to call the inference API
+    #: cross-site; none by default, so no CORS header is sent and foreign origins get 403.
+    cors_origins: tuple[Annotated[str, Field(pattern=r"^https?://[^/\s]+$")], ...] = ()
     #: How often a gateway reads traffic splits and rollouts from the registry, so that a
     #: change made through another gateway reaches it within this plus one query.
     split_poll_s: Annotated[float, Field(gt=0, le=60)] = 0.5
@@ -223,8 +272,10 @@ ENVIRONMENT_FIELDS = {
     "AISCALE_MAX_BODY_BYTES": "max_body_bytes",
     "AISCALE_INSECURE": "insecure",
     "AISCALE_REDIS_URL": "redis_url",
+    "AISCALE_REDIS_CACHE_SECRET": "redis_cache_secret",
     "AISCALE_RUNTIME": "runtime",
     "AISCALE_RAY_ADDRESS": "ray_address",
+    "AISCALE_OTEL_ENDPOINT": "tracing.endpoint",
 }
 
 
@@ -287,7 +338,11 @@ def load_config(
     env = os.environ if environ is None else environ
     for variable, field_name in ENVIRONMENT_FIELDS.items():
         if variable in env:
-            server[field_name] = env[variable]
+            section, _, key = field_name.rpartition(".")
+            if section:  # a field of a nested section (``tracing.endpoint``)
+                server[section] = {**dict(server.get(section) or {}), key: env[variable]}
+            else:
+                server[field_name] = env[variable]
     for field_name, value in (server_overrides or {}).items():
         if isinstance(value, Mapping):
             # A nested section (e.g. ``capture``): flags override only the keys they set.

@@ -251,20 +251,23 @@ class PlainView:
         pass
 
 
+#: Where ``aiscale serve`` listens by default: the closing report's suggestions point there.
+_SERVE_URL = "http://127.0.0.1:8000"
+
+
 def render_summary(summary: DemoSummary, *, is_data_dir_temporary: bool) -> list[RenderableType]:
     """The closing report: the per-stage table, the endpoints, a curl example, the data dir."""
-    url = summary.url
     body = '{"model": "minilm", "input": "hello world"}'
     lines = [f"total: {summary.num_requests:,} requests, {summary.num_errors} errors"]
-    if url:
+    if summary.url:
+        # The demo's own server has stopped: its URLs would lead nowhere, so point at the
+        # server the user starts next.
         lines += [
-            f"dashboard: {url}/dashboard",
-            f"metrics: {url}/metrics",
-            f"OpenAI: {url}/v1/embeddings",
-            f"OIP v2: {url}/v2/models/minilm/infer",
-            f"curl: curl -s {url}/v1/embeddings -H 'content-type: application/json' -d '{body}'",
-            "The demo server has stopped; `aiscale serve` keeps one running "
-            "(http://127.0.0.1:8000 by default) with these endpoints.",
+            f"The demo server ({summary.url}) has stopped. To keep one running: aiscale serve",
+            f"then, at {_SERVE_URL}: dashboard /dashboard, metrics /metrics, "
+            "OpenAI /v1/embeddings, OIP v2 /v2/models/minilm/infer",
+            f"curl: curl -s {_SERVE_URL}/v1/embeddings -H 'content-type: application/json' "
+            f"-d '{body}'",
         ]
     if summary.cold_start_s is not None:
         started = f"cold start: {summary.cold_start_s:.1f} s from launch to the first embedding"

@@ -6,7 +6,10 @@ The gateway maps each class to a status code in one table (``serving/errors.py``
     ├── ConfigError                 invalid configuration (names the dotted field path)
     ├── InvalidInput                a request or argument breaks the contract (names the field)
     │   ├── PayloadTooLarge         body over the configured limit
-    │   └── MethodNotAllowed        the endpoint exists but not for this method
+    │   ├── MethodNotAllowed        the endpoint exists but not for this method
+    │   ├── UnsupportedMediaType    a body whose Content-Type the endpoint does not take
+    │   ├── MisdirectedRequest      a Host header naming none of this server's names
+    │   └── RequestTimeout          the body did not arrive in time (a slow client)
     ├── NotFound                    unknown model, version, alias, deployment or key
     ├── Conflict                    the thing exists already, or an immutable thing would change
     ├── AuthError                   missing or wrong API key
@@ -49,6 +52,18 @@ class PayloadTooLarge(InvalidInput):
 
 class MethodNotAllowed(InvalidInput):
     """The endpoint exists, but not for this method."""
+
+
+class UnsupportedMediaType(InvalidInput):
+    """A request body of a content type the endpoint does not accept."""
+
+
+class MisdirectedRequest(InvalidInput):
+    """The ``Host`` the client asked for is not one of this server's (DNS rebinding)."""
+
+
+class RequestTimeout(InvalidInput):
+    """The client did not send its request body within the configured time."""
 
 
 class NotFound(AiscaleError):

@@ -9,17 +9,18 @@ import pytest
 
 from aiscale.bench.traces import load_arrivals, poisson_arrivals
 from aiscale.errors import InvalidInput
-
-AZURE_CONV = (
-    Path(__file__).parents[3] / "shared" / "data" / "traces" / "AzureLLMInferenceTrace_conv.csv"
-)
+from tests.data_sets import public_file, synthetic_trace_times, write_trace
 
 
 @pytest.fixture(scope="module")
 def azure() -> list[float]:
-    if not AZURE_CONV.is_file():
-        pytest.skip(f"shared trace not found at {AZURE_CONV}")
-    return load_arrivals(AZURE_CONV)
+    return load_arrivals(public_file("traces/AzureLLMInferenceTrace_conv.csv"))
+
+
+@pytest.fixture(scope="module")
+def trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trace file shaped like the Azure conversation trace, made here."""
+    return write_trace(tmp_path_factory.mktemp("trace") / "conv.csv", synthetic_trace_times())
 
 
 def test_azure_trace_loads_every_row_sorted_from_zero(azure: list[float]) -> None:
@@ -37,18 +38,20 @@ def test_azure_trace_loads_every_row_sorted_from_zero(azure: list[float]) -> Non
     [(2.0, 1.0, 0.5), (1.0, 3.0, 3.0), (4.0, 2.0, 0.5), (0.5, 1.0, 2.0)],
 )
 def test_scaling_keeps_the_count_and_scales_the_span(
-    azure: list[float], rate_scale: float, time_scale: float, span_factor: float
+    trace: Path, rate_scale: float, time_scale: float, span_factor: float
 ) -> None:
     """Every gap is multiplied by time_scale / rate_scale; no arrival is lost or added."""
-    scaled = load_arrivals(AZURE_CONV, rate_scale=rate_scale, time_scale=time_scale)
+    azure = load_arrivals(trace)
+    scaled = load_arrivals(trace, rate_scale=rate_scale, time_scale=time_scale)
     assert len(scaled) == len(azure)
     assert scaled[-1] == pytest.approx(azure[-1] * span_factor, rel=1e-12)
     assert scaled[1000] == pytest.approx(azure[1000] * span_factor, rel=1e-12)
 
 
-def test_duration_cuts_the_scaled_replay(azure: list[float]) -> None:
+def test_duration_cuts_the_scaled_replay(trace: Path) -> None:
     """rate_scale 10 and a 60 s cut keep exactly the arrivals of the first 600 s of the trace."""
-    cut = load_arrivals(AZURE_CONV, rate_scale=10.0, duration_s=60.0)
+    azure = load_arrivals(trace)
+    cut = load_arrivals(trace, rate_scale=10.0, duration_s=60.0)
     assert len(cut) == sum(1 for t in azure if t < 600.0)
     assert 2000 < len(cut) < 5000 and cut[-1] < 60.0
 

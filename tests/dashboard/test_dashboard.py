@@ -323,3 +323,116 @@ def test_dashboard_draws_every_section_of_a_full_snapshot(
         assert errors.all() == []
     finally:
         context.close()
+
+
+def idle_snapshot(now_s: float) -> dict[str, Any]:
+    """A snapshot whose deployment served until a minute ago and is idle now: its latency
+    series stops at the last busy point and every series misses 20 s of samples."""
+    times = [now_s - 120 + 2 * i for i in range(61)]
+    missing = set(range(15, 25))  # a monitor that did not sample (a restart): no points
+    busy = [t for i, t in enumerate(times) if i < 30 and i not in missing]
+    return {
+        "time": now_s, "window_s": 900.0, "step_s": 2.0, "interval_s": 1.0,
+        "deployments": [{
+            "name": "search", "model": "minilm",
+            "versions": [{"version": "3", "weight": 100.0, "replicas": 1, "ready": 1}],
+            "series": {
+                "rps": [[t, 40.0 if i < 30 else 0.0] for i, t in enumerate(times)
+                        if i not in missing],
+                "p50_ms": [[t, 12.0] for t in busy],
+                "p99_ms": [[t, 30.0] for t in busy],
+                "error_rate": [[t, 0.0] for i, t in enumerate(times) if i not in missing],
+            },
+            "latest": {"rps": 0.0, "p50_ms": None, "p99_ms": None, "error_rate": 0.0,
+                       "batch_size": None, "replicas": 1.0, "queue_depth": 0.0},
+            "anomalies": {}, "forecast": None,
+            "capacity": {"saturates_in_s": None, "message": None},
+            "slos": [], "rollout": None, "cost_per_hour_usd": 0.17,
+        }],
+        "gateway": {"unknown_model_requests": 1, "unknown_model_requests_in_window": 3},
+        "alerts": [], "actions": [],
+    }
+
+
+@pytest.mark.slow
+def test_dashboard_shows_an_idle_card_gaps_and_unknown_models(
+    browser: Any, open_server: str
+) -> None:
+    """Given an idle deployment (a fixed snapshot answered in place of the monitor endpoint),
+    its card shows "—" for the latencies and batch size the latest interval did not have
+    (not the last busy figures), its lines break where samples are missing (a null between
+    points more than 1.5 steps apart) instead of running across, and the header shows the
+    requests that named an unknown model."""
+    snapshot = json.dumps(idle_snapshot(time.time()))
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = context.new_page()
+    errors = PageErrors()
+    page.on("console", lambda m: errors.console.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.uncaught.append(str(exc)))
+    page.route(
+        "**/admin/monitor/snapshot",
+        lambda route: route.fulfill(status=200, content_type="application/json", body=snapshot),
+    )
+    try:
+        page.goto(f"{open_server}/dashboard", wait_until="load")
+        page.wait_for_selector("#chart-search-latency .main-svg", timeout=WAIT_MS)
+        for kpi in ("p50_ms", "p99_ms", "batch_size"):
+            assert page.inner_text(f"#kpi-search-{kpi}") == "—"
+        assert page.get_attribute('#dep-search [data-kpi="p99_ms"]', "title") == (
+            "idle: no requests in the latest interval")
+        assert page.inner_text("#kpi-search-rps") == "0.0"
+        assert page.inner_text("#kpi-search-replicas") == "1"
+
+        traffic = page.eval_on_selector("#chart-search-traffic", "el => el.data[0].y")
+        assert traffic.count(None) == 1  # one break: the 20 s without samples
+        gap = traffic.index(None)
+        assert traffic[:gap] == [40.0] * 15 and len(traffic) == 51 + 1
+        latency = page.eval_on_selector(
+            "#chart-search-latency", "el => el.data.map(t => t.y.filter(v => v === null).length)")
+        assert latency == [1, 1]  # p50 and p99: broken at the same gap
+        observed = page.eval_on_selector("#chart-search-errors", "el => el.data[0].y")
+        assert observed.count(None) == 1
+
+        assert page.is_visible("#unknown-models")
+        assert page.inner_text("#total-unknown-models") == "3"
+        assert page.inner_text("#unknown-models-label") == "UNKNOWN-MODEL 404S / 15M"
+        assert page.inner_text("#unknown-models-recent") == "1 in the last 1s"
+        assert errors.all() == []
+    finally:
+        context.close()
+
+
+@pytest.mark.slow
+def test_live_card_goes_idle_and_counts_unknown_models(browser: Any, open_server: str) -> None:
+    """Against the live monitor: once requests stop, the card's latencies turn to "—" within
+    a few intervals rather than keeping the last busy figures; requests naming an unknown
+    model (404) appear in the header's count."""
+    before = httpx.get(f"{open_server}/admin/monitor/snapshot").json()["gateway"][
+        "unknown_model_requests_in_window"]
+    context, page, errors = open_page(browser, f"{open_server}/dashboard")
+    try:
+        page.wait_for_selector('#dep-echo h2:text("echo")', timeout=WAIT_MS)
+        with httpx.Client(timeout=10) as client:
+
+            def latency_shown() -> bool:
+                """a latency on the busy card"""
+                assert client.post(f"{open_server}/v2/models/echo/infer",
+                                   json=TEXT).status_code == 200
+                return number_in(page, "#kpi-echo-p99_ms") is not None
+
+            wait_until(latency_shown)
+            for _ in range(2):
+                missing = client.post(f"{open_server}/v2/models/nope/infer", json=TEXT)
+                assert missing.status_code == 404
+
+        def is_idle() -> bool:
+            """the idle card's p99 as a dash"""
+            return bool(page.inner_text("#kpi-echo-p99_ms") == "—")
+
+        wait_until(is_idle)
+        assert page.inner_text("#kpi-echo-p50_ms") == "—"
+        assert number_in(page, "#kpi-echo-rps") == 0.0
+        wait_until(lambda: page.inner_text("#total-unknown-models") == str(before + 2))
+        assert errors.all() == []
+    finally:
+        context.close()

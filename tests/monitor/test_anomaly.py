@@ -17,8 +17,8 @@ from aiscale.monitor import (
     parse_timestamp,
     score_series,
 )
+from tests.data_sets import public_file
 
-NAB_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "nab" / "data"
 FIVE_MIN_S = 300.0
 DAY = 288  # points per day at five-minute spacing
 
@@ -32,7 +32,7 @@ def _daily_sine(num_days: int, seed: int) -> tuple[list[float], list[float]]:
 
 
 def _read_nab(name: str, max_rows: int) -> tuple[list[float], list[float]]:
-    lines = (NAB_DATA / name).read_text().splitlines()[1 : max_rows + 1]
+    lines = public_file(f"nab/data/{name}").read_text().splitlines()[1 : max_rows + 1]
     times = [parse_timestamp(line.split(",")[0]) for line in lines]
     values = [float(line.split(",")[1]) for line in lines]
     return times, values
@@ -87,7 +87,7 @@ def test_stuck_sensor_and_missing_daily_peak_are_found() -> None:
     times, values = _daily_sine(10, seed=7)
     clean_max = max(score_series(times, values)[2 * DAY :])
     stuck = values[:2500] + [values[2499]] * 200 + values[2700:]
-    assert max(score_series(times, stuck)[2500:2500 + DAY]) > clean_max
+    assert max(score_series(times, stuck)[2500 : 2500 + DAY]) > clean_max
     flat_day = values[: 7 * DAY] + [10.0 + (v - 10.0) * 0.1 for v in values[7 * DAY : 8 * DAY]]
     flat_day += values[8 * DAY :]
     assert max(score_series(times, flat_day)[7 * DAY : 8 * DAY]) > clean_max
@@ -138,7 +138,8 @@ def test_detect_csv_writes_one_scored_row_per_input_row(tmp_path: Path) -> None:
     src = tmp_path / "in.csv"
     lines = ["timestamp,value"] + [
         f"2014-04-01 {h:02d}:{m:02d}:00,{math.sin(h + m / 60):.4f}"
-        for h in range(24) for m in range(0, 60, 5)
+        for h in range(24)
+        for m in range(0, 60, 5)
     ]
     src.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out.csv"

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from aiscale.errors import ConfigError, InvalidInput
-from aiscale.monitor.capacity import capacity_warning, trend_warning
+from aiscale.monitor.capacity import capacity_warning, is_arrival_rate_settling, trend_warning
 from aiscale.monitor.forecast import Forecast, ForecastConfig, ForecastPoint, SeasonalForecaster
 
 STEP_S = 300.0
@@ -184,3 +184,17 @@ def test_warnings_refuse_bad_inputs() -> None:
         capacity_warning(_flat(1.0), 0.0, 0.0)
     with pytest.raises(InvalidInput):
         trend_warning([0.0], [1.0], 1.0, 0.0, 10.0)
+
+
+def test_no_saturation_warning_at_zero_or_falling_rate() -> None:
+    """After a load ends (a steep ramp, then 0 req/s) the line through the window still
+    rises, but no warning is given; nor while the rate falls at each of the last points.
+    The same ramp still warns while it is on."""
+    times = [float(t) for t in range(-60, 1, 10)]
+    ramp = [10.0 + 2.0 * (t + 60) for t in times]  # 10 .. 130 req/s
+    assert trend_warning(times, ramp, 140.0, now_s=0.0, horizon_s=3600.0) is not None
+    ended = [*ramp[:-1], 0.0]
+    assert trend_warning(times, ended, 140.0, now_s=0.0, horizon_s=3600.0) is None
+    easing = [*ramp[:-2], ramp[-3] - 5.0, ramp[-3] - 10.0]  # ..., 90, 85, 80 req/s
+    assert trend_warning(times, easing, 140.0, now_s=0.0, horizon_s=3600.0) is None
+    assert is_arrival_rate_settling([5.0, 0.0]) and not is_arrival_rate_settling([1.0, 2.0])

@@ -107,6 +107,36 @@ def test_snapshot_has_the_dashboard_schema(start: Start, tmp_path: Path) -> None
     assert per_version["points"]
 
 
+def test_requests_for_unknown_models_are_counted_on_metrics_and_in_the_snapshot(
+        start: Start, tmp_path: Path) -> None:
+    """Each request naming a model no deployment serves (inference, metadata, the OpenAI
+    model and embeddings endpoints) is a 404 counted once on /metrics and in the snapshot's
+    window; a known model and an admin lookup of an unknown deployment are not counted."""
+    server = start({"interval_s": 0.2}, tmp_path / "delay")
+    url = server.url
+    with httpx.Client(timeout=10) as client:
+        assert client.post(f"{url}/v2/models/slow/infer", json=BODY).status_code == 200
+        answers = [
+            client.post(f"{url}/v2/models/nope/infer", json=BODY),
+            client.get(f"{url}/v2/models/nope/versions/1/ready"),
+            client.get(f"{url}/v1/models/nope"),
+            client.post(f"{url}/v1/embeddings", json={"model": "nope", "input": ["hi"]}),
+        ]
+        for answer in answers:
+            assert answer.status_code == 404, answer.text
+            assert "no deployment named 'nope'" in answer.text
+        assert client.get(f"{url}/admin/deployments/nope").status_code == 404
+        metrics = client.get(f"{url}/metrics").text
+    assert "aiscale_gateway_unknown_model_requests_total 4.0" in metrics.splitlines()
+
+    def counted() -> dict[str, Any]:
+        gateway: dict[str, Any] = _get(url, "/admin/monitor/snapshot")["gateway"]
+        return gateway if gateway["unknown_model_requests_in_window"] == 4 else {}
+
+    gateway = wait_for(counted, 10, "four unknown-model requests in the snapshot")
+    assert isinstance(gateway["unknown_model_requests"], int)
+
+
 def test_bad_monitor_queries_are_400_naming_the_parameter(start: Start, tmp_path: Path) -> None:
     server = start({"interval_s": 0.5}, tmp_path / "delay")
     cases = [
@@ -287,7 +317,7 @@ def test_regression_sheds_low_priority_traffic_until_it_clears(start: Start,
         refused = httpx.post(url, json=BODY, headers=low, timeout=10)
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "2"
-        assert "shedding" in refused.json()["error"]["message"]
+        assert "shedding" in refused.json()["error"]  # OIP v2: {"error": "<message>"}
         assert httpx.post(url, json=BODY, timeout=10).status_code == 200
         delay.write_text("")
         wait_for(lambda: httpx.post(url, json=BODY, headers=low, timeout=10).status_code

@@ -6,15 +6,17 @@ No test here sleeps."""
 from __future__ import annotations
 
 import asyncio
-import threading
-from typing import Any
 
 import pytest
 
 from aiscale.contracts.clock import ManualClock
 from aiscale.monitor.config import MonitorConfig
 from aiscale.monitor.live import LiveMonitor
+from aiscale.monitor.snapshot import build_snapshot
 from tests.fleets import MemoryFleet, ScaleCall
+
+#: Loops here wait on their ``ManualClock`` only (``tests/conftest.py``).
+pytestmark = pytest.mark.usefixtures("no_real_sleep")
 
 CONFIG = MonitorConfig.model_validate({
     "interval_s": 1.0,
@@ -108,18 +110,58 @@ def test_rollout_actions_are_skipped_without_a_rollout() -> None:
     asyncio.run(scenario())
 
 
-@pytest.fixture(autouse=True)
-def _no_real_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The monitor must wait on its clock only: a real ``asyncio.sleep`` with a delay fails
-    the test."""
-    real_sleep = asyncio.sleep
-    test_thread = threading.current_thread()
+def test_an_idle_interval_shows_no_latency_on_the_card() -> None:
+    """The snapshot's ``latest`` holds the latest interval's figures: after a busy interval
+    its latencies, after an idle one (no requests) none, although the window's latency series
+    still ends at the busy interval's point."""
 
-    async def zero_only(delay: float, result: Any = None) -> Any:
-        if threading.current_thread() is not test_thread:
-            # servers other tests left running in their own threads keep their real sleeps
-            return await real_sleep(delay, result)
-        assert delay == 0, f"slept {delay} s on the event loop's clock"
-        return await real_sleep(0, result)
+    async def scenario() -> None:
+        clock = ManualClock()
+        fleet = MemoryFleet(clock)
+        fleet.deploy("web", "1")
+        monitor = LiveMonitor(fleet, CONFIG, clock=clock)
+        monitor.start()
+        assert build_snapshot(monitor, 60.0, lambda _: None)["deployments"][0]["latest"] is None
+        fleet.serve("web", "1", 30, latency_s=0.02)
+        await clock.advance(1.0)
+        (busy,) = build_snapshot(monitor, 60.0, lambda _: None)["deployments"]
+        assert busy["latest"]["rps"] == 30.0 and busy["latest"]["batch_size"] == 1.0
+        assert 0 < busy["latest"]["p50_ms"] <= busy["latest"]["p99_ms"] <= 25.0
+        await clock.advance(1.0)
+        (idle,) = build_snapshot(monitor, 60.0, lambda _: None)["deployments"]
+        assert idle["latest"] == {"rps": 0.0, "p50_ms": None, "p99_ms": None,
+                                  "error_rate": 0.0, "batch_size": None, "replicas": 1.0,
+                                  "queue_depth": 0.0}
+        assert len(idle["series"]["p99_ms"]) == 1  # the history keeps the busy point
+        await monitor.stop()
 
-    monkeypatch.setattr(asyncio, "sleep", zero_only)
+    asyncio.run(scenario())
+
+
+def test_requests_for_unknown_models_are_counted_per_interval_and_over_the_window() -> None:
+    """The snapshot's ``gateway`` counts requests that named no deployment: those of the
+    latest interval, and those of the window; counts from before ``start`` are not in it."""
+
+    async def scenario() -> None:
+        clock = ManualClock()
+        fleet = MemoryFleet(clock)
+        fleet.deploy("web", "1")
+        fleet.name_unknown_model(5)  # before the monitor started
+        monitor = LiveMonitor(fleet, CONFIG, unknown_models=fleet, clock=clock)
+        monitor.start()
+        fleet.name_unknown_model(3)
+        await clock.advance(1.0)
+        gateway = build_snapshot(monitor, 60.0, lambda _: None)["gateway"]
+        assert gateway == {"unknown_model_requests": 3, "unknown_model_requests_in_window": 3}
+        fleet.name_unknown_model(2)
+        await clock.advance(1.0)
+        await clock.advance(1.0)
+        gateway = build_snapshot(monitor, 60.0, lambda _: None)["gateway"]
+        assert gateway == {"unknown_model_requests": 0, "unknown_model_requests_in_window": 5}
+        await monitor.stop()
+
+        without = LiveMonitor(fleet, CONFIG, clock=clock)
+        assert build_snapshot(without, 60.0, lambda _: None)["gateway"] == {
+            "unknown_model_requests": None, "unknown_model_requests_in_window": None}
+
+    asyncio.run(scenario())

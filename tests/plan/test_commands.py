@@ -10,8 +10,13 @@ import pytest
 from aiscale.errors import InvalidInput
 from aiscale.plan import profile_from_latencies, save_profile
 from aiscale.plan.commands import parse_users, simulate_command
+from tests.data_sets import synthetic_trace_times, write_trace
 
-TRACES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "traces"
+
+@pytest.fixture
+def trace(tmp_path: Path) -> Path:
+    """A trace file shaped like the Azure conversation trace (tests/data_sets.py)."""
+    return write_trace(tmp_path / "conv.csv", synthetic_trace_times())
 
 
 @pytest.fixture
@@ -46,14 +51,14 @@ def test_simulate_gives_the_documented_fields(profile_path: Path, policy: str) -
     assert data["p50_ms"] <= data["p99_ms"]
 
 
-def test_trace_scaling_and_exact_mode(profile_path: Path) -> None:
+def test_trace_scaling_and_exact_mode(profile_path: Path, trace: Path) -> None:
     """--rate-scale multiplies a trace's requests and --time-scale stretches it; auto picks
     the exact mode for a small run; --replicas fixes the static fleet."""
     base: dict[str, Any] = {
         "profile": profile_path,
         "policy": "static",
         "slo_p99_ms": 500.0,
-        "trace": TRACES / "AzureLLMInferenceTrace_conv.csv",
+        "trace": trace,
         "replicas": 2,
     }
     one = simulate_command(**base, duration_s=600.0)
@@ -111,7 +116,7 @@ def test_users_list_is_parsed_or_refused() -> None:
         assert error.value.field == "users"
 
 
-def test_simulate_says_whether_server_terms_were_applied(tmp_path: Path) -> None:
+def test_simulate_says_whether_server_terms_were_applied(tmp_path: Path, trace: Path) -> None:
     """The JSON names the profile's server terms (measured) or None for the model alone, and
     the terms make the same traffic slower."""
     from aiscale.plan.profile import ServerTerms
@@ -133,7 +138,7 @@ def test_simulate_says_whether_server_terms_were_applied(tmp_path: Path) -> None
             policy="static",
             replicas=1,
             slo_p99_ms=500.0,
-            trace=TRACES / "AzureLLMInferenceTrace_conv.csv",
+            trace=trace,
             time_scale=0.1,
             duration_s=60.0,
             mode="exact",

@@ -9,42 +9,58 @@ import pytest
 
 from aiscale.errors import InvalidInput
 from aiscale.plan import SyntheticTraffic, load_trace, read_trace_times, scale_times
+from tests.data_sets import public_file, synthetic_trace_times, write_trace
 
-TRACES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "traces"
-CONV = TRACES / "AzureLLMInferenceTrace_conv.csv"
-CODE = TRACES / "AzureLLMInferenceTrace_code.csv"
+#: The Azure traces' volumes and spans (the data README); the synthetic ones copy them.
+CONV_REQUESTS, CONV_SPAN_S = 19_366, 3505.0
+CODE_REQUESTS, CODE_SPAN_S = 8_819, 3438.0
+
+
+@pytest.fixture
+def conv(tmp_path: Path) -> Path:
+    """A trace file shaped like the Azure conversation trace, made here."""
+    return write_trace(tmp_path / "conv.csv", synthetic_trace_times(CONV_REQUESTS, CONV_SPAN_S))
+
+
+@pytest.fixture
+def code(tmp_path: Path) -> Path:
+    """A burstier trace file with the Azure code trace's volume and span."""
+    times = synthetic_trace_times(CODE_REQUESTS, CODE_SPAN_S, burstiness=0.9, seed=3)
+    return write_trace(tmp_path / "code.csv", times)
 
 
 def test_trace_times_match_the_published_counts() -> None:
     """The Azure traces load with the documented request counts and spans, sorted from 0."""
-    conv, code = read_trace_times(CONV), read_trace_times(CODE)
+    conv = read_trace_times(public_file("traces/AzureLLMInferenceTrace_conv.csv"))
+    code = read_trace_times(public_file("traces/AzureLLMInferenceTrace_code.csv"))
     assert conv.size == 19_366 and code.size == 8_819
     assert conv[0] == 0.0 and np.all(np.diff(conv) >= 0)
     assert conv[-1] / 60 == pytest.approx(58.4, abs=0.1)
     assert code[-1] / 60 == pytest.approx(57.3, abs=0.1)
 
 
-def test_rate_scale_thins_and_multiplies() -> None:
+def test_rate_scale_thins_and_multiplies(conv: Path) -> None:
     """rate_scale 0.5 keeps about half, 2.5 gives about 2.5 times, seeded and sorted."""
-    base = read_trace_times(CONV)
-    half = load_trace(CONV, rate_scale=0.5, seed=1)
+    base = read_trace_times(conv)
+    assert base.size == CONV_REQUESTS and base[0] == 0.0
+    half = load_trace(conv, rate_scale=0.5, seed=1)
     assert abs(half.num_requests - base.size / 2) < 4 * np.sqrt(base.size / 4)
-    more = load_trace(CONV, rate_scale=2.5, seed=1)
+    more = load_trace(conv, rate_scale=2.5, seed=1)
     assert abs(more.num_requests - 2.5 * base.size) < 4 * np.sqrt(base.size / 4)
     assert np.all(np.diff(more.times_s) >= 0)
-    again = load_trace(CONV, rate_scale=2.5, seed=1)
+    again = load_trace(conv, rate_scale=2.5, seed=1)
     assert np.array_equal(more.times_s, again.times_s)
 
 
-def test_time_scale_stretches_and_duration_tiles() -> None:
+def test_time_scale_stretches_and_duration_tiles(conv: Path, code: Path) -> None:
     """time_scale stretches the span; duration_s cuts or repeats the pattern."""
-    stretched = load_trace(CODE, time_scale=24.0)
-    assert stretched.num_requests == 8_819
-    assert stretched.duration_s / 3600 == pytest.approx(57.3 * 24 / 60, rel=0.01)
-    day = load_trace(CONV, duration_s=86_400.0)
+    stretched = load_trace(code, time_scale=24.0)
+    assert stretched.num_requests == CODE_REQUESTS
+    assert stretched.duration_s / 3600 == pytest.approx(CODE_SPAN_S * 24 / 3600, rel=0.01)
+    day = load_trace(conv, duration_s=86_400.0)
     assert day.duration_s == 86_400.0
-    assert day.num_requests == pytest.approx(19_366 * 86_400 / 3505, rel=0.02)
-    cut = load_trace(CONV, duration_s=600.0)
+    assert day.num_requests == pytest.approx(CONV_REQUESTS * 86_400 / CONV_SPAN_S, rel=0.02)
+    cut = load_trace(conv, duration_s=600.0)
     assert cut.times_s.max() < 600.0
     counts = cut.counts(60.0)
     assert counts.counts.size == 10 and counts.num_requests == cut.num_requests

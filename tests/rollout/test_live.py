@@ -16,6 +16,9 @@ from aiscale.rollout.controller import RolloutController, RolloutPlan, RolloutSt
 from aiscale.rollout.live import FleetTarget
 from tests.fleets import MemoryFleet
 
+#: Loops here wait on their ``ManualClock`` only (``tests/conftest.py``).
+pytestmark = pytest.mark.usefixtures("no_real_sleep")
+
 
 class MemoryRolloutStore:
     """The controller's ``RolloutStore`` kept in lists (the registry is not the subject)."""
@@ -138,16 +141,3 @@ def test_a_paused_rollout_does_not_look_until_resumed() -> None:
         assert status_of(controller) is RolloutStatus.ROLLED_BACK
 
     asyncio.run(scenario())
-
-
-@pytest.fixture(autouse=True)
-def _no_real_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The controller must wait on its clock only: a real ``asyncio.sleep`` with a delay
-    fails the test."""
-    real_sleep = asyncio.sleep
-
-    async def zero_only(delay: float, result: Any = None) -> Any:
-        assert delay == 0, f"slept {delay} s on the event loop's clock"
-        return await real_sleep(0, result)
-
-    monkeypatch.setattr(asyncio, "sleep", zero_only)

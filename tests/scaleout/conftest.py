@@ -98,6 +98,8 @@ def write_config(path: Path, shared: Shared, **server: Any) -> Path:
     config = {
         "server": {
             "redis_key_prefix": shared.redis_prefix,
+            # Gateways sharing a Redis cache must share the secret that seals its values.
+            "redis_cache_secret": f"secret-of-{shared.redis_prefix}",
             "capture": {"nats_url": NATS_URL, "nats_stream": shared.nats_stream},
             **server,
         }

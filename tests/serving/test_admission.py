@@ -60,4 +60,4 @@ def test_deadline_answers_504(serve: ServerFactory) -> None:
     url = serve(python_spec("slow", "Slow", model_config={"delay_ms": 1000}, timeout_s=0.2)).url
     response = httpx.post(f"{url}/v2/models/slow/infer", json=TEXT, timeout=10)
     assert response.status_code == 504
-    assert response.json()["error"]["type"] == "DeadlineExceeded"
+    assert response.headers["x-aiscale-error-type"] == "DeadlineExceeded"

@@ -35,9 +35,9 @@ def _load(url: str, acknowledged: list[str], stop: threading.Event, lock: thread
             except httpx.HTTPError:
                 continue  # the server is gone: this request was never acknowledged
             if response.status_code == 200:
-                assert response.headers["x-request-id"] == request_id
-                with lock:
-                    acknowledged.append(request_id)
+                assert response.headers["x-client-request-id"] == request_id
+                with lock:  # the record is under the server's id
+                    acknowledged.append(response.headers["x-request-id"])
 
 
 def test_kill_9_under_load_loses_no_acknowledged_record(tmp_path: Path) -> None:

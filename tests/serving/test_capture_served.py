@@ -57,7 +57,10 @@ def test_every_answer_has_its_record_with_the_request_id(
         mine = client.post(
             "/v2/models/echo/infer", json=text_body("own id"), headers={"x-request-id": "my-id-1"}
         )
-        assert mine.headers["x-request-id"] == "my-id-1"
+        # The client's id travels along; the request's id is the server's own.
+        assert mine.headers["x-client-request-id"] == "my-id-1"
+        own_id = mine.headers["x-request-id"]
+        assert own_id != "my-id-1"
         missing = client.post("/v2/models/nope/infer", json=text_body("x"))
         assert missing.status_code == 404 and "x-request-id" in missing.headers
     server.stop()
@@ -65,7 +68,8 @@ def test_every_answer_has_its_record_with_the_request_id(
         r.request_id: r
         for r in read_records(CaptureLayout.from_data_dir(tmp_path).requests_log, CaptureRecord)
     }
-    assert set(records) == {*ids, embedding_id, "my-id-1"}
+    assert set(records) == {*ids, embedding_id, own_id}
+    assert records[own_id].client_request_id == "my-id-1"
     for request_id, text in ids.items():
         record = records[request_id]
         assert (record.deployment, record.version, record.status) == ("echo", "1", 200)
@@ -113,7 +117,7 @@ def test_feedback_joins_its_request_in_the_query_views(
         ]:
             bad = client.post("/v1/feedback", json=body)
             assert bad.status_code == 400, (body, bad.text)
-            assert bad.json()["error"]["field"] == field, bad.text
+            assert bad.json()["error"]["param"] == field, bad.text
         assert client.post("/v1/feedback", content=b"{not json").status_code == 400
         assert client.get("/v1/feedback").status_code == 405
     server.stop()
@@ -130,7 +134,7 @@ def test_feedback_joins_its_request_in_the_query_views(
 def test_feedback_without_capture_is_refused_clearly(serve: ServerFactory) -> None:
     server = serve(python_spec("echo", "Echo"))
     response = httpx.post(f"{server.url}/v1/feedback", json={"request_id": "r", "label": "x"})
-    assert response.status_code == 409 and response.json()["error"]["field"] == "capture"
+    assert response.status_code == 409 and response.json()["error"]["param"] == "capture"
 
 
 def test_sampling_and_redaction_apply_to_served_records(

@@ -13,10 +13,14 @@ from tests.serving.conftest import ServerFactory, python_spec, start_gateway
 
 
 def error_of(response: httpx.Response) -> dict[str, object]:
+    """An OIP v2 error: ``{"error": message}``, with type and field in the headers."""
     body = response.json()
-    assert set(body) == {"error"}, body
-    assert set(body["error"]) == {"type", "message", "field"}
-    return dict(body["error"])
+    assert set(body) == {"error"} and isinstance(body["error"], str), body
+    return {
+        "type": response.headers["x-aiscale-error-type"],
+        "message": body["error"],
+        "field": response.headers.get("x-aiscale-error-field"),
+    }
 
 
 @pytest.fixture(scope="module")

@@ -66,4 +66,4 @@ def test_bad_embeddings_bodies(url: str, body: dict[str, object], field: str) ->
     """Each malformed body is a 400 whose JSON error names the field."""
     response = httpx.post(f"{url}/v1/embeddings", json=body)
     assert response.status_code == 400
-    assert response.json()["error"]["field"] == field
+    assert response.json()["error"]["param"] == field

@@ -84,7 +84,7 @@ def test_header_forces_a_version_or_alias(server: ThreadedServer) -> None:
     assert post("2").headers["x-aiscale-version"] == "2"
     assert post("staging").headers["x-aiscale-version"] == "2"
     missing = post("9")
-    assert missing.status_code == 404 and missing.json()["error"]["field"] == "version"
+    assert missing.status_code == 404 and missing.headers["x-aiscale-error-field"] == "version"
     assert (
         httpx.post(f"{server.url}/v2/models/m/versions/2/infer", json=TEXT).headers[
             "x-aiscale-version"

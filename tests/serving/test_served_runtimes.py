@@ -43,7 +43,8 @@ def test_sklearn_and_onnx_artifacts_served(tmp_path: Path, serve: ServerFactory)
     registry = SqlRegistry.open(f"sqlite:///{tmp_path / 'registry.db'}")
     artifacts = FsspecArtifactStore(tmp_path / "artifacts")
     register_with_artifact(
-        registry, artifacts, "reg", runtime="sklearn", uri=str(tmp_path / "reg.joblib")
+        registry, artifacts, "reg", runtime="sklearn", uri=str(tmp_path / "reg.joblib"),
+        is_pickle_allowed=True,
     )
     register_with_artifact(
         registry, artifacts, "lin", runtime="onnx", uri=str(tmp_path / "linear.onnx")

@@ -43,7 +43,10 @@ def prefix() -> Iterator[str]:
 def state(
     url: str, prefix: str, registry: CollectorRegistry | None = None, **options: float
 ) -> SharedState:
-    settings = RedisSettings(url, key_prefix=prefix, **options)  # type: ignore[arg-type]
+    # Gateways sharing the cache share the secret that seals its values.
+    settings = RedisSettings(
+        url, key_prefix=prefix, cache_secret=b"shared-test-secret", **options
+    )
     return SharedState(settings, registry or CollectorRegistry())
 
 

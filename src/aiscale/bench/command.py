@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,10 +21,31 @@ from aiscale.bench.loadgen import BenchConfig, BenchResult, ProgressSnapshot, ru
 from aiscale.bench.payloads import derive_bodies
 from aiscale.errors import InvalidInput
 
-__all__ = ["DEFAULT_DURATION_S", "bench_command", "build_config", "parse_header"]
+__all__ = [
+    "DEFAULT_DURATION_S",
+    "DEFAULT_MAX_ERROR_RATE",
+    "bench_command",
+    "build_config",
+    "check_max_error_rate",
+    "parse_header",
+]
 
 DEFAULT_DURATION_S = 10.0
 """Counted window when neither --requests nor --duration is given (closed and open loop)."""
+
+DEFAULT_MAX_ERROR_RATE = 0.01
+"""Share of counted requests that may fail before ``aiscale bench`` exits non-zero."""
+
+
+def check_max_error_rate(value: float) -> float:
+    """``value`` if it is a share in [0, 1]; ``InvalidInput`` (field ``max_error_rate``) else."""
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise InvalidInput(
+            f"--max-error-rate must be a share in [0, 1] (0.01 = 1%), got {value}",
+            field="max_error_rate",
+        )
+    return value
+
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _RESERVED_HEADERS = {"content-length", "transfer-encoding", "host", "connection"}

@@ -12,7 +12,8 @@ protocol:
   everything HTTP can send back (chunked, TLS).
 
 A client never retries, never follows redirects and never interprets the status: it returns it.
-Connection failures and timeouts raise ``OSError`` or ``TimeoutError``.
+Connection failures and timeouts raise ``OSError`` or ``TimeoutError``; a connection that
+could not be opened at all (refused, unknown host) raises ``ConnectFailed``, an ``OSError``.
 """
 
 from __future__ import annotations
@@ -27,12 +28,23 @@ from yarl import URL
 
 from aiscale.errors import InvalidInput
 
-__all__ = ["AiohttpClient", "ClientKind", "HttpClient", "RawHttpClient", "open_client"]
+__all__ = [
+    "AiohttpClient",
+    "ClientKind",
+    "ConnectFailed",
+    "HttpClient",
+    "RawHttpClient",
+    "open_client",
+]
 
 ClientKind = Literal["raw", "aiohttp"]
 
 _MAX_HEAD_BYTES = 64 * 1024
 _MAX_CACHED_REQUESTS = 4096
+
+
+class ConnectFailed(OSError):
+    """No connection could be opened to the server (refused, unreachable, unknown host)."""
 
 
 class HttpClient(Protocol):
@@ -80,6 +92,8 @@ class AiohttpClient:
             ) as response:
                 await response.read()
                 return response.status
+        except aiohttp.ClientConnectorError as exc:
+            raise ConnectFailed(f"{type(exc).__name__}: {exc}") from exc
         except aiohttp.ClientError as exc:
             raise OSError(f"{type(exc).__name__}: {exc}") from exc
 
@@ -155,7 +169,10 @@ class RawHttpClient:
             if connection.is_reusable:
                 return connection
         loop = asyncio.get_running_loop()
-        _, connection = await loop.create_connection(_Connection, self._host, self._port)
+        try:
+            _, connection = await loop.create_connection(_Connection, self._host, self._port)
+        except OSError as exc:
+            raise ConnectFailed(str(exc)) from exc
         self._all.add(connection)
         connection.on_lost = self._all.discard
         return connection

@@ -16,6 +16,11 @@ cap full is not sent and counts as ``dropped_by_client``. Requests sent during t
 ``warmup_s`` seconds are not counted; ``duration_s`` is the counted window after the warm-up.
 ``num_requests`` counts arrivals after the warm-up (in open modes dropped ones included).
 
+A server that cannot be reached ends the run early: when the first
+``EARLY_CONNECT_FAILURES`` requests in a row fail to connect before any reply came back,
+``run_bench`` raises ``UpstreamUnavailable`` naming the address, rather than sending
+thousands of requests that all fail the same way.
+
 Intervals use ``time.perf_counter``; the wall clock is never used. This module does not parse
 command-line strings (``command.py`` does) and never prints (``report.py`` renders).
 """
@@ -32,13 +37,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from aiscale.bench.http_client import ClientKind, HttpClient, open_client
+from aiscale.bench.http_client import ClientKind, ConnectFailed, HttpClient, open_client
 from aiscale.bench.payloads import derive_bodies
 from aiscale.bench.results import BenchResult, Mode, ProgressSnapshot, percentile_ms
 from aiscale.bench.traces import load_arrivals
-from aiscale.errors import InvalidInput
+from aiscale.errors import InvalidInput, UpstreamUnavailable
 
-__all__ = ["BenchConfig", "BenchResult", "ProgressSnapshot", "run_bench"]
+__all__ = ["EARLY_CONNECT_FAILURES", "BenchConfig", "BenchResult", "ProgressSnapshot", "run_bench"]
+
+#: Connection failures in a row, before any reply, after which the run stops.
+EARLY_CONNECT_FAILURES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +237,8 @@ class _Run:
         "_bodies",
         "_client",
         "_config",
+        "_connect_failures",
+        "_has_reply",
         "_end",
         "_last_offset",
         "_rng",
@@ -259,16 +269,36 @@ class _Run:
         self._last_offset = config.warmup_s
         self._all_done = asyncio.Event()
         self._all_done.set()
+        self._has_reply = False
+        self._connect_failures = 0
 
     def _pick_body(self) -> bytes:
         bodies = self._bodies
         return bodies[0] if len(bodies) == 1 else bodies[self._rng.randrange(len(bodies))]
 
     async def _send(self, body: bytes) -> int:
+        """The reply's status, or 0 for a timeout or a connection error; raises
+        ``UpstreamUnavailable`` once the first requests all failed to connect."""
         try:
-            return await self._client.post(body)
-        except (OSError, TimeoutError):
+            status = await self._client.post(body)
+        except TimeoutError:
             return 0
+        except ConnectFailed as exc:
+            if not self._has_reply:
+                self._connect_failures += 1
+                if self._connect_failures >= EARLY_CONNECT_FAILURES:
+                    parts = urlsplit(self._config.url)
+                    address = f"{parts.hostname}:{parts.port or 80}"
+                    raise UpstreamUnavailable(
+                        f"cannot connect to {address}: the first {self._connect_failures} "
+                        f"requests failed ({exc}); is the server running there?",
+                        field="url",
+                    ) from None
+            return 0
+        except OSError:
+            return 0
+        self._has_reply = True
+        return status
 
     async def closed_worker(self) -> None:
         tally = self._tally

@@ -67,6 +67,25 @@ class BenchResult:
         """All counted requests that were not 2xx."""
         return sum(self.errors_by_status.values())
 
+    def failure_reason(self, max_error_rate: float) -> str | None:
+        """Why this run did not measure a working server, or None: no counted request
+        finished, or more than ``max_error_rate`` (a share, 0-1) of them were not 2xx. The
+        reason names the commonest statuses (0: no connection or a timeout)."""
+        if self.requests == 0:
+            return "no counted request finished"
+        share = self.num_errors / self.requests
+        if share <= max_error_rate:
+            return None
+        common = sorted(self.errors_by_status.items(), key=lambda kv: -kv[1])[:3]
+        kinds = ", ".join(
+            f"{count:,} x {_STATUS_MEANING.get(status, f'status {status}')}"
+            for status, count in common
+        )
+        return (
+            f"{self.num_errors:,} of {self.requests:,} requests failed ({share:.1%}, more than "
+            f"--max-error-rate {max_error_rate:.1%}): {kinds}"
+        )
+
     def to_json(self) -> dict[str, object]:
         """Plain JSON-ready dict; ``errors`` is the total, ``errors_by_status`` keyed by string."""
         return {
@@ -87,6 +106,14 @@ class BenchResult:
             "offered_rate_rps": self.offered_rate_rps,
             "client_cpu_us_per_request": self.client_cpu_us_per_request,
         }
+
+
+_STATUS_MEANING = {
+    0: "no connection or timed out",
+    404: "404 (unknown model or path?)",
+    429: "429 (rate limited)",
+    503: "503 (overloaded or no replica)",
+}
 
 
 def percentile_ms(ordered: list[float], q: float) -> float | None:

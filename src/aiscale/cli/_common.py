@@ -29,7 +29,33 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    # Plain help: rich markup would eat "[default: ...]" from our help texts and tag every
+    # option with its type ("<bool>").
+    rich_markup_mode=None,
 )
+
+
+def _print_version(is_asked: bool) -> None:
+    if is_asked:
+        from aiscale import __version__
+
+        print(f"aiscale {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Serve AI models fast, release them safely, scale them."""
 
 
 # --------------------------------------------------------------- shared settings
@@ -74,10 +100,18 @@ def resolve_paths(data_dir: Path | None, registry_url: str | None) -> CliPaths:
     return CliPaths(data_dir=folder, registry_url=registry_url or f"sqlite:///{folder}/registry.db")
 
 
+def make_private_data_dir(folder: Path) -> None:
+    """Create the data dir (registry, artifacts, captured requests, secrets) readable by its
+    owner only: 0700, also when it exists with wider permissions."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if folder.stat().st_mode & 0o077:
+        folder.chmod(0o700)
+
+
 @contextmanager
 def open_registry(paths: CliPaths) -> Iterator[SqlRegistry]:
     """The registry for one command, closed when the command ends."""
-    paths.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_data_dir(paths.data_dir)
     registry = SqlRegistry.open(paths.registry_url)
     try:
         yield registry

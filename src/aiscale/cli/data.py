@@ -437,6 +437,14 @@ def data_retrain(
         float | None, typer.Option("--every", help="Schedule trigger: seconds between runs.")
     ] = None,
     since: Annotated[str | None, typer.Option(help="Dataset start (default 7d).")] = None,
+    label_sources: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--label-source",
+            help="Learn only labels given by this key id ('admin': any admin key); repeat "
+            "the option [default: every label].",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Retrain even if nothing fired.")] = False,
     wait_s: Annotated[
         float, typer.Option("--wait", help="Seconds to wait for the rollout's verdict.")
@@ -464,6 +472,8 @@ def data_retrain(
             triggers["schedule"] = {"every_s": every_s}
         if since is not None:
             data.setdefault("dataset", {})["since"] = since
+        if label_sources:
+            data.setdefault("dataset", {})["label_sources"] = list(label_sources)
         config = RetrainConfig.from_dict(data)
         paths = resolve_paths(data_dir, registry_url)
         folder = _capture_root(data_dir)

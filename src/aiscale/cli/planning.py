@@ -194,12 +194,25 @@ def plan(
         Path | None, typer.Option(help="Folder for the HTML/Markdown report and plots.")
     ] = None,
     shape: Annotated[str, typer.Option(help="flat, daily, weekly or bursty.")] = "daily",
+    redundancy_from_users: Annotated[
+        int | None,
+        typer.Option(help="From this many users on, keep at least 2 replicas [default: 10000]."),
+    ] = None,
+    allow_unsteady_profile: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unsteady-profile",
+            help="Plan from a profile measured on an unsteady machine (with a warning).",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Per phase: replicas, hardware, monthly cost and SLO attainment of each scaling strategy."""
+    """Per phase: replicas, hardware, monthly cost and SLO attainment of each scaling strategy,
+    and what to buy."""
     from rich.progress import Progress
 
     from aiscale.plan.commands import plan_command
+    from aiscale.plan.report import estimate_mark, recommendation
 
     with reported_errors(), Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("simulating", total=None)
@@ -215,11 +228,49 @@ def plan(
             report=report,
             shape=shape,
             on_progress=on_progress,
+            is_unsteady_profile_allowed=allow_unsteady_profile,
+            redundancy_from_users=redundancy_from_users,
         )
-    data = result.to_dict()
+    for warning in result.warnings:
+        _stderr().print(f"warning: {warning}", highlight=False)
     if as_json:
-        print(json.dumps(data))
+        print(json.dumps(result.to_dict()))
         return
-    _stdout().print_json(json.dumps(data)[:20000])
+    out = _stdout()
+    out.print(recommendation(result), highlight=False, markup=False)
+    table = Table(
+        "users",
+        "strategy",
+        "hardware",
+        "bought",
+        "replicas",
+        "USD/mo",
+        "in SLO",
+        "estimated",
+        title=f"{result.model}: {result.slo_target:.0%} within {result.slo_p99_ms:g} ms",
+    )
+    for phase in result.phases:
+        # The other hardware's static rows are in the report and in --json.
+        rows = [o for o in phase.outcomes if o.hardware == phase.hardware]
+        for outcome in rows:
+            table.add_row(
+                f"{phase.num_users:,}" if outcome is rows[0] else "",
+                outcome.strategy,
+                outcome.hardware,
+                outcome.pricing,
+                f"{outcome.min_replicas}-{outcome.max_replicas}"
+                if outcome.min_replicas != outcome.max_replicas
+                else str(outcome.max_replicas),
+                f"${outcome.monthly_cost_usd:,.0f}",
+                f"{outcome.slo_attainment:.2%}" + ("" if outcome.meets_slo else " (miss)"),
+                estimate_mark(outcome),
+                end_section=outcome is rows[-1],
+            )
+    out.print(table)
+    out.print(
+        f"At least 2 replicas from {result.redundancy_from_users:,} users on (scale to zero "
+        "excepted); est. = a speed or price the catalog marks as an estimate.",
+        highlight=False,
+    )
     if result.files:
-        _stdout().print(f"report: {', '.join(result.files)}", highlight=False, soft_wrap=True)
+        out.print(f"report: {', '.join(result.files)}", highlight=False, soft_wrap=True)

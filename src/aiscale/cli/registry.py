@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import getpass
+import json
 from enum import StrEnum
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -12,6 +15,7 @@ from aiscale.cli._common import (
     DataDirOption,
     RegistryUrlOption,
     _json_option,
+    _stderr,
     _stdout,
     _when,
     app,
@@ -21,7 +25,9 @@ from aiscale.cli._common import (
     resolve_paths,
 )
 from aiscale.errors import InvalidInput
-from aiscale.registry import register_with_artifact
+from aiscale.registry import PICKLE_RUNTIMES, SqlRegistry, register_with_artifact
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 models_app = typer.Typer(
     help="Register and inspect models, versions and aliases.", no_args_is_help=True
@@ -58,10 +64,30 @@ def models_register(
     metadata: Annotated[str | None, typer.Option("--metadata", help="Free metadata, JSON.")] = None,
     version: Annotated[str | None, typer.Option("--version", help="[default: next number]")] = None,
     alias: Annotated[str | None, typer.Option("--alias", help="Point this alias at it.")] = None,
+    allow_any_path: Annotated[
+        bool,
+        typer.Option(
+            "--allow-any-path",
+            help="Copy a model file or folder from anywhere [default: only from the current "
+            "directory or the data dir].",
+        ),
+    ] = False,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--allow-pickle",
+            help="Register a pickle (sklearn/joblib): loading one RUNS ANY CODE inside it, so "
+            "only for files you trust.",
+        ),
+    ] = False,
     data_dir: DataDirOption = None,
     registry_url: RegistryUrlOption = None,
 ) -> None:
-    """Register a new version; model files and folders are copied into the artifact store."""
+    """Register a new version; model files and folders are copied into the artifact store.
+
+    Warning: sklearn artifacts are joblib pickles, and loading a pickle runs the code inside
+    it; they need --allow-pickle. Each stored artifact's sha256 and who registered it are
+    recorded with the version."""
     with reported_errors():
         if uri is None:
             if runtime is not RuntimeName.minilm:
@@ -72,6 +98,11 @@ def models_register(
         paths = resolve_paths(data_dir, registry_url)
         parsed_config = _json_option(config, "config")
         parsed_metadata = _json_option(metadata, "metadata")
+        if runtime.value in PICKLE_RUNTIMES and allow_pickle:
+            _stderr().print(
+                f"warning: {runtime.value} artifacts are pickles: loading one runs any code "
+                "inside it; register only files you trust"
+            )
         with open_registry(paths) as registry:
             record = register_with_artifact(
                 registry,
@@ -83,6 +114,9 @@ def models_register(
                 metadata=parsed_metadata,
                 version=version,
                 alias=alias,
+                allowed_roots=None if allow_any_path else (Path.cwd(), paths.data_dir),
+                is_pickle_allowed=allow_pickle,
+                registered_by=f"cli:{getpass.getuser()}",
             )
         out = _stdout()
         out.print(
@@ -97,27 +131,56 @@ def models_register(
             out.print(f"alias {alias} -> {record.version}", markup=False, highlight=False)
 
 
+def models_data(registry: SqlRegistry) -> list[dict[str, Any]]:
+    """Every model with its versions, latest version and aliases (``--json``, ``get``)."""
+    found = []
+    for model in registry.list_models():
+        versions = [v.version for v in registry.list_versions(model.name)]
+        found.append(
+            {
+                "name": model.name,
+                "description": model.description,
+                "versions": versions,
+                "latest": versions[-1] if versions else None,
+                "aliases": registry.list_aliases(model.name),
+                "created_at": _when(model.created_at),
+            }
+        )
+    return found
+
+
+def models_table(models: list[dict[str, Any]]) -> Table:
+    table = Table("model", "versions", "latest", "aliases", "description")
+    for model in models:
+        table.add_row(
+            model["name"],
+            str(len(model["versions"])),
+            model["latest"] or "",
+            ", ".join(f"{a}->{v}" for a, v in model["aliases"].items()),
+            model["description"],
+        )
+    return table
+
+
 @models_app.command("list")
-def models_list(data_dir: DataDirOption = None, registry_url: RegistryUrlOption = None) -> None:
+def models_list(
+    as_json: JsonOption = False,
+    data_dir: DataDirOption = None,
+    registry_url: RegistryUrlOption = None,
+) -> None:
     """List models with their latest version and aliases."""
     with reported_errors(), open_registry(resolve_paths(data_dir, registry_url)) as registry:
-        table = Table("model", "versions", "latest", "aliases", "description")
-        for model in registry.list_models():
-            versions = registry.list_versions(model.name)
-            aliases = registry.list_aliases(model.name)
-            table.add_row(
-                model.name,
-                str(len(versions)),
-                versions[-1].version if versions else "",
-                ", ".join(f"{a}->{v}" for a, v in aliases.items()),
-                model.description,
-            )
-        _stdout().print(table)
+        models = models_data(registry)
+    if as_json:
+        print(json.dumps(models))
+    else:
+        _stdout().print(models_table(models))
 
 
 @models_app.command("show")
 def models_show(
     name: Annotated[str, typer.Argument(help="Model name.")],
+    as_json: JsonOption = False,
     data_dir: DataDirOption = None,
     registry_url: RegistryUrlOption = None,
 ) -> None:
@@ -125,6 +188,21 @@ def models_show(
     with reported_errors(), open_registry(resolve_paths(data_dir, registry_url)) as registry:
         versions = registry.list_versions(name)
         aliases = registry.list_aliases(name)
+        if as_json:
+            record_json = [
+                {
+                    "version": r.version,
+                    "runtime": r.runtime,
+                    "uri": r.uri,
+                    "artifact_digest": r.artifact_digest,
+                    "config": r.config,
+                    "metadata": r.metadata,
+                    "created_at": _when(r.created_at),
+                }
+                for r in versions
+            ]
+            print(json.dumps({"name": name, "versions": record_json, "aliases": aliases}))
+            return
         by_version: dict[str, list[str]] = {}
         for alias, version in aliases.items():
             by_version.setdefault(version, []).append(alias)
@@ -169,10 +247,15 @@ def models_alias(
 def keys_create(
     name: Annotated[str, typer.Argument(help="Who or what the key is for.")],
     scope: Annotated[
-        list[str], typer.Option("--scope", help="admin and/or inference; repeat the option.")
+        list[str], typer.Option(
+            "--scope", help="admin, inference and/or metrics; repeat the option."
+        )
     ],
     rate_limit: Annotated[
-        float | None, typer.Option("--rate-limit", help="Requests per second for this key.")
+        float | None,
+        typer.Option(
+            "--rate-limit", help="Items (OIP v2 rows, embeddings inputs) per second for this key."
+        ),
     ] = None,
     data_dir: DataDirOption = None,
     registry_url: RegistryUrlOption = None,
@@ -190,21 +273,49 @@ def keys_create(
         out.print(plaintext, markup=False, highlight=False, soft_wrap=True)
 
 
+def keys_data(registry: SqlRegistry) -> list[dict[str, Any]]:
+    """Every API key's id, name, scopes, limit and times; never a hash or plaintext."""
+    return [
+        {
+            "key_id": key.key_id,
+            "name": key.name,
+            "scopes": sorted(key.scopes),
+            "rate_limit_per_s": key.rate_limit_per_s,
+            "created_at": _when(key.created_at),
+            "revoked_at": _when(key.revoked_at) or None,
+        }
+        for key in registry.list_keys()
+    ]
+
+
+def keys_table(keys: list[dict[str, Any]]) -> Table:
+    table = Table("key id", "name", "scopes", "rate/s", "created (UTC)", "revoked (UTC)")
+    for key in keys:
+        rate = key["rate_limit_per_s"]
+        table.add_row(
+            key["key_id"],
+            key["name"],
+            ",".join(key["scopes"]),
+            "" if rate is None else f"{rate:g}",
+            key["created_at"],
+            key["revoked_at"] or "",
+        )
+    return table
+
+
 @keys_app.command("list")
-def keys_list(data_dir: DataDirOption = None, registry_url: RegistryUrlOption = None) -> None:
+def keys_list(
+    as_json: JsonOption = False,
+    data_dir: DataDirOption = None,
+    registry_url: RegistryUrlOption = None,
+) -> None:
     """List API keys (never their plaintext)."""
     with reported_errors(), open_registry(resolve_paths(data_dir, registry_url)) as registry:
-        table = Table("key id", "name", "scopes", "rate/s", "created (UTC)", "revoked (UTC)")
-        for key in registry.list_keys():
-            table.add_row(
-                key.key_id,
-                key.name,
-                ",".join(sorted(key.scopes)),
-                "" if key.rate_limit_per_s is None else f"{key.rate_limit_per_s:g}",
-                _when(key.created_at),
-                _when(key.revoked_at),
-            )
-        _stdout().print(table)
+        keys = keys_data(registry)
+    if as_json:
+        print(json.dumps(keys))
+    else:
+        _stdout().print(keys_table(keys))
 
 
 @keys_app.command("revoke")

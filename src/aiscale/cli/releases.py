@@ -101,13 +101,23 @@ def rollout_start(
         )
 
 
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
 @rollout_app.command("status")
 def rollout_status(
-    deployment: str, url: UrlOption = "http://127.0.0.1:8000", key: KeyOption = None
+    deployment: str,
+    as_json: JsonOption = False,
+    url: UrlOption = "http://127.0.0.1:8000",
+    key: KeyOption = None,
 ) -> None:
     """Where the rollout is, the last decision with its numbers, and per-version counts."""
     with reported_errors():
-        _print_rollout(_admin_call("GET", url, f"/admin/deployments/{deployment}/rollout", key))
+        info = _admin_call("GET", url, f"/admin/deployments/{deployment}/rollout", key)
+    if as_json:
+        print(json.dumps(info))
+    else:
+        _print_rollout(info)
 
 
 def _rollout_action(action: str, deployment: str, url: str, key: str | None) -> None:
@@ -152,6 +162,7 @@ def rollout_abort(
 @rollout_app.command("history")
 def rollout_history(
     deployment: str,
+    as_json: JsonOption = False,
     data_dir: DataDirOption = None,
     registry_url: RegistryUrlOption = None,
 ) -> None:
@@ -160,6 +171,9 @@ def rollout_history(
         from aiscale.registry.front import rollout_history as history_of
 
         history = history_of(registry, deployment)
+    if as_json:
+        print(json.dumps(history, default=str))
+        return
     console = _stdout()
     table = Table("at (UTC)", "split", "cause")
     for entry in history["traffic"]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +19,7 @@ from aiscale.cli._common import (
     _admin_call,
     _stdout,
     app,
+    make_private_data_dir,
     open_artifacts,
     reported_errors,
     resolve_paths,
@@ -88,12 +91,37 @@ def serve(
     cache_mb: Annotated[
         float | None, typer.Option(help="Response cache size in MiB [default: off].")
     ] = None,
+    max_items_per_request: Annotated[
+        int | None,
+        typer.Option(help="Most items one request may carry; more is refused with 413 "
+                     "[default: 1024, and at most the queue bound].")
+    ] = None,
     config_file: Annotated[
         Path | None, typer.Option("--config", help="aiscale.yaml with server and deployments.")
     ] = None,
     insecure: Annotated[
-        bool, typer.Option("--insecure", help="Allow a non-loopback address without API keys.")
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Run without API keys while none exists, even on a non-loopback address.",
+        ),
     ] = False,
+    allowed_hosts: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-hosts",
+            help="Host name clients may use besides the bound address and localhost "
+            "(repeatable; '*': any) [default: none].",
+        ),
+    ] = None,
+    cors_origins: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cors-origins",
+            help="Browser origin (https://app.example.com) allowed to call the inference API "
+            "cross-site (repeatable) [default: none].",
+        ),
+    ] = None,
     capture: Annotated[
         bool | None,
         typer.Option(
@@ -132,13 +160,27 @@ def serve(
     memory_mb: Annotated[
         int | None, typer.Option(help="Ray runtime: memory per replica in MiB [default: none].")
     ] = None,
+    otel_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--otel-endpoint",
+            help="Send OpenTelemetry traces to this OTLP/HTTP collector (http://host:4318); "
+            "needs aiscale[otel] [default: AISCALE_OTEL_ENDPOINT, else off].",
+        ),
+    ] = None,
     data_dir: DataDirOption = None,
     registry_url: RegistryUrlOption = None,
 ) -> None:
     """Serve MODEL (default: the bundled minilm) over OIP v2 and OpenAI-compatible HTTP."""
     from aiscale.serving.app import GatewayApp
     from aiscale.serving.launch import build_gateway, ensure_registered
-    from aiscale.serving.server import bind_socket, is_loopback, make_uvicorn, url_of
+    from aiscale.serving.server import (
+        ConnectionLimits,
+        bind_socket,
+        is_loopback,
+        make_uvicorn,
+        url_of,
+    )
 
     with reported_errors():
         paths = resolve_paths(data_dir, registry_url)
@@ -151,6 +193,9 @@ def serve(
                 "data_dir": str(paths.data_dir),
                 "registry_url": paths.registry_url,
                 "redis_url": redis_url,
+                "max_items_per_request": max_items_per_request,
+                "allowed_hosts": allowed_hosts or None,
+                "cors_origins": cors_origins or None,
                 "runtime": runtime,
                 "ray_address": ray_address,
                 "capture": {
@@ -158,6 +203,7 @@ def serve(
                     "sample_rate": capture_sample_rate,
                     "nats_url": nats_url,
                 },
+                "tracing": {"endpoint": otel_endpoint},
             },
         )
         if config.server.runtime == "ray":
@@ -166,7 +212,10 @@ def serve(
             # Join now, in the main thread: a bad address is one line and exit 1, before
             # anything is registered or bound.
             connect(config.server.ray_address)
-        paths.data_dir.mkdir(parents=True, exist_ok=True)
+        # Everything the server writes (registry, artifacts, capture, secrets, reports) is
+        # for its owner only; the umask covers what libraries create (Parquet, SQLite WAL).
+        os.umask(0o077)
+        make_private_data_dir(paths.data_dir)
         registry = SqlRegistry.open(paths.registry_url)
         artifacts = open_artifacts(paths)
         choice = ensure_registered(registry, artifacts, model)
@@ -195,23 +244,57 @@ def serve(
     url = url_of(sock)
     console = Console(soft_wrap=True)
 
+    startup = _StartupErrors()
+
     def announce() -> None:
+        startup.is_started = True
         names = ", ".join(gateway.deployments)
         console.print(f"aiscale serving on {url} (deployments: {names})", highlight=False)
         console.print(
-            f"  metrics: {url}/metrics   OpenAI: {url}/v1   OIP v2: {url}/v2", highlight=False
+            f"  dashboard: {url}/dashboard   metrics: {url}/metrics   OpenAI: {url}/v1   "
+            f"OIP v2: {url}/v2",
+            highlight=False,
         )
         console.file.flush()
 
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    uvicorn_log.addFilter(startup)
     try:
         make_uvicorn(
-            GatewayApp(gateway, on_ready=announce), graceful_timeout_s=server.drain_timeout_s
+            GatewayApp(gateway, on_ready=announce),
+            graceful_timeout_s=server.drain_timeout_s,
+            limits=ConnectionLimits(
+                header_timeout_s=server.header_timeout_s,
+                keep_alive_timeout_s=server.keep_alive_timeout_s,
+                max_connections=server.max_connections,
+            ),
         ).run(sockets=[sock])
+    except SystemExit:  # uvicorn exits 3 when the app's startup failed
+        if startup.is_started:
+            raise
     finally:
+        uvicorn_log.removeFilter(startup)
         registry.close()
+    if not startup.is_started:
+        raise typer.Exit(1)  # the gateway said why, once ("gateway failed to start: ...")
 
 
-def _print_deployment(info: dict[str, Any]) -> None:
+class _StartupErrors(logging.Filter):
+    """Drops uvicorn's echo of a failed start (the cause again, then "Application startup
+    failed"): the gateway has already reported the cause in one line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.is_started = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.is_started or record.levelno < logging.ERROR
+
+
+def _print_deployment(info: dict[str, Any], as_json: bool = False) -> None:
+    if as_json:
+        print(json.dumps(info))
+        return
     replicas = info["replicas"]
     _stdout().print(
         f"{info['name']}: model {info['model']} version {info['version']} ({info['runtime']}), "
@@ -232,6 +315,7 @@ def deploy(
     timeout_ms: Annotated[float | None, typer.Option()] = None,
     num_threads: Annotated[int | None, typer.Option()] = None,
     cache_mb: Annotated[float | None, typer.Option()] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the deployment as JSON.")] = False,
     url: UrlOption = "http://127.0.0.1:8000",
     key: KeyOption = None,
 ) -> None:
@@ -249,13 +333,15 @@ def deploy(
             cache_mb,
         )
         body = config.model_dump(mode="json", by_alias=True)
-        _print_deployment(_admin_call("POST", url, "/admin/deployments", key, body))
+        info = _admin_call("POST", url, "/admin/deployments", key, body)
+    _print_deployment(info, as_json)
 
 
 @app.command()
 def scale(
     deployment: Annotated[str, typer.Argument(help="Deployment name.")],
     replicas: Annotated[int, typer.Argument(help="Wanted number of replicas.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the deployment as JSON.")] = False,
     url: UrlOption = "http://127.0.0.1:8000",
     key: KeyOption = None,
 ) -> None:
@@ -266,7 +352,7 @@ def scale(
         info = _admin_call(
             "POST", url, f"/admin/deployments/{deployment}/scale", key, {"replicas": replicas}
         )
-        _print_deployment(info)
+    _print_deployment(info, as_json)
 
 
 @app.command()
@@ -305,14 +391,23 @@ def bench(
     max_outstanding: Annotated[
         int, typer.Option(help="Open loop: cap on requests in flight.")
     ] = 1024,
+    max_error_rate: Annotated[
+        float,
+        typer.Option(help="Exit 1 when more than this share of requests fail (0.01 = 1%)."),
+    ] = 0.01,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of a table.")
     ] = False,
 ) -> None:
-    """Load a running server (closed or open loop, or a trace) and report throughput and latency."""
+    """Load a running server (closed or open loop, or a trace) and report throughput and latency.
+
+    Exits 1 when the server cannot be reached or too many requests fail (--max-error-rate)."""
     from aiscale.bench import bench_command, bench_progress, render_result
+    from aiscale.bench.command import check_max_error_rate
+    from aiscale.cli._common import _stderr
 
     with reported_errors():
+        check_max_error_rate(max_error_rate)
         console = Console(stderr=as_json)
         with bench_progress(console) as on_progress:
             result = bench_command(
@@ -338,6 +433,10 @@ def bench(
         print(json.dumps(result.to_json()))
     else:
         _stdout().print(render_result(result))
+    failure = result.failure_reason(max_error_rate)
+    if failure is not None:
+        _stderr().print(f"error: {failure}")
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -1,7 +1,9 @@
 // aiscale dashboard: polls the admin API and draws it with plotly.js (served by this server).
 //
 // Data: GET /admin/monitor/snapshot (the monitor's view of every deployment: series, anomalies,
-// forecast, capacity, SLOs, rollout, cost; plus alerts and actions). Where a server has no
+// forecast, capacity, SLOs, rollout, cost; plus the gateway's unknown-model 404s, alerts and
+// actions). A card's figures are the latest interval's ("latest"; null, drawn "—", where that
+// interval had none: no latency while idle). Where a server has no
 // monitor endpoint (404), a basic view is built from /admin/deployments and /stats instead.
 // The admin key comes from ?key= (then kept in localStorage and removed from the address bar)
 // or from localStorage, and is sent as "Authorization: Bearer". Every value from the server is
@@ -14,6 +16,8 @@
   var ANOMALY_MIN_SCORE = 0.5;
   var BASIC_POINTS = 300;
   var FEW_POINTS = 30;
+  var GAP_STEPS = 1.5;      // points further apart than this many steps: the line is broken
+  var NONE = "—";           // a card figure the latest interval did not have
   var KEY_STORAGE = "aiscale.adminKey";
   var COLORS = { blue: "#2f6fde", red: "#d64545", green: "#1f9d55", amber: "#d98a00",
                  violet: "#7b4fd6", grey: "#8896a4", teal: "#138f8f" };
@@ -158,6 +162,7 @@
         var now = Date.now() / 1000;
         return {
           time: now,
+          step_s: POLL_MS / 1000,
           deployments: deployments.map(function (d, i) { return basicDeployment(d, allStats[i], now); }),
           alerts: [],
           actions: []
@@ -255,8 +260,8 @@
     var actions = Array.isArray(snap.actions) ? snap.actions : [];
     var totalRps = 0, totalCost = 0, hasCost = false;
     deployments.forEach(function (d) {
-      var rps = lastValue(d.series && d.series.rps);
-      if (rps !== null) { totalRps += rps; }
+      var rps = d.latest ? d.latest.rps : lastValue(d.series && d.series.rps);
+      if (isNum(rps)) { totalRps += rps; }
       if (isNum(d.cost_per_hour_usd)) { totalCost += d.cost_per_hour_usd; hasCost = true; }
     });
     var firing = alerts.filter(isFiring).length;
@@ -265,6 +270,7 @@
     $("total-alerts").textContent = String(firing);
     $("total-alerts").style.color = firing > 0 ? "#ff8a80" : "";
     $("total-cost").textContent = hasCost ? usd(totalCost) : "–";
+    renderUnknownModels(snap);
     $("updated").textContent = clock(isNum(snap.time) ? snap.time : Date.now() / 1000);
     $("source").textContent = state.source === "monitor" ? "monitor" : "basic";
     var banner = $("source-banner");
@@ -275,9 +281,37 @@
     } else {
       banner.classList.add("hidden");
     }
-    renderDeployments(deployments, snap);
+    renderDeployments(deployments, snap, maxGapS(snap));
     renderAlerts(alerts);
     renderActions(actions);
+  }
+
+  // The widest spacing of two points still joined by a line: a step and a half of the
+  // snapshot's step (never finer than the monitor's sampling interval); the basic view
+  // samples once per poll, whose spacing varies with the answer time, so it allows two more.
+  function maxGapS(snap) {
+    var step = Math.max(isNum(snap.step_s) ? snap.step_s : 0,
+                        isNum(snap.interval_s) ? snap.interval_s : 0);
+    if (step <= 0) { return null; }
+    return state.source === "basic" ? (GAP_STEPS + 2) * step : GAP_STEPS * step;
+  }
+
+  // Requests that named a model no deployment serves (each answered 404): in the snapshot's
+  // window, and in the latest interval. Hidden where the server does not count them.
+  function renderUnknownModels(snap) {
+    var gateway = snap.gateway || {};
+    var inWindow = gateway.unknown_model_requests_in_window;
+    var latest = gateway.unknown_model_requests;
+    var box = $("unknown-models");
+    box.classList.toggle("hidden", !isNum(inWindow));
+    if (!isNum(inWindow)) { return; }
+    var span = isNum(snap.window_s) ? windowName(snap.window_s) : "window";
+    $("unknown-models-label").textContent = "unknown-model 404s / " + span;
+    $("total-unknown-models").textContent = String(inWindow);
+    $("total-unknown-models").style.color = inWindow > 0 ? "#f0b429" : "";
+    $("unknown-models-recent").textContent = isNum(latest)
+      ? latest + " in the last " + (isNum(snap.interval_s) ? windowName(snap.interval_s) : "interval")
+      : "";
   }
 
   function isFiring(alert) {
@@ -285,7 +319,7 @@
     return s === "firing" || s === "active";
   }
 
-  function renderDeployments(deployments, snap) {
+  function renderDeployments(deployments, snap, gapS) {
     var root = $("deployments");
     var seen = {};
     $("no-deployments").classList.toggle("hidden", deployments.length > 0);
@@ -297,7 +331,7 @@
         card = state.cards[d.name] = makeCard(d.name);
         root.appendChild(card.root);
       }
-      fillCard(card, d, isNum(snap.time) ? snap.time : null);
+      fillCard(card, d, isNum(snap.time) ? snap.time : null, gapS);
     });
     Object.keys(state.cards).forEach(function (name) {
       if (!seen[name]) {
@@ -372,24 +406,28 @@
     return card;
   }
 
-  function fillCard(card, d, nowS) {
+  function fillCard(card, d, nowS, gapS) {
     var series = d.series || {};
+    // The monitor sends the latest interval's figures; the basic view has only its series.
+    var latest = d.latest && typeof d.latest === "object" ? d.latest : null;
+    var isIdle = latest !== null && latest.rps === 0;
     card.model.textContent = d.model ? "model " + d.model : "";
     card.cost.textContent = isNum(d.cost_per_hour_usd) ? usd(d.cost_per_hour_usd) + " / h" : "";
     fillVersions(card.versions, Array.isArray(d.versions) ? d.versions : []);
     KPIS.forEach(function (k) {
-      var v = lastValue(series[k.key]);
+      var v = latest ? (isNum(latest[k.key]) ? latest[k.key] : null) : lastValue(series[k.key]);
       var slot = card.kpis[k.key];
       clear(slot.value);
       slot.value.appendChild(document.createTextNode(
-        v === null ? "–" : k.percent ? pct(v, 2) : fmt(v, k.digits)));
+        v === null ? NONE : k.percent ? pct(v, 2) : fmt(v, k.digits)));
+      slot.tile.title = v === null && isIdle ? "idle: no requests in the latest interval" : "";
       if (k.unit && v !== null) { slot.value.appendChild(el("span", { cls: "unit", text: k.unit })); }
       slot.tile.classList.toggle("bad", v !== null && k.badAbove !== undefined && v > k.badAbove);
     });
     fillCapacity(card.capacity, d.capacity);
     fillRollout(card.rollout, d.rollout);
     var range = timeRange(series, nowS);
-    card.charts.forEach(function (chart) { drawChart(chart, d, range); });
+    card.charts.forEach(function (chart) { drawChart(chart, d, range, gapS); });
     fillSlos(card.slos, Array.isArray(d.slos) ? d.slos : []);
   }
 
@@ -518,15 +556,24 @@
   }
 
   // ----- charts ------------------------------------------------------------------------------
-  function xy(points, scale) {
-    var x = [], y = [];
+  // Points (unix s, value) as plotly's x and y. Where two points are more than maxGapS apart
+  // (an idle stretch with no latency, a monitor that was not sampling) a null goes between
+  // them: plotly breaks the line there (connectgaps is off) instead of drawing across.
+  function xy(points, scale, maxGapS) {
+    var x = [], y = [], count = 0, previous = null;
     (Array.isArray(points) ? points : []).forEach(function (p) {
       if (Array.isArray(p) && isNum(p[0])) {
+        if (previous !== null && isNum(maxGapS) && p[0] - previous > maxGapS) {
+          x.push(new Date((previous + p[0]) / 2 * 1000));
+          y.push(null);
+        }
+        previous = p[0];
+        count += 1;
         x.push(new Date(p[0] * 1000));
         y.push(isNum(p[1]) ? p[1] * (scale || 1) : null);
       }
     });
-    return { x: x, y: y };
+    return { x: x, y: y, count: count };
   }
 
   // Anomalous points, drawn as markers on the series they belong to (at the series' value at
@@ -559,7 +606,7 @@
     return best;
   }
 
-  function forecastTraces(d) {
+  function forecastTraces(d, gapS) {
     var f = d.forecast;
     if (!f) { return null; }
     var t = f.t, mean = f.mean, lower = f.lower, upper = f.upper;
@@ -571,7 +618,7 @@
     }
     if (!Array.isArray(t) || t.length === 0) { return null; }
     var x = t.map(function (s) { return new Date(s * 1000); });
-    var observed = xy(d.series && d.series.rps);
+    var observed = xy(d.series && d.series.rps, 1, gapS);
     return [
       { x: observed.x, y: observed.y, type: "scatter", mode: "lines", name: "observed",
         line: { color: COLORS.blue, width: 1.5 } },
@@ -614,21 +661,21 @@
     return [new Date(first * 1000), new Date(last * 1000)];
   }
 
-  function drawChart(chart, d, range) {
+  function drawChart(chart, d, range, gapS) {
     var spec = chart.spec, traces = [], emptyText = "no data yet";
     if (spec.forecast) {
-      traces = forecastTraces(d) || [];
+      traces = forecastTraces(d, gapS) || [];
       emptyText = "no forecast yet";
     } else {
       var series = d.series || {}, anomalies = d.anomalies || {};
       var hasData = false;
       spec.series.forEach(function (s) {
         var points = series[s[0]];
-        var data = xy(points, spec.scale);
-        if (data.x.length > 0) { hasData = true; }
+        var data = xy(points, spec.scale, gapS);
+        if (data.count > 0) { hasData = true; }
         // A young series (a few points) is drawn with markers too: a lone point is visible.
         traces.push({ x: data.x, y: data.y, type: "scatter",
-                      mode: data.x.length < FEW_POINTS ? "lines+markers" : "lines", name: s[1],
+                      mode: data.count < FEW_POINTS ? "lines+markers" : "lines", name: s[1],
                       marker: { color: s[2], size: 4 },
                       line: { color: s[2], width: 1.8, shape: spec.shape || "linear" } });
       });

@@ -48,6 +48,7 @@ from aiscale.data.capture_segment import (
     SegmentWriter,
     frame,
     iter_payloads,
+    make_private_dirs,
     seal_orphans,
     try_lock,
     unlock,
@@ -410,7 +411,7 @@ def load_or_create_salt(path: Path) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
     salt = secrets.token_bytes(32)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -73,9 +73,12 @@ class CaptureConfig:
 
 @dataclass(frozen=True, slots=True)
 class CaptureRecord:
-    """One served request. ``ts_s`` is the UTC wall clock in seconds since the epoch;
-    ``inputs`` and ``outputs`` are JSON-able values (numpy arrays allowed); ``status`` is the
-    HTTP status; ``user_hash`` is :func:`hash_user_key` of the caller's key, or None."""
+    """One served request. ``request_id`` is the server's own id (never the client's);
+    ``ts_s`` is the UTC wall clock in seconds since the epoch; ``inputs`` and ``outputs`` are
+    JSON-able values (numpy arrays allowed); ``status`` is the HTTP status; ``user_hash`` is
+    :func:`hash_user_key` of the caller's key, or None; ``client_request_id`` is the
+    client's ``x-request-id`` as sent (not unique: clients choose it); ``key_id`` is the id
+    of the API key that made the request (``anonymous`` without keys)."""
 
     request_id: str
     ts_s: float
@@ -86,12 +89,16 @@ class CaptureRecord:
     latency_ms: float
     status: int
     user_hash: str | None = None
+    client_request_id: str | None = None
+    key_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class FeedbackRecord:
     """One piece of feedback about ``request_id``: a label, a score and/or a comment.
-    ``feedback_id`` is unique per submission (it is the key compaction deduplicates by)."""
+    ``feedback_id`` is unique per submission (it is the key compaction deduplicates by).
+    ``key_id`` is the key that gave it and ``is_admin`` whether that key had the admin scope
+    (the owner of the request gave it otherwise), so a retraining can pick its label sources."""
 
     feedback_id: str
     request_id: str
@@ -100,6 +107,8 @@ class FeedbackRecord:
     score: float | None = None
     comment: str | None = None
     user_hash: str | None = None
+    key_id: str | None = None
+    is_admin: bool = False
 
 
 #: The record kinds a log holds, and the field each is deduplicated by.

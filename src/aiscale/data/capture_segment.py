@@ -13,6 +13,7 @@ segment after a failed write or a crash, so nothing valid can follow a torn fram
 
 This module does blocking file I/O and must only be called off the event loop (or from
 offline tools such as compaction and query). It never deletes a segment; compaction does.
+Captured requests are personal data: folders it creates are 0700, segments and locks 0600.
 """
 
 from __future__ import annotations
@@ -38,6 +39,26 @@ OPEN_SUFFIX = ".open"
 SEALED_SUFFIX = ".log"
 LOCK_NAME = ".lock"
 _NAME_RE = re.compile(r"^seg-(\d{20})\.(open|log)$")
+
+
+#: Modes of what the capture log creates: only its owner may read captured data.
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and its missing parents with mode 0700 (whatever the umask)."""
+    missing = []
+    folder = directory
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=DIR_MODE)
+        except FileExistsError:  # another process made it meanwhile
+            continue
+        os.chmod(folder, DIR_MODE)
 
 
 def frame(payload: bytes) -> bytes:
@@ -119,8 +140,8 @@ def fsync_dir(directory: Path) -> None:
 def try_lock(directory: Path, name: str = LOCK_NAME) -> int | None:
     """An fd holding the exclusive lock ``name`` (default: the writer lock) of ``directory``,
     or None if someone else holds it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / name, os.O_RDWR | os.O_CREAT, 0o644)
+    make_private_dirs(directory)
+    fd = os.open(directory / name, os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -256,7 +277,7 @@ class SegmentWriter:
         # also moves past the wall clock in ns (a name, never used as a time).
         number = max(last + 1, time.time_ns())
         path = self._directory / f"seg-{number:020d}{OPEN_SUFFIX}"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         self._path = path
         self._size_bytes = 0
         self._zeroed_bytes = 0

@@ -1,11 +1,11 @@
 """Captured records as Arrow tables: the column layout shared by compaction and query.
 
 ``requests`` rows have ``request_id, ts, deployment, version, status, latency_ms, user_hash,
-inputs, outputs`` (inputs/outputs as JSON text) and ``feedback`` rows ``feedback_id,
-request_id, ts, label, score, comment, user_hash``; both also get the partition columns
-``date`` (UTC) and ``hour`` (0-23) derived from ``ts``. In Parquet the partition columns
-(``deployment``, ``date``, ``hour`` for requests; ``date``, ``hour`` for feedback) live only
-in the hive-style path, as hive readers expect.
+inputs, outputs, client_request_id, key_id`` (inputs/outputs as JSON text) and ``feedback``
+rows ``feedback_id, request_id, ts, label, score, comment, user_hash, key_id, is_admin``;
+both also get the partition columns ``date`` (UTC) and ``hour`` (0-23) derived from ``ts``.
+In Parquet the partition columns (``deployment``, ``date``, ``hour`` for requests; ``date``,
+``hour`` for feedback) live only in the hive-style path, as hive readers expect.
 
 This module does no I/O: it turns payloads (bytes from the log) into tables.
 """
@@ -32,6 +32,8 @@ REQUEST_FILE_SCHEMA = pa.schema(
         ("user_hash", pa.string()),
         ("inputs", pa.string()),
         ("outputs", pa.string()),
+        ("client_request_id", pa.string()),
+        ("key_id", pa.string()),
     ]
 )
 FEEDBACK_FILE_SCHEMA = pa.schema(
@@ -43,6 +45,8 @@ FEEDBACK_FILE_SCHEMA = pa.schema(
         ("score", pa.float64()),
         ("comment", pa.string()),
         ("user_hash", pa.string()),
+        ("key_id", pa.string()),
+        ("is_admin", pa.bool_()),
     ]
 )
 #: DuckDB types of the hive partition columns (never inferred: a deployment named "7" stays text).
@@ -106,6 +110,8 @@ def _build_requests(rows: list[dict[str, Any]]) -> pa.Table:
         "user_hash": pa.array([r.get("user_hash") for r in rows], pa.string()),
         "inputs": pa.array([_json_text(r.get("inputs")) for r in rows], pa.string()),
         "outputs": pa.array([_json_text(r.get("outputs")) for r in rows], pa.string()),
+        "client_request_id": pa.array([r.get("client_request_id") for r in rows], pa.string()),
+        "key_id": pa.array([r.get("key_id") for r in rows], pa.string()),
     }
     return _with_time_partitions(columns, [r["ts_s"] for r in rows])
 
@@ -119,6 +125,8 @@ def _build_feedback(rows: list[dict[str, Any]]) -> pa.Table:
         "score": pa.array([r.get("score") for r in rows], pa.float64()),
         "comment": pa.array([r.get("comment") for r in rows], pa.string()),
         "user_hash": pa.array([r.get("user_hash") for r in rows], pa.string()),
+        "key_id": pa.array([r.get("key_id") for r in rows], pa.string()),
+        "is_admin": pa.array([bool(r.get("is_admin")) for r in rows], pa.bool_()),
     }
     return _with_time_partitions(columns, [r["ts_s"] for r in rows])
 

@@ -66,8 +66,22 @@ def known_deployments(data_dir: Path | str) -> list[str]:
     return [str(v) for v in table.column("deployment").to_pylist()] if table.num_rows else []
 
 
-def load_examples(data_dir: Path | str, deployment: str, period: Period) -> CapturedExamples:
+#: In ``label_sources``: the feedback given with an admin key (any key id).
+ADMIN_SOURCE = "admin"
+
+
+def load_examples(
+    data_dir: Path | str,
+    deployment: str,
+    period: Period,
+    *,
+    label_sources: tuple[str, ...] = (),
+) -> CapturedExamples:
     """The examples of ``deployment`` whose request time falls in ``period``.
+
+    ``label_sources`` keeps only the feedback given by those key ids (``admin``: by any admin
+    key); empty keeps all feedback. Feedback recorded before keys were kept has no source and
+    is dropped by any filter.
 
     Raises ``NotFound`` (field ``deployment``) when nothing was ever captured for it, naming
     the deployments that have data, and ``InvalidInput`` (field ``period``) when it has data
@@ -94,7 +108,9 @@ def load_examples(data_dir: Path | str, deployment: str, period: Period) -> Capt
                 arg_max(score, ts) FILTER (WHERE score IS NOT NULL) AS score,
                 arg_max(comment, ts) FILTER (WHERE comment IS NOT NULL) AS comment,
                 count(*) AS num_feedback
-            FROM feedback WHERE request_id IN (SELECT request_id FROM r) GROUP BY request_id
+            FROM feedback
+            WHERE request_id IN (SELECT request_id FROM r){_source_filter(label_sources)}
+            GROUP BY request_id
         )
         SELECT r.*, f.label, f.score, f.comment, coalesce(f.num_feedback, 0) AS num_feedback
         FROM r LEFT JOIN f USING (request_id) ORDER BY r.ts, r.request_id
@@ -110,6 +126,17 @@ def load_examples(data_dir: Path | str, deployment: str, period: Period) -> Capt
     for request in requests:
         rows.extend(_explode(request))
     return CapturedExamples(deployment, period, tuple(rows), len(requests))
+
+
+def _source_filter(label_sources: tuple[str, ...]) -> str:
+    """The SQL condition (with its leading ``AND``) keeping feedback from ``label_sources``."""
+    if not label_sources:
+        return ""
+    keys = [s for s in label_sources if s != ADMIN_SOURCE]
+    conditions = [f"key_id IN ({', '.join(sql_str(k) for k in keys)})"] if keys else []
+    if ADMIN_SOURCE in label_sources:
+        conditions.append("is_admin")
+    return f" AND ({' OR '.join(conditions)})"
 
 
 def _explode(request: Mapping[str, Any]) -> list[dict[str, Any]]:

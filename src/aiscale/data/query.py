@@ -67,7 +67,11 @@ def _create_view(
         return
     url = pattern if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(pattern)
     types = {c: HIVE_TYPES[c] for c in kind.partition_by}
-    parquet = f"read_parquet({_sql_str(url)}, hive_partitioning = true, hive_types = {types!r})"
+    # union_by_name: files compacted before a column existed read it as NULL.
+    parquet = (
+        f"read_parquet({_sql_str(url)}, hive_partitioning = true, union_by_name = true, "
+        f"hive_types = {types!r})"
+    )
     con.execute(
         f"CREATE VIEW {kind.name} AS "
         f"WITH p AS (SELECT {columns} FROM {parquet}) "

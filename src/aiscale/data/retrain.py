@@ -94,6 +94,9 @@ class DatasetConfig(_Frozen):
     until: str | None = None
     with_feedback: bool = True
     labeled_only: bool = False
+    #: Only feedback from these key ids (``admin``: any admin key) labels the dataset;
+    #: empty: all feedback. Labels come from clients, so choose whom to learn from.
+    label_sources: tuple[Annotated[str, Field(min_length=1, max_length=64)], ...] = ()
     validation_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2
     format: Literal["parquet", "jsonl"] = "parquet"
 
@@ -211,6 +214,7 @@ def run_cycle(
         data_dir,
         name,
         parse_period(f"{dataset.since}..{dataset.until or ''}", now, field="dataset.since"),
+        label_sources=dataset.label_sources,
     )
     exported = export_dataset(
         examples,
@@ -243,6 +247,9 @@ def run_cycle(
             "run_dir": str(run_dir),
             "dataset": exported.datasheet["counts"],
         },
+        # The trainer the operator configured wrote it: trusted, pickle or not.
+        is_pickle_allowed=True,
+        registered_by="retrain",
     )
     version = str(record.version)
     _save_state(base, now, version, reasons)

@@ -19,7 +19,29 @@ from typing import Literal
 from aiscale.errors import InvalidInput
 from aiscale.monitor.forecast import Forecast
 
-__all__ = ["CapacityWarning", "capacity_warning", "trend_warning"]
+__all__ = [
+    "IDLE_RATE_PER_S",
+    "CapacityWarning",
+    "capacity_warning",
+    "is_arrival_rate_settling",
+    "trend_warning",
+]
+
+#: Arrivals at or below this rate are "no load": nothing is about to saturate.
+IDLE_RATE_PER_S = 0.1
+
+
+def is_arrival_rate_settling(rates_per_s: Sequence[float]) -> bool:
+    """Whether the latest observed rates say no queue is about to fill, whatever a forecast
+    or a fitted line says: arrivals are about zero now (``IDLE_RATE_PER_S``), or fell at
+    each of the last two points. After a load ends, a line fitted through its ramp still
+    points up, and a season that learned the load expects it back; neither is a warning a
+    reader can act on at 0 req/s."""
+    if not rates_per_s:
+        return False
+    if rates_per_s[-1] <= IDLE_RATE_PER_S:
+        return True
+    return len(rates_per_s) >= 3 and rates_per_s[-1] < rates_per_s[-2] < rates_per_s[-3]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +94,16 @@ def trend_warning(times_s: Sequence[float], rates_per_s: Sequence[float],
                   queue_free: float = 0.0) -> CapacityWarning | None:
     """A least-squares line through recent ``(time, rate)`` points, extrapolated from
     ``now_s``: when its backlog above capacity exceeds ``queue_free``, if within
-    ``horizon_s``. Raises ``InvalidInput`` for fewer than two points or mismatched lengths."""
+    ``horizon_s``; None while the latest rates are idle or falling
+    (``is_arrival_rate_settling``). Raises ``InvalidInput`` for fewer than two points or
+    mismatched lengths."""
     _check_capacity(capacity_per_s, queue_free)
     n = len(times_s)
     if n != len(rates_per_s) or n < 2:
         raise InvalidInput("need at least two (time, rate) points of equal count",
                            field="rates_per_s")
+    if is_arrival_rate_settling(rates_per_s):
+        return None
     mean_t = sum(times_s) / n
     mean_r = sum(rates_per_s) / n
     var_t = sum((t - mean_t) ** 2 for t in times_s)

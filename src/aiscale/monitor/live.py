@@ -7,7 +7,8 @@ series with its own streaming anomaly detector (the ``aiscale detect`` code), co
 and bad requests for each SLO and evaluates its multiwindow burn rates, feeds arrivals to a
 seasonal forecaster, estimates when the queue would saturate, and hands all of it as signals
 to the alert engine, with the number of failed checks of the data-quality window
-(``QualityFailures``, ``data_quality_failed``). Notifications go to the log and the
+(``QualityFailures``, ``data_quality_failed``), and counts the requests that named no
+deployment (``UnknownModelCount``, per interval). Notifications go to the log and the
 configured webhooks (in tasks it owns); actions go to ``ActionRunner``. Timestamps in the
 store are the clock's wall time (unix seconds); intervals use its monotonic time. A test
 drives the whole loop with a ``ManualClock``.
@@ -47,7 +48,12 @@ from aiscale.monitor.alerts import (
     capacity_signal,
 )
 from aiscale.monitor.anomaly import StreamingDetector, make_detector
-from aiscale.monitor.capacity import CapacityWarning, capacity_warning, trend_warning
+from aiscale.monitor.capacity import (
+    CapacityWarning,
+    capacity_warning,
+    is_arrival_rate_settling,
+    trend_warning,
+)
 from aiscale.monitor.config import MonitorConfig, SloConfig
 from aiscale.monitor.forecast import ForecastConfig, SeasonalForecaster
 from aiscale.monitor.history import Aggregation, InMemoryMetricsStore
@@ -56,13 +62,23 @@ from aiscale.monitor.prometheus import PrometheusError, PrometheusReader
 from aiscale.monitor.sampler import DeploymentSample, FleetSampler
 from aiscale.monitor.slo import RollingCounts, Slo, SloStatus, evaluate
 
-__all__ = ["LiveMonitor", "QualityFailures"]
+__all__ = ["UNKNOWN_MODEL_SERIES", "LiveMonitor", "QualityFailures", "UnknownModelCount"]
 
 logger = logging.getLogger(__name__)
 
 #: Notification deliveries in flight at once; past this a notification is logged and dropped.
 MAX_PENDING_NOTIFICATIONS = 64
 MAX_SILENCES = 1000
+#: The stored series of requests per interval that named no deployment (no labels).
+UNKNOWN_MODEL_SERIES = "unknown_model_requests"
+
+
+class UnknownModelCount(Protocol):
+    """The gateway's count of requests naming a model it does not serve."""
+
+    def num_unknown_model_requests(self) -> int:
+        """Such requests so far (cumulative; the monitor diffs it once per tick)."""
+        ...
 
 
 class QualityFailures(Protocol):
@@ -148,21 +164,29 @@ class _DeploymentState:
     detectors: dict[str, StreamingDetector]
     capacity_per_s: float | None = None
     warning: CapacityWarning | None = None
+    #: The latest interval's series (``DeploymentSample.values``), for the dashboard's cards.
+    latest: dict[str, float] | None = None
 
 
 class LiveMonitor:
     """Owned by the composition root (the gateway): ``start`` after the deployments are up,
     ``stop`` before they stop. ``rollouts`` and ``quality`` are optional: without them the
-    rollout actions are skipped and no ``data_quality_failed`` signal is made."""
+    rollout actions are skipped and no ``data_quality_failed`` signal is made; without
+    ``unknown_models`` no unknown-model count is kept."""
 
     def __init__(self, fleet: Fleet, config: MonitorConfig, *,
                  rollouts: RolloutCommands | None = None,
                  quality: QualityFailures | None = None,
+                 unknown_models: UnknownModelCount | None = None,
                  clock: Clock | None = None) -> None:
         self.fleet = fleet
         self.config = config
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._quality = quality
+        self._unknown_models = unknown_models
+        self._num_unknown_seen = 0
+        #: Requests that named no deployment in the latest interval (``None``: not counted).
+        self.num_unknown_model_requests_last: int | None = None
         self.store = InMemoryMetricsStore(config.to_tiers(), max_series=config.max_series)
         self._sampler = FleetSampler()
         self._slos = [_SloTracker.of(c, config.interval_s) for c in config.slos]
@@ -196,6 +220,8 @@ class LiveMonitor:
             self.add_silence(silence.to_silence(now))
         # Prime the counters: the first interval starts now, not when the server started.
         self._sampler.sample(self.fleet, now, self.config.interval_s)
+        if self._unknown_models is not None:
+            self._num_unknown_seen = self._unknown_models.num_unknown_model_requests()
         self._loop_task = asyncio.create_task(self._run(), name="live-monitor")
         if self.config.prometheus_url is not None:
             self._spawn(self._check_prometheus(self.config.prometheus_url), "check-prometheus")
@@ -247,6 +273,12 @@ class LiveMonitor:
         for name in [n for n in self._deployments if n not in totals]:
             del self._deployments[name]
         signals.extend(self._slo_signals(totals, t))
+        if self._unknown_models is not None:
+            total = self._unknown_models.num_unknown_model_requests()
+            num_unknown = max(0, total - self._num_unknown_seen)
+            self._num_unknown_seen = total
+            self.num_unknown_model_requests_last = num_unknown
+            self.store.append(UNKNOWN_MODEL_SERIES, {}, t, float(num_unknown))
         step = self.engine.step(
             AlertInputs(tuple(signals), tuple(self.silences.values())), self.alert_state, t)
         self.alert_state = step.state
@@ -289,6 +321,7 @@ class LiveMonitor:
             state.capacity_per_s = (sample.capacity_per_s if old is None
                                     else old + 0.2 * (sample.capacity_per_s - old))
         state.warning = self._capacity(name, state, sample, t)
+        state.latest = values
         signals.append(capacity_signal(name, state.warning, t))
         # ``None``: no quality section
         num_failed = self._quality.num_failed(name) if self._quality is not None else None
@@ -303,6 +336,11 @@ class LiveMonitor:
         if capacity is None or capacity <= 0:
             return None
         queue_free = float(max(0, sample.max_queue - sample.queue_depth))
+        window = self.config.forecast.trend_window_s
+        points = self.store.query("rps", {"deployment": name, "version": "*"}, t - window,
+                                  t + 1.0, self.config.interval_s)
+        if is_arrival_rate_settling([p[1] for p in points]):
+            return None  # idle or falling now: no queue is about to fill (issue 18)
         found: list[CapacityWarning] = []
         forecaster = state.forecast.forecaster
         if forecaster.num_bins_seen > 0:
@@ -311,9 +349,6 @@ class LiveMonitor:
                                  queue_free=queue_free)
             if w is not None:
                 found.append(w)
-        window = self.config.forecast.trend_window_s
-        points = self.store.query("rps", {"deployment": name, "version": "*"}, t - window,
-                                  t + 1.0, self.config.interval_s)
         if len(points) >= 10:
             # A line fitted to the last few minutes says little about the next hours: it is
             # extrapolated only as far ahead as the window it was fitted to.
@@ -430,6 +465,21 @@ class LiveMonitor:
             | None:
         state = self._deployments.get(name)
         return None if state is None else (state.forecast.forecaster, state.warning)
+
+    def latest_values(self, deployment: str) -> dict[str, float] | None:
+        """``deployment``'s series in the latest interval (a percentile or batch size is
+        absent when that interval had none); ``None`` before its first tick."""
+        state = self._deployments.get(deployment)
+        return None if state is None or state.latest is None else dict(state.latest)
+
+    def num_unknown_model_requests(self, start_s: float, end_s: float) -> int | None:
+        """Requests that named no deployment in ``[start_s, end_s)`` (unix s); ``None`` when
+        this monitor was given no count to read."""
+        if self._unknown_models is None:
+            return None
+        points = self.store.query(UNKNOWN_MODEL_SERIES, None, start_s, end_s,
+                                  max(end_s - start_s, 1.0), "sum")
+        return round(sum(v for _, v in points))
 
     def slo_statuses(self, deployment: str) -> list[tuple[SloConfig, SloStatus | None]]:
         return [(t.config, t.status) for t in self._slos if t.slo.deployment == deployment]

@@ -7,7 +7,9 @@ answers outside 2xx; ``LogNotifier`` writes one log line per notification. These
 parts of ``aiscale.monitor`` that do I/O; the alert engine never imports them.
 
 What it must never do: retry forever or block the event loop (one POST, bounded by its
-timeout; the caller's loop decides about retries), or lose a failure silently.
+timeout; the caller's loop decides about retries), lose a failure silently, or put a
+webhook's path, query or credentials in an error or a log line: receivers such as Slack
+carry their token in the path, so only the scheme and host (``where``) are ever shown.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -57,6 +60,18 @@ def notification_payload(notification: Notification) -> dict[str, Any]:
     }
 
 
+def safe_url(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``: what may be logged of a URL that may hold a token."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        return "(unparsable URL)"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme or '?'}://{host}{port}"
+
+
 class WebhookNotifier:
     """POST each notification as JSON to ``url``.
 
@@ -68,6 +83,8 @@ class WebhookNotifier:
                  client: httpx.AsyncClient | None = None,
                  headers: dict[str, str] | None = None) -> None:
         self.url = url
+        #: What errors and logs show of ``url`` (never its path or query).
+        self.where = safe_url(url)
         self.timeout = timeout if timeout is not None else httpx.Timeout(5.0)
         self._owns_client = client is None
         self._client = client if client is not None else httpx.AsyncClient(timeout=self.timeout)
@@ -78,10 +95,18 @@ class WebhookNotifier:
             response = await self._client.post(self.url, json=notification_payload(notification),
                                                headers=self.headers, timeout=self.timeout)
         except httpx.HTTPError as exc:
-            raise NotificationFailed(f"webhook {self.url}: {type(exc).__name__}: {exc}",
-                                     field="url") from exc
+            # httpx's messages may quote the URL; only its scheme and host may be shown.
+            parts = urlsplit(self.url)
+            detail = str(exc).replace(self.url, self.where)
+            secrets = [x for x in (parts.path.strip("/"), parts.query, parts.password) if x]
+            if any(secret in detail for secret in secrets):
+                detail = ""
+            raise NotificationFailed(
+                f"webhook {self.where}: {type(exc).__name__}" + (f": {detail}" if detail else ""),
+                field="url",
+            ) from None
         if not 200 <= response.status_code < 300:
-            raise NotificationFailed(f"webhook {self.url} answered {response.status_code}",
+            raise NotificationFailed(f"webhook {self.where} answered {response.status_code}",
                                      field="url")
 
     async def aclose(self) -> None:

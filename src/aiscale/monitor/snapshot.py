@@ -2,10 +2,12 @@
 
 What it does: ``build_snapshot`` reads a ``LiveMonitor`` and its fleet into the
 ``GET /admin/monitor/snapshot`` document (the dashboard draws from it, so its names are a
-contract): per deployment its versions, series over the window, anomaly marks, the arrival
+contract): per deployment its versions, series over the window, the latest interval's
+values (the cards' figures), anomaly marks, the arrival
 forecast with its band, the capacity warning, SLOs with error budget and burn rates, the
 rollout (through the ``rollout_of`` callback the admin layer passes) and the estimated cost
-per hour; then the alerts and the recent actions.
+per hour; then the gateway's own counts (requests naming an unknown model), the alerts
+and the recent actions.
 
 What it must never do: change the monitor, or write a non-finite number (JSON has none).
 """
@@ -51,6 +53,22 @@ def _step_for(window_s: float, interval_s: float) -> float:
         if nice >= raw:
             return float(nice)
     return raw
+
+
+#: Series an interval has only when it served requests: an idle card shows none of them.
+_BUSY_ONLY = ("p50_ms", "p99_ms", "batch_size")
+
+
+def _latest(values: dict[str, float] | None) -> dict[str, float | None] | None:
+    """The cards' figures: each series' value in the latest interval, ``None`` where that
+    interval had none. An idle interval (no requests) has no latency or batch size, so the
+    card shows a dash rather than the last busy interval's figures (issue 18)."""
+    if values is None:
+        return None
+    latest = {s: round(values[s], 6) if s in values else None for s in SERIES}
+    if not latest["rps"]:
+        latest.update(dict.fromkeys(_BUSY_ONLY))
+    return latest
 
 
 def _deployment(monitor: LiveMonitor, name: str, fleet: list[FleetSnapshot], now: float,
@@ -106,7 +124,8 @@ def _deployment(monitor: LiveMonitor, name: str, fleet: list[FleetSnapshot], now
     price = _price_per_hour(monitor.config.hardware, monitor.config.price_kind)
     return {
         "name": name, "model": fleet[0].model, "versions": versions,
-        "series": series, "anomalies": anomalies, "forecast": forecast, "capacity": capacity,
+        "series": series, "latest": _latest(monitor.latest_values(name)),
+        "anomalies": anomalies, "forecast": forecast, "capacity": capacity,
         "slos": slos, "rollout": rollout_of(name),
         "shedding": any(v.is_shedding for v in fleet),
         "cost_per_hour_usd": round(num_replicas * price, 4),
@@ -145,6 +164,10 @@ def build_snapshot(monitor: LiveMonitor, window_s: float,
     deployments = [
         _deployment(monitor, name, versions, now, window_s, step, rollout_of)
         for name, versions in sorted(by_name.items())]
+    # Requests naming a model no deployment serves (404s): ``None`` where not counted.
+    gateway = {"unknown_model_requests": monitor.num_unknown_model_requests_last,
+               "unknown_model_requests_in_window": monitor.num_unknown_model_requests(
+                   now - window_s, now + 1)}
     return {"time": now, "window_s": window_s, "step_s": step, "interval_s":
-            monitor.config.interval_s, "deployments": deployments,
+            monitor.config.interval_s, "deployments": deployments, "gateway": gateway,
             "alerts": alerts_json(monitor), "actions": audit_json(monitor, 50)}

@@ -32,6 +32,7 @@ from aiscale.plan.profile import ModelProfile, load_profile, save_profile
 from aiscale.plan.profiling import DEFAULT_BATCH_SIZES, profile_model
 from aiscale.plan.report import write_report
 from aiscale.plan.simulator import simulate
+from aiscale.plan.strategies import REDUNDANCY_FROM_USERS
 from aiscale.plan.traffic import ArrivalCounts, Arrivals, load_trace
 
 
@@ -255,15 +256,41 @@ def plan_command(
     mode: str = "auto",
     seed: int = 0,
     on_progress: ProgressCallback | None = None,
+    is_unsteady_profile_allowed: bool = False,
+    redundancy_from_users: int | None = None,
 ) -> PlanResult:
-    """``aiscale plan``: plan every phase and, with ``report``, write the report folder."""
+    """``aiscale plan``: plan every phase and, with ``report``, write the report folder.
+
+    A profile whose server terms were measured on an unsteady machine
+    (``ServerTerms.unsteadiness``: its speed drifted or the hypervisor stole CPU) is refused
+    with ``InvalidInput`` (field ``profile``): a plan from it can be off by as much, and
+    would look as sure as any other. ``is_unsteady_profile_allowed`` plans anyway and puts
+    the reason in the result's ``warnings``.
+    """
     counts = parse_users(users) if isinstance(users, str) else list(users)
     if not counts or any(u <= 0 for u in counts):
         raise InvalidInput("--users needs one or more counts > 0", field="users")
     _positive(requests_per_user, "requests_per_user")
     _positive(slo_p99_ms, "slo_p99_ms")
     _positive(duration_s, "duration_s")
+    if redundancy_from_users is None:
+        redundancy_from_users = REDUNDANCY_FROM_USERS
+    if redundancy_from_users < 0:
+        raise InvalidInput("--redundancy-from-users must be >= 0", field="redundancy_from_users")
     model_profile = _load_profile_arg(profile, None)
+    warnings = []
+    unsteady = None if model_profile.server is None else model_profile.server.unsteadiness()
+    if unsteady is not None:
+        if not is_unsteady_profile_allowed:
+            raise InvalidInput(
+                f"profile {profile} was measured on an unsteady machine ({unsteady}); profile "
+                "again when the machine is quiet, or pass --allow-unsteady-profile",
+                field="profile",
+            )
+        warnings.append(
+            f"the profile was measured on an unsteady machine ({unsteady}); the figures can "
+            "be off by as much"
+        )
     result = plan(
         model_profile,
         counts,
@@ -277,6 +304,8 @@ def plan_command(
         mode=mode,
         seed=seed,
         on_progress=on_progress,
+        redundancy_from_users=redundancy_from_users,
+        warnings=warnings,
     )
     if report is not None:
         result = write_report(result, report)

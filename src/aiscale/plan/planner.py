@@ -36,6 +36,15 @@ from aiscale.plan._simcore import SimulationConfig, SimulationResult
 from aiscale.plan.catalog import HardwareSpec, derive_profile, load_catalog
 from aiscale.plan.profile import ModelProfile
 from aiscale.plan.simulator import simulate
+from aiscale.plan.strategies import (
+    HOURS_PER_MONTH,
+    POLICY_OF,
+    REDUNDANCY_FROM_USERS,
+    REDUNDANT_MIN_REPLICAS,
+    STRATEGIES,
+    StrategyOutcome,
+    price_outcome,
+)
 from aiscale.plan.traffic import DAY_S, ArrivalCounts, Arrivals, SyntheticTraffic
 from aiscale.scaling.policies import (
     KpaConfig,
@@ -308,14 +317,6 @@ def simulation_config(
 
 # ------------------------------------------------------------------------------ planning
 
-HOURS_PER_MONTH = 730.0
-STRATEGIES: tuple[str, ...] = (
-    "static at peak",
-    "reactive",
-    "predictive",
-    "scale to zero",
-    "spot mix",
-)
 SHAPES: tuple[str, ...] = ("flat", "daily", "weekly", "bursty")
 #: Exact simulation up to this many requests in ``auto`` mode; aggregated beyond.
 EXACT_AUTO_LIMIT = 500_000
@@ -375,38 +376,8 @@ class HardwareOption:
     price_per_hour: float
     monthly_cost_at_peak_usd: float
     is_estimated: bool
-
-
-@dataclass(frozen=True, slots=True)
-class StrategyOutcome:
-    """One strategy simulated over the phase's traffic; costs extrapolated to a month."""
-
-    strategy: str
-    hardware: str
-    mode: str
-    replica_hours_per_day: float
-    max_replicas: int
-    monthly_cost_usd: float
-    p50_ms: float
-    p99_ms: float
-    slo_attainment: float
-    meets_slo: bool
-    #: ``(t_s, replicas paid for, replicas ready)`` at each decision.
-    timeline: tuple[tuple[float, int, int], ...] = field(repr=False, compare=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "strategy": self.strategy,
-            "hardware": self.hardware,
-            "mode": self.mode,
-            "replica_hours_per_day": self.replica_hours_per_day,
-            "max_replicas": self.max_replicas,
-            "monthly_cost_usd": self.monthly_cost_usd,
-            "p50_ms": self.p50_ms,
-            "p99_ms": self.p99_ms,
-            "slo_attainment": self.slo_attainment,
-            "meets_slo": self.meets_slo,
-        }
+    #: The catalog's instance name (what to buy).
+    instance: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,6 +399,8 @@ class PhasePlan:
     cost_ratio: float | None
     #: Arrivals per second averaged over each minute, for the report's traffic plot.
     rate_per_minute: tuple[float, ...] = field(repr=False, compare=False)
+    #: The replicas every strategy but scale to zero keeps, for availability.
+    floor_replicas: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -443,6 +416,7 @@ class PhasePlan:
             "cheapest": self.cheapest,
             "costliest": self.costliest,
             "cost_ratio": self.cost_ratio,
+            "floor_replicas": self.floor_replicas,
         }
 
 
@@ -458,6 +432,10 @@ class PlanResult:
     phases: tuple[PhasePlan, ...]
     #: Files written by ``report.write_report`` (empty until a report is written).
     files: tuple[str, ...] = ()
+    #: From this many users on, strategies keep ``REDUNDANT_MIN_REPLICAS`` replicas.
+    redundancy_from_users: int = REDUNDANCY_FROM_USERS
+    #: Why the plan may be off (an unsteady profile planned from anyway), for the reader.
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -470,6 +448,8 @@ class PlanResult:
             "duration_s": self.duration_s,
             "phases": [phase.to_dict() for phase in self.phases],
             "files": list(self.files),
+            "redundancy_from_users": self.redundancy_from_users,
+            "warnings": list(self.warnings),
         }
 
 
@@ -481,6 +461,7 @@ def _size_options(
     names: Sequence[str],
     startup_s: float | None,
     interval_s: float,
+    floor: int = 1,
 ) -> list[tuple[HardwareOption, ReplicaSizing]]:
     options = []
     for name in names:
@@ -499,8 +480,10 @@ def _size_options(
                     capacity_per_replica_per_s=sizing.capacity_per_s,
                     replicas_at_peak=replicas,
                     price_per_hour=price,
-                    monthly_cost_at_peak_usd=replicas * price * HOURS_PER_MONTH,
+                    # What the peak costs with the availability floor kept.
+                    monthly_cost_at_peak_usd=max(replicas, floor) * price * HOURS_PER_MONTH,
                     is_estimated=derived.estimated,
+                    instance=catalog[name].instance,
                 ),
                 sizing,
             )
@@ -511,49 +494,6 @@ def _size_options(
             field="slo_p99_ms",
         )
     return options
-
-
-def _outcome(
-    strategy: str,
-    hardware: HardwareSpec,
-    result: SimulationResult,
-    duration_s: float,
-    slo_target: float,
-) -> StrategyOutcome:
-    hours_per_day = result.replica_hours * DAY_S / duration_s
-    if strategy == "spot mix":
-        # The fleet that never leaves (the day's minimum) runs on demand; what comes and goes
-        # runs on spot, where an interruption costs a replica the controller replaces.
-        paid = [paid for _, paid, _ in result.timeline] or [0]
-        base_hours = min(paid) * duration_s / 3600.0
-        day_cost = base_hours * hardware.price_per_hour("on_demand") + max(
-            result.replica_hours - base_hours, 0.0
-        ) * hardware.price_per_hour("spot")
-    else:
-        day_cost = result.replica_hours * hardware.price_per_hour("on_demand")
-    monthly = day_cost * HOURS_PER_MONTH * 3600.0 / duration_s
-    return StrategyOutcome(
-        strategy=strategy,
-        hardware=hardware.name,
-        mode=result.mode,
-        replica_hours_per_day=hours_per_day,
-        max_replicas=max((paid for _, paid, _ in result.timeline), default=0),
-        monthly_cost_usd=monthly,
-        p50_ms=result.p50_ms,
-        p99_ms=result.p99_ms,
-        slo_attainment=result.slo_attainment,
-        meets_slo=result.slo_attainment >= slo_target,
-        timeline=result.timeline,
-    )
-
-
-_POLICY_OF = {
-    "static at peak": ("static", 1),
-    "reactive": ("reactive", 1),
-    "predictive": ("predictive", 1),
-    "scale to zero": ("reactive", 0),
-    "spot mix": ("predictive", 1),
-}
 
 
 def plan(
@@ -572,14 +512,20 @@ def plan(
     mode: str = "auto",
     seed: int = 0,
     on_progress: ProgressCallback | None = None,
+    redundancy_from_users: int = REDUNDANCY_FROM_USERS,
+    warnings: Sequence[str] = (),
 ) -> PlanResult:
     """Plan each phase of ``users``; see the module docstring.
 
     The chosen hardware (cheapest at peak, on demand) runs every strategy; every other
     fitting catalog entry runs static-at-peak, so the cost ratio spans architectures.
-    ``on_progress(done, total, label)`` is called after each simulation. Raises
+    From ``redundancy_from_users`` users on, every strategy but scale to zero keeps at least
+    ``REDUNDANT_MIN_REPLICAS`` replicas (the replica count the sizing gives is otherwise
+    kept). ``on_progress(done, total, label)`` is called after each simulation. Raises
     ``InvalidInput`` naming the field for bad arguments.
     """
+    if redundancy_from_users < 0:
+        raise InvalidInput("must be >= 0", field="redundancy_from_users")
     if not users or any(u <= 0 for u in users):
         raise InvalidInput("give one or more user counts, each > 0", field="users")
     if not 0 < slo_target <= 1:
@@ -594,7 +540,8 @@ def plan(
     if duration <= 0:
         raise InvalidInput("must be > 0", field="duration_s")
     phases: list[PhasePlan] = []
-    total = len(users) * (len(STRATEGIES) + len(names) - 1)
+    policies = sorted(set(POLICY_OF.values()), key=list(POLICY_OF.values()).index)
+    total = len(users) * (len(policies) + len(names) - 1)
     done = 0
 
     def tick(label: str) -> None:
@@ -606,43 +553,87 @@ def plan(
     for num_users in users:
         traffic, _ = traffic_for(shape, num_users, requests_per_user, seed)
         counts = traffic.counts(duration, step_s=1.0)
+        floor = REDUNDANT_MIN_REPLICAS if num_users >= redundancy_from_users else 1
+        # The cheapest at peak once the availability floor is kept: two small replicas can
+        # cost less than two large ones that one of them would have been enough for.
         sized = _size_options(
-            profile, counts, slo_p99_ms, catalog, names, startup_s, decision_interval_s
+            profile, counts, slo_p99_ms, catalog, names, startup_s, decision_interval_s, floor
         )
         sized.sort(key=lambda pair: (pair[0].monthly_cost_at_peak_usd, pair[0].price_per_hour))
         best_option, best_sizing = sized[0]
         run_mode = choose_mode(mode, counts.num_requests)
-        outcomes: list[StrategyOutcome] = []
-        for strategy in STRATEGIES:
-            policy_name, min_replicas = _POLICY_OF[strategy]
+        results: dict[str, SimulationResult] = {}
+        for policy_name in policies:
+            # Scale to zero is the one strategy allowed below the floor: that is its point.
+            least = 0 if policy_name == "kpa" else floor
             policy = build_policy(
                 policy_name,
                 best_sizing,
                 counts,
                 decision_interval_s=decision_interval_s,
-                min_replicas=min_replicas,
+                min_replicas=least,
+                num_replicas=(
+                    max(best_option.replicas_at_peak, floor) if policy_name == "static" else None
+                ),
             )
             config = simulation_config(
-                best_sizing, counts, mode=run_mode, decision_interval_s=decision_interval_s
+                best_sizing,
+                counts,
+                mode=run_mode,
+                decision_interval_s=decision_interval_s,
+                initial_replicas=max(
+                    needed_replicas(best_sizing, counts, decision_interval_s)[0], least
+                ),
             )
-            result = simulate(counts, policy, config)
-            outcomes.append(
-                _outcome(strategy, catalog[best_option.hardware], result, duration, slo_target)
+            results[policy_name] = simulate(counts, policy, config)
+            tick(f"{num_users:,} users: {policy_name} on {best_option.hardware}")
+        outcomes = [
+            price_outcome(
+                strategy,
+                catalog[best_option.hardware],
+                results[POLICY_OF[strategy]],
+                duration,
+                slo_target,
+                floor=floor,
+                is_speed_estimated=best_option.is_estimated,
             )
-            tick(f"{num_users:,} users: {strategy} on {best_option.hardware}")
+            for strategy in STRATEGIES
+        ]
         for option, sizing in sized[1:]:
-            policy = build_policy("static", sizing, counts, decision_interval_s=decision_interval_s)
+            count = max(option.replicas_at_peak, floor)
+            policy = build_policy(
+                "static",
+                sizing,
+                counts,
+                decision_interval_s=decision_interval_s,
+                num_replicas=count,
+            )
             config = simulation_config(
-                sizing, counts, mode=run_mode, decision_interval_s=decision_interval_s
+                sizing,
+                counts,
+                mode=run_mode,
+                decision_interval_s=decision_interval_s,
+                initial_replicas=count,
             )
             result = simulate(counts, policy, config)
             outcomes.append(
-                _outcome("static at peak", catalog[option.hardware], result, duration, slo_target)
+                price_outcome(
+                    "static at peak",
+                    catalog[option.hardware],
+                    result,
+                    duration,
+                    slo_target,
+                    floor=floor,
+                    is_speed_estimated=option.is_estimated,
+                )
             )
             tick(f"{num_users:,} users: static at peak on {option.hardware}")
         while done < total * (len(phases) + 1) // len(users):  # hardware skipped above
             tick(f"{num_users:,} users")
-        meeting = sorted((o for o in outcomes if o.meets_slo), key=lambda o: o.monthly_cost_usd)
+        meeting = sorted(
+            (o for o in outcomes if o.meets_slo and o.has_floor),
+            key=lambda o: o.monthly_cost_usd,
+        )
         minute = max(1, round(60.0 / counts.step_s))
         usable = counts.counts.size - counts.counts.size % minute
         per_minute = counts.counts[:usable].reshape(-1, minute).sum(axis=1) / 60.0
@@ -665,6 +656,7 @@ def plan(
                     else None
                 ),
                 rate_per_minute=tuple(float(r) for r in per_minute),
+                floor_replicas=floor,
             )
         )
     return PlanResult(
@@ -677,4 +669,6 @@ def plan(
         shape=shape,
         duration_s=duration,
         phases=tuple(phases),
+        redundancy_from_users=redundancy_from_users,
+        warnings=tuple(warnings),
     )

@@ -13,11 +13,103 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from aiscale.plan.planner import STRATEGIES, PhasePlan, PlanResult
+from aiscale.plan.planner import PhasePlan, PlanResult
+from aiscale.plan.strategies import STRATEGIES, StrategyOutcome
 
 
 def _money(value: float) -> str:
     return f"${value:,.0f}"
+
+
+def _replicas(outcome: StrategyOutcome) -> str:
+    low, high = outcome.min_replicas, outcome.max_replicas
+    return str(high) if low == high else f"{low}-{high}"
+
+
+def estimate_mark(outcome: StrategyOutcome) -> str:
+    """``"est.: speed, spot price"`` for a row with estimated figures, else ``""``."""
+    return f"est.: {', '.join(outcome.estimates)}" if outcome.estimates else ""
+
+
+def best_outcome(phase: PhasePlan) -> StrategyOutcome | None:
+    """The cheapest architecture meeting the SLO that kept the availability floor."""
+    fitting = [o for o in phase.outcomes if o.meets_slo and o.has_floor]
+    return min(fitting, key=lambda o: (o.monthly_cost_usd, o.max_replicas), default=None)
+
+
+def _buy(phase: PhasePlan, outcome: StrategyOutcome) -> str:
+    instance = next((o.instance for o in phase.options if o.hardware == outcome.hardware), "")
+    instance = instance.split(" (")[0].split(",")[0]  # "c6i.xlarge (4 vCPU, 8 GiB)": the name
+    what = f"{_replicas(outcome)} x {outcome.hardware}" + (f" ({instance})" if instance else "")
+    return (
+        f"{what}, {outcome.strategy} ({outcome.pricing}), {_money(outcome.monthly_cost_usd)}/month"
+    )
+
+
+def recommendation(result: PlanResult) -> str:
+    """One paragraph: what to buy for the largest phase and why, then the earlier phases."""
+    if not result.phases:
+        return "No phase was planned."
+    last = max(result.phases, key=lambda p: p.num_users)
+    slo = f"{result.slo_target:.0%} of requests within {result.slo_p99_ms:g} ms"
+    best = best_outcome(last)
+    if best is None:
+        closest = max(last.outcomes, key=lambda o: o.slo_attainment)
+        text = (
+            f"For {last.num_users:,} users nothing in the catalog met the SLO ({slo}) while "
+            f"keeping {last.floor_replicas} replica(s): the closest was {closest.strategy} on "
+            f"{closest.hardware} at {closest.slo_attainment:.2%}. Loosen the SLO or profile "
+            "faster hardware before buying."
+        )
+    else:
+        same_hw = [o for o in last.outcomes if o.hardware == best.hardware]
+        static = next((o for o in same_hw if o.strategy == "static at peak"), None)
+        others = sorted(
+            (o for o in same_hw if o is not best and o.meets_slo and o.has_floor),
+            key=lambda o: o.monthly_cost_usd,
+        )
+        why = [
+            f"it is the cheapest of {len([o for o in last.outcomes if o.meets_slo])} "
+            f"architectures that met the SLO ({slo}) in a simulated "
+            f"{result.duration_s / 3600:.0f} h of `{result.shape}` traffic"
+        ]
+        if last.floor_replicas > 1:
+            why.append(
+                f"keeps at least {last.floor_replicas} replicas, so losing one does not take "
+                f"the service down (required from {result.redundancy_from_users:,} users on)"
+            )
+        if static is not None and static is not best and best.monthly_cost_usd > 0:
+            why.append(
+                f"static at peak on demand would cost {_money(static.monthly_cost_usd)} "
+                f"({static.monthly_cost_usd / best.monthly_cost_usd:.2f}x)"
+            )
+        if others and others[0].strategy != "static at peak":
+            why.append(
+                f"the runner-up is {others[0].strategy} at {_money(others[0].monthly_cost_usd)}"
+            )
+        text = (
+            f"For {last.num_users:,} users buy {_buy(last, best)}, because " + "; ".join(why) + "."
+        )
+        if best.note:
+            text += f" Note: {best.note}."
+        if best.estimates:
+            text += (
+                f" Estimated, not measured: {', '.join(best.estimates)} of {best.hardware} "
+                "(the catalog says so): check the price pages and profile on that hardware "
+                "before buying."
+            )
+    earlier = []
+    for phase in sorted(result.phases, key=lambda p: p.num_users):
+        if phase is last:
+            continue
+        pick = best_outcome(phase)
+        earlier.append(
+            f"{phase.num_users:,} users: "
+            + (_buy(phase, pick) if pick is not None else "nothing met the SLO")
+        )
+    if earlier:
+        text += " On the way: " + "; ".join(earlier) + "."
+    return text
 
 
 def _plot_traffic(phase: PhasePlan, path: Path) -> None:
@@ -130,26 +222,34 @@ def _markdown(result: PlanResult, images: dict[str, str]) -> str:
         f"SLO: {result.slo_target:.0%} of requests within {result.slo_p99_ms:g} ms. Traffic: "
         f"{result.requests_per_user:g} requests per user per day, shape `{result.shape}`, "
         f"{result.duration_s / 3600:.1f} h simulated per phase; monthly = 730 h. Profile "
-        f"measured on {result.measured_hardware}; other hardware is estimated from the catalog.",
+        f"measured on {result.measured_hardware}; other hardware is estimated from the catalog. "
+        f"From {result.redundancy_from_users:,} users on, every strategy but scale to zero "
+        "keeps at least 2 replicas for availability. Rows marked `est.` use an estimated "
+        "speed or price (the catalog marks them).",
         "",
     ]
+    for warning in result.warnings:
+        lines += [f"**Warning:** {warning}", ""]
+    lines[1:1] = ["", "## Recommendation", "", recommendation(result)]
     for phase in result.phases:
         lines += [
             f"## {phase.num_users:,} users",
             "",
             f"{phase.requests_per_day:,.0f} requests/day, mean {phase.mean_rate_per_s:.1f}/s, "
             f"busiest minute {phase.peak_rate_per_s:.1f}/s. Right-sized: **{phase.replicas_at_peak}"
-            f" x {phase.hardware}** at peak ({phase.capacity_per_replica_per_s:.0f} req/s each).",
+            f" x {phase.hardware}** at peak ({phase.capacity_per_replica_per_s:.0f} req/s each); "
+            f"kept for availability: {phase.floor_replicas}.",
             "",
-            "| strategy | hardware | mode | replicas max | replica-h/day | USD/month | p50 ms "
-            "| p99 ms | SLO attainment | meets SLO |",
-            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+            "| strategy | hardware | bought | replicas | replica-h/day | USD/month | p50 ms "
+            "| p99 ms | SLO attainment | meets SLO | estimated | note |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |",
         ]
         for o in phase.outcomes:
             lines.append(
-                f"| {o.strategy} | {o.hardware} | {o.mode} | {o.max_replicas} | "
+                f"| {o.strategy} | {o.hardware} | {o.pricing} | {_replicas(o)} | "
                 f"{o.replica_hours_per_day:.1f} | {_money(o.monthly_cost_usd)} | {o.p50_ms:.1f} | "
-                f"{o.p99_ms:.0f} | {o.slo_attainment:.4f} | {'yes' if o.meets_slo else 'no'} |"
+                f"{o.p99_ms:.0f} | {o.slo_attainment:.4f} | {'yes' if o.meets_slo else 'no'} | "
+                f"{estimate_mark(o)} | {o.note} |"
             )
         if phase.cost_ratio is not None:
             lines += [

@@ -21,7 +21,7 @@ from aiscale.registry.records import (
     TrafficRecord,
     VersionRecord,
 )
-from aiscale.registry.registration import RUNTIMES, register_with_artifact
+from aiscale.registry.registration import PICKLE_RUNTIMES, RUNTIMES, register_with_artifact
 from aiscale.registry.rollouts import SqlRolloutRecords
 from aiscale.registry.store import KEY_PREFIX, SqlRegistry, hash_key, validate_name
 
@@ -30,6 +30,7 @@ __all__ = [
     "KEY_PREFIX",
     "ROLLOUT_STATUSES",
     "ROLLOUT_VERDICTS",
+    "PICKLE_RUNTIMES",
     "RUNTIMES",
     "SCOPES",
     "ArtifactStore",

@@ -7,6 +7,7 @@ It never reads the environment and never creates tables outside Alembic.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -61,12 +62,26 @@ def create_engine(url: str, *, schema: str | None) -> tuple[Engine, Engine]:
     return base, engine
 
 
+def _create_private(path: Path) -> None:
+    """Create the SQLite file with mode 0600 before SQLite does (it would follow the umask,
+    usually 0644; its -wal and -shm files copy the main file's mode). An existing file keeps
+    its mode: changing it is the owner's call."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except FileNotFoundError:  # no folder: SQLite's own error says it better
+        pass
+
+
 def _sqlite_engine(parsed: sa.URL) -> Engine:
     is_memory = parsed.database in (None, "", ":memory:")
     kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
     if is_memory:
         # One shared connection, so that every thread sees the same in-memory database.
         kwargs["poolclass"] = StaticPool
+    elif parsed.database is not None and not parsed.database.startswith("file:"):
+        _create_private(Path(parsed.database))
     engine = sa.create_engine(parsed, **kwargs)
 
     @event.listens_for(engine, "connect")

@@ -11,6 +11,10 @@ A file's digest is the sha256 of its bytes; a directory's is the sha256 over the
 of ``(relative path, file sha256)`` of its regular files, so that equal content has one digest
 and is stored once. Stored artifacts are never changed or deleted here. Remote artifacts are
 downloaded to a local cache (verified against the manifest) before a runtime reads them.
+
+In a local store, folders are 0700 and a stored file keeps its source's permission bits for
+its owner at most (``mode & 0o600``): an artifact is never readable by other users, and a
+file its owner could not write stays read-only.
 """
 
 from __future__ import annotations
@@ -166,6 +170,8 @@ class FsspecArtifactStore:
             remote = f"{target}/{entry.path}"
             self._fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
             self._fs.put_file(str(source / entry.path), remote)
+            if self._is_local:
+                os.chmod(remote, (source / entry.path).stat().st_mode & _FILE_MODE)
         manifest = {
             "digest": digest,
             "kind": kind,
@@ -176,6 +182,8 @@ class FsspecArtifactStore:
         # The manifest goes last: a crash before this leaves an incomplete artifact that
         # exists() does not report, and the next put overwrites it with the same bytes.
         self._fs.pipe_file(self._manifest_path(digest), json.dumps(manifest, indent=1).encode())
+        if self._is_local:
+            _make_private(Path(self._root_path), Path(target), self._manifest_path(digest))
         return digest, self._uri(digest, manifest)
 
     def _parse(self, uri_or_digest: str) -> tuple[str, str | None]:
@@ -224,6 +232,21 @@ class FsspecArtifactStore:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return final
+
+
+#: The most a stored file may allow: its owner reads and writes, nobody else anything.
+_FILE_MODE = 0o600
+_DIR_MODE = 0o700
+
+
+def _make_private(root: Path, artifact: Path, manifest: str) -> None:
+    """Folders from ``root`` down to and inside ``artifact`` 0700, the manifest 0600."""
+    os.chmod(manifest, _FILE_MODE)
+    for folder in (root, root / "sha256", artifact):
+        os.chmod(folder, _DIR_MODE)
+    for dirpath, dirnames, _ in os.walk(artifact):
+        for name in dirnames:
+            os.chmod(Path(dirpath) / name, _DIR_MODE)
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:

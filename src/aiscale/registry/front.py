@@ -70,6 +70,13 @@ class RegistryControl:
             )
         )
 
+    def forget_deployment(self, name: str) -> None:
+        """Drop a removed deployment's saved state; no-op when none was saved."""
+        try:
+            self.registry.delete_deployment(name)
+        except NotFound:
+            pass
+
     def saved_deployments(self) -> list[dict[str, Any]]:
         """Deployments persisted by earlier runs, as config data to validate and start again."""
         return [

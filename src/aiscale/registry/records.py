@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-#: The scopes an API key may carry.
-SCOPES: frozenset[str] = frozenset({"admin", "inference"})
+#: The scopes an API key may carry: ``inference`` (the model APIs and feedback), ``admin``
+#: (the admin API, feedback on any request) and ``metrics`` (``/metrics`` when the server
+#: requires a key for it).
+SCOPES: frozenset[str] = frozenset({"admin", "inference", "metrics"})
 
 
 @dataclass(frozen=True, slots=True)

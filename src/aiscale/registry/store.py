@@ -392,7 +392,7 @@ class SqlRegistry:
                 field="scopes",
             )
         if rate_limit_per_s is not None and not rate_limit_per_s > 0:
-            raise InvalidInput("rate limit must be > 0 requests/s", field="rate_limit_per_s")
+            raise InvalidInput("rate limit must be > 0 items/s", field="rate_limit_per_s")
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
         record = KeyRecord(
             key_id=secrets.token_hex(6),

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from aiscale.replicas.ipc import BatchReply
+from aiscale.replicas.tracing import TraceExport
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,8 @@ class ReplicaSpec:
     #: torch/OpenMP threads per replica; ``None``: the backend decides (local processes split
     #: the machine's cores over the replicas, Ray actors use the CPUs they reserve).
     num_threads: int | None = None
+    #: Where the replica exports its model spans; ``None``: tracing off (nothing imported).
+    tracing: TraceExport | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +102,13 @@ class ReplicaBackend(Protocol[HandleT]):
         """
         ...
 
-    def send(self, handle: HandleT, items: list[Any]) -> asyncio.Future[BatchReply]:
+    def send(
+        self, handle: HandleT, items: list[Any], trace_context: str | None = None
+    ) -> asyncio.Future[BatchReply]:
         """Hand one batch to the replica (without blocking); the future resolves with its reply.
+
+        ``trace_context`` is the batch span's W3C ``traceparent`` when tracing is on; a
+        backend that can trace passes it on with the batch, one that cannot ignores it.
 
         A model error comes back inside the ``BatchReply``. The future fails with
         ``ReplicaUnavailable`` naming the cause only when the replica is lost with the batch

@@ -39,6 +39,9 @@ class LoadFailedMessage:
 class BatchRequest:
     batch_id: int
     items: list[Any]
+    #: The W3C ``traceparent`` of the gateway's batch span when tracing is on: the replica
+    #: opens its model span under it (``replicas/tracing.py``). ``None``: not traced.
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

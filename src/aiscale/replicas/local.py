@@ -74,6 +74,7 @@ class LocalProcessBackend:
         config, env = replica_environment(spec.runtime, spec.config, num_threads)
         if lease is not None:
             env.update(lease.env)
+        tracing = () if spec.tracing is None else ("--tracing", spec.tracing.to_json())
         parent, child = socket.socketpair()
         try:
             process = await asyncio.create_subprocess_exec(
@@ -88,6 +89,7 @@ class LocalProcessBackend:
                 spec.uri,
                 "--config",
                 json.dumps(config),
+                *tracing,
                 pass_fds=(child.fileno(),),
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -120,14 +122,16 @@ class LocalProcessBackend:
             raise ModelLoadError(f"replica sent {type(first).__name__} before ready")
         return handle, ReplicaInfo(handle.pid, "local", first.schema, first.load_s)
 
-    def send(self, handle: LocalProcess, items: list[Any]) -> asyncio.Future[BatchReply]:
+    def send(
+        self, handle: LocalProcess, items: list[Any], trace_context: str | None = None
+    ) -> asyncio.Future[BatchReply]:
         """Write the batch to the replica's socket; ``wait_dead`` resolves the future."""
         if handle.writer.is_closing():
             raise ReplicaUnavailable(f"replica {handle.replica_id} (pid {handle.pid}) is gone")
         batch_id = next(self._batch_ids)
         future: asyncio.Future[BatchReply] = asyncio.get_running_loop().create_future()
         handle.replies[batch_id] = future
-        handle.writer.write(encode(BatchRequest(batch_id, items)))
+        handle.writer.write(encode(BatchRequest(batch_id, items, trace_context)))
         return future
 
     async def stop(self, handle: LocalProcess, timeout_s: float) -> None:

@@ -201,13 +201,17 @@ class ReplicaPool(Generic[HandleT]):
     def has_free_slot(self) -> bool:
         return self._least_loaded_free() is not None
 
-    def send(self, replica: Replica[HandleT], items: list[Any]) -> asyncio.Future[BatchReply]:
+    def send(
+        self, replica: Replica[HandleT], items: list[Any], trace_context: str | None = None
+    ) -> asyncio.Future[BatchReply]:
         """Hand a batch to ``replica``; the future resolves with its reply, or fails with
-        ``ReplicaUnavailable`` naming the cause if the replica is lost first."""
+        ``ReplicaUnavailable`` naming the cause if the replica is lost first.
+        ``trace_context`` (the batch span's ``traceparent``) travels with the batch."""
         if replica.is_dead:
             raise ReplicaUnavailable(f"replica {replica.replica_id} is gone")
         future: asyncio.Future[BatchReply] = asyncio.get_running_loop().create_future()
-        batch = _InflightBatch(future, self._backend.send(replica.handle, items), len(items))
+        reply = self._backend.send(replica.handle, items, trace_context)
+        batch = _InflightBatch(future, reply, len(items))
         replica.inflight.add(batch)
         replica.num_inflight_items += batch.num_items
         batch.reply.add_done_callback(functools.partial(self._settle, replica, batch))
@@ -232,7 +236,6 @@ class ReplicaPool(Generic[HandleT]):
             return  # already failed with its replica (and ``reply`` cancelled)
         replica.inflight.discard(batch)
         replica.num_inflight_items -= batch.num_items
-        self._capacity.set()
         error = None if reply.cancelled() else reply.exception()
         if isinstance(error, ReplicaUnavailable):
             if not batch.future.done():
@@ -250,6 +253,10 @@ class ReplicaPool(Generic[HandleT]):
                 )
         elif not batch.future.done():
             batch.future.set_result(reply.result())
+        # The slot is offered again only now, after the reply was passed on, so that the
+        # batcher learns the batch's outcome (a failed request's other items are then
+        # dropped) before it forms the next batch: callbacks run in the order scheduled.
+        self._capacity.set()
 
     def _run_task(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coroutine, name=name)

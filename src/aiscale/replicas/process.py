@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiscale.replicas.ipc import (
     BatchReply,
@@ -28,6 +28,9 @@ from aiscale.replicas.ipc import (
     encode,
     recv_message,
 )
+
+if TYPE_CHECKING:
+    from aiscale.replicas.tracing import ModelSpans
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +49,15 @@ def _normalise_outputs(outputs: Any) -> Any:
     return list(outputs)
 
 
-def serve_batches(sock: socket.socket, runtime: str, uri: str, config: dict[str, Any]) -> int:
-    """Load the model, announce readiness, then answer batches until told to stop."""
+def serve_batches(
+    sock: socket.socket,
+    runtime: str,
+    uri: str,
+    config: dict[str, Any],
+    spans: ModelSpans | None = None,
+) -> int:
+    """Load the model, announce readiness, then answer batches until told to stop; with
+    ``spans``, a batch that carries a trace context runs inside a model span."""
     started = time.monotonic()
     try:
         from aiscale.runtimes import load_model
@@ -55,7 +65,14 @@ def serve_batches(sock: socket.socket, runtime: str, uri: str, config: dict[str,
         model = load_model(runtime, uri, config)
         model.load()
     except Exception as exc:  # the load boundary: report whatever failed, then exit
-        logger.exception("model %s (%s) failed to load", uri, runtime)
+        from aiscale.errors import AiscaleError
+
+        if isinstance(exc, AiscaleError):
+            # A known cause (e.g. the module does not import), already one clear message:
+            # the gateway reports it once; a traceback here would only repeat it.
+            logger.debug("model %s (%s) failed to load: %s", uri, runtime, exc)
+        else:
+            logger.exception("model %s (%s) failed to load", uri, runtime)
         sock.sendall(encode(LoadFailedMessage(type(exc).__name__, str(exc))))
         return 1
     sock.sendall(
@@ -69,10 +86,20 @@ def serve_batches(sock: socket.socket, runtime: str, uri: str, config: dict[str,
         if not isinstance(message, BatchRequest):
             logger.error("unexpected message %r", type(message).__name__)
             continue
-        sock.sendall(encode(_run_batch(model.predict, message)))
+        sock.sendall(encode(_run_batch(model.predict, message, spans)))
 
 
-def _run_batch(predict: Any, request: BatchRequest) -> BatchReply:
+def _run_batch(
+    predict: Any, request: BatchRequest, spans: ModelSpans | None = None
+) -> BatchReply:
+    if spans is not None and request.trace_context is not None:
+        return spans.run(
+            request.trace_context, len(request.items), lambda: _predict_batch(predict, request)
+        )
+    return _predict_batch(predict, request)
+
+
+def _predict_batch(predict: Any, request: BatchRequest) -> BatchReply:
     started = time.perf_counter()
     try:
         outputs = predict(request.items)
@@ -96,16 +123,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runtime", required=True)
     parser.add_argument("--uri", required=True)
     parser.add_argument("--config", default="{}")
+    parser.add_argument("--tracing", default=None, help="TraceExport as JSON; absent: off")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s replica %(process)d %(message)s")
     # The gateway owns shutdown: a Ctrl-C in the terminal reaches the whole process group,
     # and the replica must keep answering until the gateway has drained it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=args.fd)
+    spans: ModelSpans | None = None
+    if args.tracing is not None:
+        # Imported only here: a replica of a server with tracing off never loads OpenTelemetry.
+        from aiscale.replicas.tracing import ModelSpans, TraceExport
+
+        spans = ModelSpans(TraceExport.from_json(args.tracing), runtime=args.runtime, uri=args.uri)
     try:
-        return serve_batches(sock, args.runtime, args.uri, json.loads(args.config))
+        return serve_batches(sock, args.runtime, args.uri, json.loads(args.config), spans)
     finally:
         sock.close()
+        if spans is not None:
+            spans.shutdown()
 
 
 if __name__ == "__main__":

@@ -55,7 +55,9 @@ class BatchTarget(Protocol[ReplicaT]):
 
     def has_free_slot(self) -> bool: ...
 
-    def send(self, replica: ReplicaT, items: list[Any]) -> asyncio.Future[BatchReply]: ...
+    def send(
+        self, replica: ReplicaT, items: list[Any], trace_context: str | None = None
+    ) -> asyncio.Future[BatchReply]: ...
 
 
 def reply_outputs(reply: BatchReply) -> Any:

@@ -1,5 +1,6 @@
-"""Admin endpoints under ``/admin``: list, deploy, scale and remove deployments; refresh keys;
-the last rolling-window data-quality report of a deployment.
+"""Admin endpoints under ``/admin``: list, deploy, scale and remove deployments; apply a whole
+config file (``apply.py``); refresh keys; the last rolling-window data-quality report of a
+deployment.
 
 Called by ``GatewayApp`` after the caller was checked for the ``admin`` scope. Bodies are
 validated with the same pydantic config models as the config file (the edge of the system).
@@ -19,6 +20,7 @@ from aiscale.errors import Conflict, InvalidInput, MethodNotAllowed, NotFound
 from aiscale.monitor.api import MonitorApi
 from aiscale.rollout.analysis import AnalysisConfig
 from aiscale.rollout.controller import RolloutPlan, decision_numbers
+from aiscale.serving.apply import ApplyApi, ApplyBody
 from aiscale.serving.gateway import Gateway
 from aiscale.serving.http import Request, Response
 from aiscale.serving.lane import VersionLane
@@ -142,6 +144,7 @@ class AdminApi:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.monitor = MonitorApi(gateway.monitor, self._rollout_of)
+        self.applier = ApplyApi(gateway)
 
     def _rollout_of(self, name: str) -> dict[str, Any] | None:
         """The monitor snapshot's ``rollout`` entry: this server's rollout of ``name``."""
@@ -154,6 +157,11 @@ class AdminApi:
         if parts and parts[0] == "monitor":
             payload = await self.monitor.handle(method, parts[1:], request.query(), request.body)
             return _ok(payload)
+        if parts == ["apply"]:
+            if method != "POST":
+                raise MethodNotAllowed("use POST", field="method")
+            body = _validated(ApplyBody, await request.body())
+            return _ok(await self.applier.apply(body))
         if parts == ["deployments"]:
             if method == "GET":
                 return _ok({"deployments": [describe(gateway, n) for n in gateway.deployments]})

@@ -8,12 +8,15 @@ unexpected is logged with the request id and answered with a 500 JSON body.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -21,22 +24,33 @@ from aiscale.dashboard import DashboardAssets
 from aiscale.errors import (
     AiscaleError,
     Conflict,
+    Forbidden,
     InvalidInput,
     MethodNotAllowed,
     NotFound,
     ReplicaUnavailable,
 )
-from aiscale.serving import feedback, oip_v2, openai_api
+from aiscale.serving import feedback, oip_v2, oip_v2_extensions, openai_api, openapi
 from aiscale.serving.admin import AdminApi
 from aiscale.serving.deployment import Deployment
-from aiscale.serving.errors import error_body, render_error
+from aiscale.serving.errors import render_error, render_internal_error, shape_for_path
 from aiscale.serving.gateway import Gateway
 from aiscale.serving.http import Receive, Request, Response, Scope, Send
 from aiscale.serving.lane import VersionLane
+from aiscale.serving.limits import check_item_count
+from aiscale.serving.origin import RequestGuard
+from aiscale.serving.request_ids import RequestIds
 
 logger = logging.getLogger(__name__)
 
 _JSON = (b"content-type", b"application/json")
+#: A body above this size is parsed in a worker thread, so that its parse (milliseconds per
+#: megabyte) never holds the event loop that answers health checks and other requests.
+PARSE_OFF_LOOP_BYTES = 64 * 1024
+#: Bodies parsed in worker threads at once: parsing is CPU-bound under the GIL, so more
+#: threads would only hold more decoded bodies in memory at the same time.
+MAX_PARSING_THREADS = 2
+_T = TypeVar("_T")
 
 
 def _json(status: int, payload: Any) -> Response:
@@ -50,14 +64,24 @@ class GatewayApp:
         self.gateway = gateway
         self.admin = AdminApi(gateway)
         self.dashboard = DashboardAssets()
+        #: Host, Origin and Content-Type checks against cross-site and rebinding calls.
+        self.guard = RequestGuard(gateway.settings.allowed_hosts, gateway.settings.cors_origins)
+        #: The server's request ids, each carrying which key it was issued to.
+        self.request_ids = RequestIds(gateway.settings.request_id_key)
         self._on_ready = on_ready
         self._request_counters: dict[tuple[str, str, int], Any] = {}
         self._request_seconds: dict[tuple[str, str], Any] = {}
+        #: Worker threads parsing large bodies at once (``_parse``).
+        self._parsing = asyncio.Semaphore(MAX_PARSING_THREADS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
+            tracing = self.gateway.tracing
+            if tracing is None:
+                await self._http(scope, receive, send)
+            else:  # the request's span, the child of its traceparent (serving/tracing.py)
+                await tracing.serve_http(scope, receive, send, self._http)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -84,21 +108,29 @@ class GatewayApp:
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive, self.gateway.settings.max_body_bytes)
+        settings = self.gateway.settings
+        request = Request(scope, receive, settings.max_body_bytes, settings.body_timeout_s)
         try:
-            status, body, headers = await self._route(request, scope["method"], scope["path"])
+            answer = self.guard.check(scope, request.headers)
+            status, body, headers = (
+                answer
+                if answer is not None
+                else await self._route(request, scope["method"], scope["path"])
+            )
         except AiscaleError as exc:
-            status, body, headers = render_error(exc)
+            status, body, headers = render_error(exc, shape_for_path(scope["path"]))
             headers.append(_JSON)
         except Exception:  # the request boundary: log with context, answer 500 JSON
             logger.exception("unhandled error", extra={"request_id": request.request_id})
-            status, body, headers = (
-                500,
-                error_body("InternalError", "internal server error"),
-                [_JSON],
-            )
+            status, body, headers = render_internal_error(shape_for_path(scope["path"]))
+            headers.append(_JSON)
         headers.append((b"content-length", str(len(body)).encode()))
         headers.append((b"x-request-id", request.request_id.encode()))
+        if request.client_request_id is not None:
+            headers.append((b"x-client-request-id", request.client_request_id.encode("latin-1")))
+        if status == 408:  # the rest of a slow body is not worth waiting for
+            headers.append((b"connection", b"close"))
+        headers.extend(self.guard.cors_headers(scope["path"], request.headers))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -111,6 +143,8 @@ class GatewayApp:
             return await self._v1(request, method, parts[1:])
         if path == "/metrics":
             _expect(method, "GET")
+            if self.gateway.settings.is_metrics_key_required:
+                self.gateway.keyring.authenticate(request.header(b"authorization"), "metrics")
             return (
                 200,
                 generate_latest(self.gateway.metrics_registry),
@@ -121,6 +155,14 @@ class GatewayApp:
             return await self.dashboard.handle(
                 method, parts[1:], request.header(b"accept-encoding")
             )
+        if path in ("/openapi.json", "/docs"):  # what every route takes and answers
+            _expect(method, "GET")
+            settings = self.gateway.settings
+            if path == "/docs":
+                page = openapi.docs_html(settings.server_name, settings.server_version)
+                return 200, page, [(b"content-type", b"text/html; charset=utf-8")]
+            document = openapi.document_json(settings.server_name, settings.server_version)
+            return 200, document, [_JSON]
         if head == "admin":
             caller = self.gateway.keyring.authenticate(request.header(b"authorization"), "admin")
             del caller
@@ -140,7 +182,8 @@ class GatewayApp:
                 and all(d.is_ready for d in self.gateway.deployments.values())
             )
             return _json(200 if is_ready else 503, {"ready": is_ready})
-        self.gateway.keyring.authenticate(request.header(b"authorization"), "inference")
+        caller = self.gateway.keyring.authenticate(request.header(b"authorization"), "inference")
+        request.request_id = self.request_ids.issue(caller.key_id)
         if not parts or parts == [""]:
             _expect(method, "GET")
             return _json(
@@ -149,15 +192,25 @@ class GatewayApp:
                     "name": self.gateway.settings.server_name,
                     "version": self.gateway.settings.server_version,
                     "extensions": ["binary_tensor_data"],
+                    # "none" while the server runs open (serving/auth.py), else "api_key".
+                    "auth": "none" if self.gateway.keyring.is_open else "api_key",
                 },
             )
+        if parts == ["repository", "index"]:  # Triton's model repository extension
+            _expect(method, "POST")
+            wanted = oip_v2_extensions.parse_repository_index_request(await request.body())
+            deployments = self.gateway.deployments.values()
+            return _json(200, oip_v2_extensions.repository_index(deployments, wanted))
+        if parts == ["models", "stats"]:  # Triton's statistics extension, every model
+            _expect(method, "GET")
+            return _json(200, oip_v2_extensions.model_stats(self.gateway.deployments.values()))
         if parts[0] != "models" or len(parts) < 2:
             raise NotFound(f"no endpoint at /v2/{'/'.join(parts)}", field="path")
         name, rest = parts[1], parts[2:]
         version: str | None = None
         if len(rest) >= 2 and rest[0] == "versions":
             version, rest = rest[1], rest[2:]
-        deployment = self.gateway.deployment(name)
+        deployment = self.gateway.requested_deployment(name)
         if version is not None:
             deployment.lane(version)  # 404 for a version this deployment does not serve
         if not rest:
@@ -178,6 +231,13 @@ class GatewayApp:
             _expect(method, "GET")
             is_ready = deployment.lane(version).is_ready if version else deployment.is_ready
             return _json(200 if is_ready else 503, {"name": name, "ready": is_ready})
+        if rest == ["config"]:  # Triton's model configuration extension
+            _expect(method, "GET")
+            lane = deployment.lane(version) if version else deployment.primary
+            return _json(200, oip_v2_extensions.model_config(deployment, lane))
+        if rest == ["stats"]:
+            _expect(method, "GET")
+            return _json(200, oip_v2_extensions.model_stats([deployment], version))
         if rest == ["infer"]:
             _expect(method, "POST")
             forced = version or request.header(b"x-aiscale-version")
@@ -193,13 +253,13 @@ class GatewayApp:
         inputs: Any = None
         outputs: Any = None
         user_key = request.header(b"x-user-id")
+        key_id: str | None = None
         try:
             caller = self.gateway.keyring.authenticate(
                 request.header(b"authorization"), "inference"
             )
+            key_id = caller.key_id
             user_key = user_key or caller.key_id
-            if caller.rate_limit_per_s is not None:
-                await self.gateway.admit(caller)
             if self.gateway.shedding:
                 self.gateway.check_priority(deployment.name, request.header(b"x-aiscale-priority"))
             body = await request.body()
@@ -209,7 +269,18 @@ class GatewayApp:
                 raise InvalidInput(
                     "Inference-Header-Content-Length must be an integer", field="headers"
                 )
-            parsed = oip_v2.parse_infer_request(body, int(length) if length else None, schema)
+            parsed = await self._parse(
+                body,
+                functools.partial(
+                    oip_v2.parse_infer_request,
+                    body,
+                    int(length) if length else None,
+                    schema,
+                    max_items=self._max_items(lane),
+                ),
+            )
+            if caller.rate_limit_per_s is not None:  # counted in items, known only now
+                await self.gateway.admit(caller, len(parsed.items))
             inputs = parsed.items
             outputs = await lane.infer(parsed.items)
             deployment.mirror(lane, parsed.items, outputs)
@@ -232,37 +303,49 @@ class GatewayApp:
                 headers.append((b"inference-header-content-length", str(header_length).encode()))
             status = 200
             await self._capture(request, deployment.name, lane, inputs, outputs, status, started,
-                                user_key)
+                                user_key, key_id)
             return status, payload, headers
         except AiscaleError as exc:
             status = render_error(exc)[0]
             await self._capture(request, deployment.name, lane, inputs, None, status, started,
-                                user_key)
+                                user_key, key_id)
             raise
         finally:
             self._count(deployment.name, lane, status, started)
 
+    async def _parse(self, body: bytes, parse: Callable[[], _T]) -> _T:
+        """``parse()`` (pure) on the loop for a small body, in a worker thread for a large one."""
+        if len(body) <= PARSE_OFF_LOOP_BYTES:
+            return parse()
+        async with self._parsing:
+            return await anyio.to_thread.run_sync(parse)
+
+    def _max_items(self, lane: VersionLane) -> int:
+        """Items one request may carry to ``lane``: the server's cap, within its queue bound."""
+        return min(self.gateway.settings.max_items_per_request, lane.spec.batching.max_queue)
+
     # ----- OpenAI ------------------------------------------------------------------------
     async def _v1(self, request: Request, method: str, parts: list[str]) -> Response:
+        if parts == ["feedback"]:  # an admin key may label any request (inference scope or not)
+            _expect(method, "POST")
+            return await self._feedback(request, self._feedback_caller(request))
         caller = self.gateway.keyring.authenticate(request.header(b"authorization"), "inference")
+        request.request_id = self.request_ids.issue(caller.key_id)
         if parts == ["models"]:
             _expect(method, "GET")
             return _json(
                 200,
                 {
                     "object": "list",
-                    "data": [
-                        {"id": name, "object": "model", "created": 0, "owned_by": "aiscale"}
-                        for name in self.gateway.deployments
-                    ],
+                    "data": [_model_object(name) for name in self.gateway.deployments],
                 },
             )
+        if len(parts) == 2 and parts[0] == "models":  # OpenAI's Model object; 404 if unknown
+            _expect(method, "GET")
+            return _json(200, _model_object(self.gateway.requested_deployment(parts[1]).name))
         if parts == ["embeddings"]:
             _expect(method, "POST")
             return await self._embeddings(request, caller)
-        if parts == ["feedback"]:
-            _expect(method, "POST")
-            return await self._feedback(request, caller)
         raise NotFound(f"no endpoint at /v1/{'/'.join(parts)}", field="path")
 
     async def _embeddings(self, request: Request, caller: Any) -> Response:
@@ -273,15 +356,24 @@ class GatewayApp:
         texts: list[str] | None = None
         user_key: str | None = request.header(b"x-user-id") or caller.key_id
         try:
-            if caller.rate_limit_per_s is not None:
-                await self.gateway.admit(caller)
-            parsed = openai_api.parse_embeddings_request(await request.body())
-            deployment = self.gateway.deployment(parsed.model)
+            body = await request.body()
+            parsed = await self._parse(
+                body,
+                functools.partial(
+                    openai_api.parse_embeddings_request,
+                    body,
+                    max_items=self.gateway.settings.max_items_per_request,
+                ),
+            )
+            if caller.rate_limit_per_s is not None:  # counted in items, known only now
+                await self.gateway.admit(caller, len(parsed.texts))
+            deployment = self.gateway.requested_deployment(parsed.model)
             name = deployment.name
             if self.gateway.shedding:
                 self.gateway.check_priority(name, request.header(b"x-aiscale-priority"))
             user_key = request.header(b"x-user-id") or parsed.user or caller.key_id
             lane = deployment.route(user_key, request.header(b"x-aiscale-version"))
+            check_item_count(len(parsed.texts), self._max_items(lane), "input")
             schema = _schema_of(lane)
             if not _is_text_embedding(schema):
                 raise InvalidInput(
@@ -300,12 +392,16 @@ class GatewayApp:
                 num_tokens=openai_api.count_tokens(parsed.texts),
             )
             status = 200
-            await self._capture(request, name, lane, texts, outputs, status, started, user_key)
+            await self._capture(
+                request, name, lane, texts, outputs, status, started, user_key, caller.key_id
+            )
             return status, payload, [_JSON, (b"x-aiscale-version", lane.version.encode())]
         except AiscaleError as exc:
             status = render_error(exc)[0]
             if lane is not None:
-                await self._capture(request, name, lane, texts, None, status, started, user_key)
+                await self._capture(
+                    request, name, lane, texts, None, status, started, user_key, caller.key_id
+                )
             raise
         finally:
             if lane is not None:
@@ -318,16 +414,34 @@ class GatewayApp:
         if caller.rate_limit_per_s is not None:
             await self.gateway.admit(caller)
         user_key = request.header(b"x-user-id") or caller.key_id
+        is_admin = "admin" in caller.scopes
         record = feedback.parse_feedback(
             await request.body(),
             feedback_id=uuid.uuid4().hex,
             user_hash=capture.backend.hash_user_key(user_key) if user_key else None,
+            key_id=caller.key_id,
+            is_admin=is_admin,
         )
+        # Only the key a request was issued to, or an admin, may label it: otherwise anyone
+        # could steer what the next retraining learns.
+        if not is_admin and not self.request_ids.is_owned_by(record.request_id, caller.key_id):
+            raise Forbidden(
+                "feedback is accepted only from the key that made the request, or an admin key",
+                field="request_id",
+            )
         await capture.backend.append_feedback(record)
         return _json(
             200,
             {"feedback_id": record.feedback_id, "request_id": record.request_id, "recorded": True},
         )
+
+    def _feedback_caller(self, request: Request) -> Any:
+        """The caller of ``/v1/feedback``: a key with the admin or the inference scope."""
+        authorization = request.header(b"authorization")
+        try:
+            return self.gateway.keyring.authenticate(authorization, "admin")
+        except Forbidden:
+            return self.gateway.keyring.authenticate(authorization, "inference")
 
     async def _capture(
         self,
@@ -339,6 +453,7 @@ class GatewayApp:
         status: int,
         started: float,
         user_key: str | None,
+        key_id: str | None = None,
     ) -> None:
         latency_s = time.perf_counter() - started
         quality = lane.spec.quality
@@ -355,7 +470,7 @@ class GatewayApp:
         capture = self.gateway.capture
         if capture is None:
             return
-        await capture.record(
+        recording = capture.record(
             request_id=request.request_id,
             deployment=name,
             version=lane.version,
@@ -364,7 +479,15 @@ class GatewayApp:
             latency_s=latency_s,
             status=status,
             user_key=user_key,
+            key_id=key_id,
+            client_request_id=request.client_request_id,
         )
+        tracing = self.gateway.tracing
+        if tracing is None:
+            await recording
+        else:
+            with tracing.capture_span():
+                await recording
 
     def _count(self, name: str, lane: VersionLane, status: int, started: float) -> None:
         elapsed_s = time.perf_counter() - started
@@ -384,6 +507,11 @@ class GatewayApp:
                     self.gateway.metrics.request_seconds.labels(name, version)
                 )
             histogram.observe(elapsed_s)
+
+
+def _model_object(name: str) -> dict[str, Any]:
+    """A deployment as OpenAI's Model object (``GET /v1/models[/{id}]``)."""
+    return {"id": name, "object": "model", "created": 0, "owned_by": "aiscale"}
 
 
 def _expect(method: str, allowed: str) -> None:

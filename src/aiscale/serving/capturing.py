@@ -53,8 +53,12 @@ class RequestCapture:
         latency_s: float,
         status: int,
         user_key: str | None,
+        key_id: str | None = None,
+        client_request_id: str | None = None,
     ) -> None:
-        """Capture one request; raises only for a 200 whose record could not be made durable."""
+        """Capture one request; raises only for a 200 whose record could not be made durable.
+        ``request_id`` is the server's id (sampling follows it, so a client cannot choose to
+        be captured or not); ``key_id`` is the caller's key, for checking feedback later."""
         if not self.backend.should_capture(request_id):
             return
         record = CaptureRecord(
@@ -67,6 +71,8 @@ class RequestCapture:
             latency_ms=latency_s * 1000.0,
             status=status,
             user_hash=self.backend.hash_user_key(user_key) if user_key else None,
+            client_request_id=client_request_id,
+            key_id=key_id,
         )
         if status == 200:
             await self.backend.append(record)

@@ -28,6 +28,7 @@ from aiscale.serving.metrics import GatewayMetrics
 
 if TYPE_CHECKING:
     from aiscale.serving.shared_state import RedisResponseCache
+    from aiscale.serving.tracing import RequestTracing
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class Deployment:
         gpus: GpuPool | None = None,
         shared_cache: RedisResponseCache | None = None,
         autoscalers: AutoscalerFactory | None = None,
+        tracing: RequestTracing | None = None,
     ) -> None:
         self.name = spec.name
         self._metrics = metrics
@@ -75,8 +77,10 @@ class Deployment:
         self._shared_cache = shared_cache
         #: Builds each autoscaled lane's autoscaler (the gateway's, over its Fleet).
         self._autoscalers = autoscalers
+        #: Spans of every lane's batches (``None``: tracing off).
+        self._tracing = tracing
         self.lanes: dict[str, VersionLane] = {
-            spec.version: VersionLane(spec, metrics, gpus, shared_cache, autoscalers)
+            spec.version: VersionLane(spec, metrics, gpus, shared_cache, autoscalers, tracing)
         }
         self.primary_version = spec.version
         self.split = TrafficSplit.of({spec.version: 100.0})
@@ -135,7 +139,7 @@ class Deployment:
                 f"version {spec.version!r} is already deployed in {self.name!r}", field="version"
             )
         lane = VersionLane(
-            spec, self._metrics, self._gpus, self._shared_cache, self._autoscalers
+            spec, self._metrics, self._gpus, self._shared_cache, self._autoscalers, self._tracing
         )
         try:
             await lane.start()

@@ -2,7 +2,9 @@
 
 The body names the request by the id its response carried in ``x-request-id``; the feedback
 is joined to the captured request at query time (the ``feedback`` view), so it may arrive
-before the request's record is compacted, or from another gateway.
+before the request's record is compacted, or from another gateway. Only the key that made
+the request (its id carries the proof, ``serving/request_ids.py``) or an admin key may give
+it; each record keeps the key that gave it, so a retraining can choose its label sources.
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ MAX_COMMENT_CHARS = 10_000
 _FIELDS = frozenset({"request_id", "label", "score", "comment"})
 
 
-def parse_feedback(body: bytes, *, feedback_id: str, user_hash: str | None) -> FeedbackRecord:
+def parse_feedback(
+    body: bytes,
+    *,
+    feedback_id: str,
+    user_hash: str | None,
+    key_id: str | None = None,
+    is_admin: bool = False,
+) -> FeedbackRecord:
     """The record for one feedback body; ``InvalidInput`` names the first field that is wrong."""
     try:
         data: Any = orjson.loads(body)
@@ -56,6 +65,8 @@ def parse_feedback(body: bytes, *, feedback_id: str, user_hash: str | None) -> F
         score=score,
         comment=comment,
         user_hash=user_hash,
+        key_id=key_id,
+        is_admin=is_admin,
     )
 
 

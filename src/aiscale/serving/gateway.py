@@ -41,6 +41,7 @@ from aiscale.serving.specs import spec_from_config
 
 if TYPE_CHECKING:
     from aiscale.serving.shared_state import SharedState
+    from aiscale.serving.tracing import RequestTracing
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,11 @@ class ControlStore(Protocol):
         """Persist a deployment's wanted state, so a restarted server comes back the same."""
         ...
 
+    def forget_deployment(self, name: str) -> None:
+        """Drop a removed deployment's saved state (no-op when none was saved), so a
+        restarted server does not bring it back."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
@@ -72,6 +78,22 @@ class GatewaySettings:
     split_poll_s: float = 0.5
     #: Where replicas run (local processes, or Ray actors); admin deploys use it too.
     runtime: ReplicaRuntime = ReplicaRuntime()
+    #: Whether the server may run without API keys while none exists (``serving/auth.py``);
+    #: decided at start-up (``--insecure``, or loopback with no key ever created).
+    is_open_allowed: bool = True
+    #: ``Host`` names accepted besides the bound address and ``localhost`` (``origin.py``).
+    allowed_hosts: tuple[str, ...] = ()
+    #: Browser origins allowed to call the inference API cross-site (CORS); none by default.
+    cors_origins: tuple[str, ...] = ()
+    #: Secret of the owned request ids (``serving/request_ids.py``); empty: random per process.
+    request_id_key: bytes = b""
+    #: A request body not all received within this many seconds is answered 408.
+    body_timeout_s: float = 30.0
+    #: Whether ``/metrics`` needs a key with the ``metrics`` scope (open otherwise).
+    is_metrics_key_required: bool = False
+    #: The most items (OIP v2 rows, embeddings inputs) one request may carry; a lane's queue
+    #: bound (``max_queue``) caps it further. Checked before any item is decoded (413).
+    max_items_per_request: int = 1024
 
 
 class Gateway:
@@ -89,8 +111,11 @@ class Gateway:
         gpus: GpuPoolConfig | None = None,
         shared: SharedState | None = None,
         clock: Clock | None = None,
+        tracing: RequestTracing | None = None,
     ) -> None:
         self.settings = settings
+        #: OpenTelemetry spans of requests and batches; ``None`` (the default): tracing off.
+        self.tracing = tracing
         #: The time of every control loop built here (a test passes a ``ManualClock``).
         self.clock: Clock = clock if clock is not None else SystemClock()
         #: Redis for rate limits and the response cache (``None``: both in process).
@@ -103,7 +128,7 @@ class Gateway:
             clock=self.clock,
         )
         self.metrics = GatewayMetrics(self.metrics_registry)
-        self.keyring = KeyRing()
+        self.keyring = KeyRing(is_open_allowed=settings.is_open_allowed)
         self.limiter = RateLimiter()
         self.control = control
         #: Every answered request's record, made durable before the answer is sent.
@@ -134,10 +159,17 @@ class Gateway:
         self.shedding: set[str] = set()
         #: The last change of each (deployment, version)'s wanted count and its cause.
         self._last_scale: dict[tuple[str, str], ScaleRecord] = {}
+        #: Requests so far that named a model no deployment serves (``requested_deployment``).
+        self._num_unknown_model_requests = 0
         monitor_config = monitor if monitor is not None else MonitorConfig()
         self.monitor = (
             LiveMonitor(
-                self, monitor_config, rollouts=self.rollouts, quality=self.quality, clock=self.clock
+                self,
+                monitor_config,
+                rollouts=self.rollouts,
+                quality=self.quality,
+                unknown_models=self,
+                clock=self.clock,
             )
             if monitor_config.is_enabled
             else None
@@ -145,6 +177,8 @@ class Gateway:
 
     async def start(self) -> None:
         await self.refresh_keys()
+        if self.keyring.is_open:
+            logger.warning("no API keys: every caller may call everything until a key is created")
         if self.capture is not None:
             await self.capture.backend.start()
         started = [self._new_deployment(spec) for spec in self._initial_specs]
@@ -190,6 +224,8 @@ class Gateway:
             await self.capture.backend.stop(self.settings.drain_timeout_s)
         if self.shared is not None:
             await self.shared.aclose()
+        if self.tracing is not None:  # last: the spans of the drain are exported too
+            await anyio.to_thread.run_sync(self.tracing.shutdown)
 
     def _new_deployment(self, spec: DeploymentSpec) -> Deployment:
         return Deployment(
@@ -198,6 +234,7 @@ class Gateway:
             self.gpus,
             self.shared.cache if self.shared is not None else None,
             self._autoscaler_for,
+            self.tracing,
         )
 
     def _autoscaler_for(self, spec: DeploymentSpec, lane_id: int) -> VersionAutoscaler:
@@ -235,8 +272,24 @@ class Gateway:
             raise NotFound(f"no deployment named {name!r}", field="model")
         return found
 
-    async def admit(self, caller: Caller) -> None:
-        """Apply the caller's rate limit; raises ``RateLimited`` with the wait in seconds.
+    def requested_deployment(self, name: str) -> Deployment:
+        """``deployment(name)`` for a request that names a model (inference, metadata): an
+        unknown name is counted (``aiscale_gateway_unknown_model_requests_total``, and for the
+        monitor) before the ``NotFound``. Admin calls use ``deployment`` and are not counted."""
+        found = self.deployments.get(name)
+        if found is None:
+            self._num_unknown_model_requests += 1
+            self.metrics.unknown_model_requests.inc()
+            raise NotFound(f"no deployment named {name!r}", field="model")
+        return found
+
+    def num_unknown_model_requests(self) -> int:
+        """Requests so far that named a model no deployment serves (the monitor diffs it)."""
+        return self._num_unknown_model_requests
+
+    async def admit(self, caller: Caller, num_items: int = 1) -> None:
+        """Apply the caller's rate limit, counted in items (a request of ``num_items`` costs
+        that many); raises ``RateLimited`` with the wait in seconds.
 
         In process by default; with Redis, one atomic call shared by every gateway (this
         gateway's own bucket while Redis is unreachable, see ``shared_state.py``)."""
@@ -244,13 +297,16 @@ class Gateway:
             return
         if self.shared is None:
             wait_s = self.limiter.try_take(
-                caller.key_id, caller.rate_limit_per_s, time.monotonic()
+                caller.key_id, caller.rate_limit_per_s, time.monotonic(), num_items
             )
         else:
-            wait_s = await self.shared.limits.try_take(caller.key_id, caller.rate_limit_per_s)
+            wait_s = await self.shared.limits.try_take(
+                caller.key_id, caller.rate_limit_per_s, num_items
+            )
         if wait_s > 0:
             raise RateLimited(
-                f"rate limit of {caller.rate_limit_per_s:g} requests/s exceeded",
+                f"rate limit of {caller.rate_limit_per_s:g} items/s exceeded "
+                f"(this request has {num_items})",
                 retry_after_s=wait_s,
             )
 
@@ -459,6 +515,9 @@ class Gateway:
             deployment = self.deployment(name)
             self.deployments = {k: v for k, v in self.deployments.items() if k != name}
             await deployment.stop(self.settings.drain_timeout_s)
+            self.configs.pop(name, None)
+            if self.control is not None:
+                await anyio.to_thread.run_sync(self.control.forget_deployment, name)
 
     async def _version_changed(self, name: str, version: str) -> None:
         """Persist the deployment's new version so a restarted server serves the winner."""

@@ -7,12 +7,13 @@ can name these types without importing the app that imports it. Nothing here kno
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
-from aiscale.errors import InvalidInput, PayloadTooLarge
+from aiscale.errors import InvalidInput, PayloadTooLarge, RequestTimeout
 
 __all__ = ["Receive", "Request", "Response", "Scope", "Send"]
 
@@ -26,15 +27,28 @@ Response = tuple[int, bytes, list[tuple[bytes, bytes]]]
 class Request:
     """What handlers need of one HTTP request; the body is read on demand, with the size limit."""
 
-    __slots__ = ("scope", "receive", "headers", "request_id", "_max_body_bytes")
+    __slots__ = (
+        "scope", "receive", "headers", "request_id", "client_request_id", "_max_body_bytes",
+        "_body_timeout_s",
+    )  # fmt: skip
 
-    def __init__(self, scope: Scope, receive: Receive, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        max_body_bytes: int,
+        body_timeout_s: float | None = None,
+    ) -> None:
         self.scope = scope
         self.receive = receive
         self.headers: dict[bytes, bytes] = dict(scope["headers"])
+        # The server's own id (``serving/request_ids.py``: the app replaces it by an owned one
+        # once the caller is known); the client's ``x-request-id`` only travels along.
+        self.request_id = uuid.uuid4().hex
         incoming = self.headers.get(b"x-request-id")
-        self.request_id = incoming.decode("latin-1")[:128] if incoming else uuid.uuid4().hex
+        self.client_request_id = incoming.decode("latin-1")[:128] if incoming else None
         self._max_body_bytes = max_body_bytes
+        self._body_timeout_s = body_timeout_s
 
     def header(self, name: bytes) -> str | None:
         value = self.headers.get(name)
@@ -46,6 +60,19 @@ class Request:
         return {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}
 
     async def body(self) -> bytes:
+        """The whole body; ``PayloadTooLarge`` past the size limit, ``RequestTimeout`` when it
+        has not all arrived within ``body_timeout_s`` of the first read (a slow client)."""
+        if self._body_timeout_s is None:
+            return await self._read_body()
+        try:
+            async with asyncio.timeout(self._body_timeout_s):
+                return await self._read_body()
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the body did not arrive within {self._body_timeout_s:g} s", field="body"
+            ) from None
+
+    async def _read_body(self) -> bytes:
         limit = self._max_body_bytes
         declared = self.headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:

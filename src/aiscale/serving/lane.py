@@ -6,9 +6,9 @@ decides which lane answers a request. Knows nothing of HTTP and does no storage 
 
 from __future__ import annotations
 
-import asyncio
 import bisect
-import pickle
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -29,11 +29,14 @@ from aiscale.replicas.ray_pool import RayActorBackend, RayPlacement
 from aiscale.scaling.controller import VersionAutoscaler
 from aiscale.scaling.policies import make_policy
 from aiscale.serving.batcher import Batcher, BatchingSettings, BatchObservation
-from aiscale.serving.cache import ResponseCache, cache_key
+from aiscale.serving.cache import ResponseCache, cache_key, decode_output, encode_output
 from aiscale.serving.metrics import GatewayMetrics
 
 if TYPE_CHECKING:
     from aiscale.serving.shared_state import RedisResponseCache
+    from aiscale.serving.tracing import RequestTracing
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,19 @@ class LaneCounts:
     metrics: dict[str, Histogram]
 
 
+@dataclass(frozen=True, slots=True)
+class LaneTimings:
+    """Cumulative durations of one lane for the OIP v2 statistics extension (Triton's)."""
+
+    #: Seconds spent on requests that were not answered 200 (4xx and 5xx).
+    failed_s: float
+    #: Items that left the batcher's queue in a batch, and the seconds they waited there.
+    num_dequeued: int
+    queue_s: float
+    #: Wall-clock time of the last answered request (unix seconds); 0 when none yet.
+    last_answer_unix_s: float
+
+
 class VersionLane:
     """A running model version: ``start`` before use, ``stop`` to drain and end it."""
 
@@ -134,6 +150,7 @@ class VersionLane:
         gpus: GpuPool | None = None,
         shared_cache: RedisResponseCache | None = None,
         autoscalers: AutoscalerFactory | None = None,
+        tracing: RequestTracing | None = None,
     ) -> None:
         self.spec = spec
         self._metrics = metrics
@@ -152,6 +169,7 @@ class VersionLane:
             dict(spec.model_config),
             max_inflight_batches=spec.max_inflight_batches,
             num_threads=spec.num_threads,
+            tracing=tracing.export if tracing is not None else None,
         )
         backend: ReplicaBackend[Any]
         if spec.placement is None:
@@ -174,6 +192,7 @@ class VersionLane:
             spec.batching,
             on_batch=self._observe_batch,
             on_cold_arrival=self._wake_up if spec.autoscaling is not None else None,
+            tracing=tracing.for_lane(spec.name, spec.version) if tracing is not None else None,
         )
         #: Sees this lane only through the Fleet; the lane owns its task (start and stop).
         self.autoscaler = (
@@ -200,6 +219,10 @@ class VersionLane:
         self._num_batches = 0
         self._num_batch_items = 0
         self._model_s_total = 0.0
+        self._failed_s_total = 0.0
+        self._num_dequeued = 0
+        self._queue_s_total = 0.0
+        self._last_answer_unix_s = 0.0
         #: Custom metric samples (e.g. shadow divergence), by metric name.
         self._custom_metrics: dict[str, HistogramRecorder] = {}
 
@@ -210,10 +233,13 @@ class VersionLane:
     def observe(self, status: int, latency_s: float) -> None:
         """Count one answered request: 5xx are errors (the client's 4xx are not the model's)."""
         self._num_requests += 1
+        self._last_answer_unix_s = time.time()  # a recorded timestamp, not an interval
         if status >= 500:
             self._num_errors += 1
-        elif status == 200:
+        if status == 200:
             self._latency.record(latency_s)
+        else:
+            self._failed_s_total += latency_s
 
     def observe_metric(self, name: str, value: float) -> None:
         """Record a custom metric sample in [0, 2] (e.g. cosine distance to the primary answer)."""
@@ -227,6 +253,14 @@ class VersionLane:
     def batch_totals(self) -> tuple[int, int, float]:
         """(batches run, items in them, model seconds of the successful ones) so far."""
         return self._num_batches, self._num_batch_items, self._model_s_total
+
+    def timings(self) -> LaneTimings:
+        return LaneTimings(
+            self._failed_s_total,
+            self._num_dequeued,
+            self._queue_s_total,
+            self._last_answer_unix_s,
+        )
 
     def counts(self) -> LaneCounts:
         return LaneCounts(
@@ -280,9 +314,8 @@ class VersionLane:
         if self.cache is None:
             if self.shared_cache is not None:
                 return await self._infer_shared(items, timeout)
-            if len(items) == 1:
-                return [await self.batcher.submit(items[0], timeout)]
-            return list(await asyncio.gather(*(self.batcher.submit(i, timeout) for i in items)))
+            # The request's items go to the batcher as one unit: one future, however many.
+            return await self.batcher.submit_many(items, timeout)
         return await self._infer_cached(items, timeout)
 
     def _cache_keys(self, items: list[Any]) -> list[bytes]:
@@ -296,26 +329,34 @@ class VersionLane:
         ]
 
     async def _infer_shared(self, items: list[Any], timeout_s: float) -> list[Any]:
-        """The Redis cache: one lookup for all items, writes in the background."""
+        """The Redis cache: one lookup for all items, writes in the background.
+
+        What Redis returns has passed its seal (``shared_state.py``) and is decoded as data
+        only (``cache.decode_output``): nothing read from the network is ever unpickled."""
         assert self.shared_cache is not None
         keys = self._cache_keys(items)
         found = await self.shared_cache.get_many(keys)
         results: list[Any] = [None] * len(items)
-        missing = [index for index, value in enumerate(found) if value is None]
+        missing: list[int] = []
         for index, value in enumerate(found):
-            if value is not None:
-                results[index] = pickle.loads(value)
+            if value is None:
+                missing.append(index)
+                continue
+            try:
+                results[index] = decode_output(value)
+            except ValueError:
+                self.shared_cache.count_rejected("format")
+                missing.append(index)
         if len(missing) < len(items):
             self._cache_hits.inc(len(items) - len(missing))
         if missing:
             self._cache_misses.inc(len(missing))
-            outputs = await asyncio.gather(
-                *(self.batcher.submit(items[i], timeout_s) for i in missing)
-            )
+            outputs = await self.batcher.submit_many([items[i] for i in missing], timeout_s)
             for index, output in zip(missing, outputs, strict=True):
                 results[index] = output
+            encoded = [(keys[i], encode_output(results[i])) for i in missing]
             self.shared_cache.put_many(
-                [(keys[i], pickle.dumps(results[i], protocol=5)) for i in missing],
+                [(key, value) for key, value in encoded if value is not None],
                 self.spec.cache_max_bytes,
             )
         return results
@@ -327,19 +368,23 @@ class VersionLane:
         missing: list[int] = []
         for index, key in enumerate(keys):
             cached = self.cache.get(key)
-            if cached is None:
-                missing.append(index)
-                self._cache_misses.inc()
-            else:
-                results[index] = pickle.loads(cached)
-                self._cache_hits.inc()
+            if cached is not None:
+                # The same data-only encoding as in Redis: no pickle anywhere in the cache.
+                try:
+                    results[index] = decode_output(cached)
+                    self._cache_hits.inc()
+                    continue
+                except ValueError:  # only a bug of ours could put such bytes here
+                    logger.error("undecodable value in the response cache of %s", self.spec.name)
+            missing.append(index)
+            self._cache_misses.inc()
         if missing:
-            outputs = await asyncio.gather(
-                *(self.batcher.submit(items[i], timeout_s) for i in missing)
-            )
+            outputs = await self.batcher.submit_many([items[i] for i in missing], timeout_s)
             for index, output in zip(missing, outputs, strict=True):
                 results[index] = output
-                self.cache.put(keys[index], pickle.dumps(output, protocol=5))
+                encoded = encode_output(output)
+                if encoded is not None:  # outputs beyond plain data and numpy: not cached
+                    self.cache.put(keys[index], encoded)
             self._metrics.cache_bytes.labels(self.spec.name).set(self.cache.size_bytes)
         return results
 
@@ -348,6 +393,8 @@ class VersionLane:
         # histograms below are for scrapers and are never read back.
         self._num_batches += 1
         self._num_batch_items += observation.size
+        self._num_dequeued += len(observation.queue_s)
+        self._queue_s_total += sum(observation.queue_s)
         if observation.is_ok:
             self._model_s_total += observation.model_s
         self._batch_size.observe(observation.size)

@@ -18,7 +18,7 @@ from aiscale.config import AiscaleConfig, DeploymentConfig, ServerConfig
 from aiscale.data.capture import CaptureLayout, CaptureSink, load_or_create_salt
 from aiscale.data.capture_nats import NatsCaptureSink
 from aiscale.data.capture_record import CaptureConfig
-from aiscale.errors import InvalidInput, NotFound
+from aiscale.errors import ConfigError, InvalidInput, NotFound
 from aiscale.registry import FsspecArtifactStore, SqlRegistry, register_with_artifact
 from aiscale.registry.front import RegistryControl
 from aiscale.replicas.pool import ReplicaRuntime
@@ -28,6 +28,7 @@ from aiscale.serving.specs import spec_from_config
 
 if TYPE_CHECKING:
     from aiscale.serving.shared_state import SharedState
+    from aiscale.serving.tracing import RequestTracing
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -93,8 +94,11 @@ def _register_once(
     for record in reversed(versions):
         if record.runtime == runtime and record.metadata.get("source") == uri:
             return ModelChoice(name, record.version)
+    # The operator named this file on the command line (or in the config): any path, and a
+    # pickle is trusted (with a warning logged by the registration).
     record = register_with_artifact(
-        registry, artifacts, name, runtime=runtime, uri=uri, metadata={"source": uri}
+        registry, artifacts, name, runtime=runtime, uri=uri, metadata={"source": uri},
+        is_pickle_allowed=True, registered_by="serve",
     )
     return ModelChoice(record.model, record.version)
 
@@ -124,14 +128,44 @@ def build_shared_state(server: ServerConfig, registry: CollectorRegistry) -> Sha
         return None
     from aiscale.serving.shared_state import RedisSettings, SharedState, check_reachable
 
+    secret = server.redis_cache_secret
+    secret_path = server.resolved_data_dir / "cache_secret"
+    if secret is None and len(load_or_create_salt(secret_path)) < 16:
+        raise ConfigError(
+            f"{secret_path} holds under 16 bytes; delete it to make a new cache secret",
+            field="redis_cache_secret",
+        )
     settings = RedisSettings(
         server.redis_url,
         key_prefix=server.redis_key_prefix,
         timeout_s=server.redis_timeout_s,
         cache_ttl_s=server.redis_cache_ttl_s,
+        # Gateways sharing one Redis must share this secret (config or environment).
+        cache_secret=secret.get_secret_value().encode()
+        if secret is not None
+        else load_or_create_salt(secret_path),
     )
     check_reachable(settings)
     return SharedState(settings, registry)
+
+
+def build_tracing(server: ServerConfig) -> RequestTracing | None:
+    """The gateway's tracer when ``server.tracing`` turns tracing on, else ``None``; only then
+    is OpenTelemetry imported (a ``ConfigError`` names the extra when it is missing)."""
+    settings = server.tracing
+    if not settings.is_enabled:
+        return None
+    from aiscale.replicas.tracing import TraceExport
+    from aiscale.serving.tracing import RequestTracing
+
+    return RequestTracing(
+        TraceExport(
+            endpoint=settings.endpoint,
+            is_console=settings.is_console,
+            service_name=settings.service_name,
+            sample_ratio=settings.sample_ratio,
+        )
+    )
 
 
 def build_gateway(
@@ -151,6 +185,13 @@ def build_gateway(
     ]:
         by_name[deployment.name] = deployment
     server = config.server
+    from aiscale.serving.server import is_loopback
+
+    # Open mode is decided here, once (serving/auth.py): asked for, or loopback with no key
+    # ever created. A revoked key counts as created: whoever set keys up wanted them.
+    is_open_allowed = server.is_insecure or (
+        is_loopback(server.host) and not registry.list_keys()
+    )
     runtime = ReplicaRuntime(server.runtime, server.ray_address)
     specs = []
     for deployment in by_name.values():
@@ -160,10 +201,18 @@ def build_gateway(
     gateway = Gateway(
         GatewaySettings(
             max_body_bytes=server.max_body_bytes,
+            max_items_per_request=server.max_items_per_request,
             drain_timeout_s=server.drain_timeout_s,
             key_refresh_s=server.key_refresh_s,
             split_poll_s=server.split_poll_s,
             runtime=runtime,
+            is_open_allowed=is_open_allowed,
+            allowed_hosts=server.allowed_hosts,
+            cors_origins=server.cors_origins,
+            # Kept in the data dir: owned request ids still verify after a restart.
+            request_id_key=load_or_create_salt(server.resolved_data_dir / "request_id_secret"),
+            body_timeout_s=server.body_timeout_s,
+            is_metrics_key_required=server.is_metrics_key_required,
         ),
         specs,
         metrics_registry=metrics_registry,
@@ -171,6 +220,7 @@ def build_gateway(
         capture=build_capture(server, metrics_registry),
         gpus=server.gpus,
         shared=build_shared_state(server, metrics_registry),
+        tracing=build_tracing(server),
         monitor=server.monitor
         if server.monitor.audit_path is not None
         else server.monitor.model_copy(

@@ -131,3 +131,9 @@ class GatewayMetrics:
             ("reason",),
             registry=registry,
         )
+        # No model label: the names come from callers, so a label would be unbounded.
+        self.unknown_model_requests = Counter(
+            "aiscale_gateway_unknown_model_requests_total",
+            "Requests naming a model no deployment serves (answered 404).",
+            registry=registry,
+        )

@@ -17,6 +17,7 @@ import orjson
 
 from aiscale.errors import InvalidInput
 from aiscale.model import Schema, TensorSpec
+from aiscale.serving.limits import check_item_count
 
 NUMPY_DTYPES: dict[str, str] = {
     "BOOL": "bool",
@@ -33,6 +34,7 @@ NUMPY_DTYPES: dict[str, str] = {
     "FP64": "float64",
 }
 _LENGTH = struct.Struct("<I")
+_UNEVEN = "data must be a flat list, or lists nested evenly and at most 32 deep"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,17 +44,9 @@ class InferRequest:
     is_binary_output: bool
 
 
-def _flatten_into(data: list[Any], out: list[Any], depth: int) -> None:
-    if depth > 32:
-        raise InvalidInput("data is nested too deeply", field="inputs.data")
-    for element in data:
-        if isinstance(element, list):
-            _flatten_into(element, out, depth + 1)
-        else:
-            out.append(element)
-
-
 def _decode_bytes_tensor(raw: bytes, count: int, field: str) -> list[str]:
+    if count * _LENGTH.size > len(raw):  # each value has at least its 4-byte length
+        raise InvalidInput("binary BYTES tensor is shorter than its shape says", field=field)
     values: list[str] = []
     offset = 0
     for _ in range(count):
@@ -66,9 +60,17 @@ def _decode_bytes_tensor(raw: bytes, count: int, field: str) -> list[str]:
 
 
 def _tensor_values(
-    tensor: dict[str, Any], spec: TensorSpec, binary: memoryview, offset: int, field: str
+    tensor: dict[str, Any],
+    spec: TensorSpec,
+    binary: memoryview,
+    offset: int,
+    field: str,
+    max_items: int,
 ) -> tuple[Any, int, int]:
-    """Values of one input tensor, its batch size, and the next binary offset."""
+    """Values of one input tensor, its batch size, and the next binary offset.
+
+    The batch size (``shape[0]``) is checked against ``max_items`` before any value is read.
+    """
     shape = tensor.get("shape")
     if (
         not isinstance(shape, list)
@@ -92,6 +94,7 @@ def _tensor_values(
             f"input {spec.name!r} has shape {[-1, *spec.shape]}, got {shape}",
             field=f"{field}.shape",
         )
+    check_item_count(shape[0], max_items, f"{field}.shape")
     count = math.prod(shape)
     parameters = tensor.get("parameters") or {}
     binary_size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
@@ -118,52 +121,89 @@ def _tensor_values(
     else:
         if "data" not in tensor:
             raise InvalidInput(f"input {spec.name!r} has no data", field=f"{field}.data")
-        data = tensor["data"]
-        flat = _flatten_into_list(data, field)
+        flat = _flat_values(tensor["data"], field)
+        kinds = set(map(type, flat))  # one C-level pass; no Python code runs per value
+        if list in kinds:  # a list numpy could not line up with the others
+            raise InvalidInput(_UNEVEN, field=f"{field}.data")
         if len(flat) != count:
             raise InvalidInput(
                 f"input {spec.name!r} has {len(flat)} values but shape {shape} needs {count}",
                 field=f"{field}.data",
             )
         if datatype == "BYTES":
-            if not all(isinstance(v, str) for v in flat):
+            if kinds - {str}:
                 raise InvalidInput(f"input {spec.name!r} must hold strings", field=f"{field}.data")
-            values = flat
+            values = flat if isinstance(flat, list) else flat.tolist()
         else:
-            values = _numeric_array(flat, datatype, field)
+            values = _numeric_array(flat, kinds, datatype, field)
     if datatype == "BYTES" and item_shape == ():
         return values, shape[0], offset
     array = np.asarray(values, dtype=object if datatype == "BYTES" else None)
     return array.reshape(shape), shape[0], offset
 
 
-def _flatten_into_list(data: Any, field: str) -> list[Any]:
+def _flat_values(data: Any, field: str) -> list[Any] | np.ndarray[Any, Any]:
+    """A tensor's JSON ``data``, flat or nested in row-major order, as one flat sequence.
+
+    Nested lists are walked by numpy (an object array: the values themselves, unconverted),
+    so no Python code runs per value; a list left among the values means uneven nesting.
+    """
     if not isinstance(data, list):
         raise InvalidInput("data must be a list", field=f"{field}.data")
-    if data and isinstance(data[0], list):
-        flat: list[Any] = []
-        _flatten_into(data, flat, 0)
-        return flat
-    return data
+    if not data or not isinstance(data[0], list):
+        return data
+    try:
+        return np.array(data, dtype=object).ravel()
+    except (ValueError, RuntimeError):  # uneven beyond what numpy holds, or over 32 deep
+        raise InvalidInput(_UNEVEN, field=f"{field}.data") from None
 
 
-def _numeric_array(flat: list[Any], datatype: str, field: str) -> np.ndarray[Any, Any]:
-    kind_ok = bool if datatype == "BOOL" else (int, float)
-    for value in flat:
-        if isinstance(value, bool) != (datatype == "BOOL") or not isinstance(value, kind_ok):
-            raise InvalidInput(
-                f"data must hold {datatype} values, got {value!r}", field=f"{field}.data"
-            )
-    array = np.asarray(flat, dtype=NUMPY_DTYPES[datatype])
-    if datatype.startswith(("INT", "UINT")) and any(
-        isinstance(v, float) and not v.is_integer() for v in flat
-    ):
-        raise InvalidInput(f"data must hold integers for {datatype}", field=f"{field}.data")
-    return array
+_NUMERIC_KINDS: dict[bool, frozenset[type]] = {
+    True: frozenset({bool}),
+    False: frozenset({int, float}),
+}
 
 
-def parse_infer_request(body: bytes, json_length: int | None, schema: Schema) -> InferRequest:
-    """Items of one OIP v2 infer body; ``InvalidInput`` names the offending field."""
+def _numeric_array(
+    flat: list[Any] | np.ndarray[Any, Any], kinds: set[type], datatype: str, field: str
+) -> np.ndarray[Any, Any]:
+    """``flat`` as an array of ``datatype``; ``kinds`` are the Python types found in it.
+
+    JSON ``true`` is not a number here and a number is not a BOOL, as in the protocol's
+    typed tensors; integers may be written ``2.0``, never ``2.5``. Vectorised throughout.
+    """
+    allowed = _NUMERIC_KINDS[datatype == "BOOL"]
+    if not kinds <= allowed:
+        bad = next(v for v in flat if type(v) not in allowed)  # only on the error path
+        raise InvalidInput(f"data must hold {datatype} values, got {bad!r}", field=f"{field}.data")
+    dtype = np.dtype(NUMPY_DTYPES[datatype])
+    try:
+        if dtype.kind in "iu" and float in kinds:
+            as_float = np.asarray(flat, dtype=np.float64)
+            if not np.all(np.isfinite(as_float) & (as_float == np.trunc(as_float))):
+                raise InvalidInput(f"data must hold integers for {datatype}", field=f"{field}.data")
+            limits = np.iinfo(dtype)
+            if as_float.size and (as_float.min() < limits.min or as_float.max() > limits.max):
+                raise OverflowError
+            return as_float.astype(dtype)
+        return np.asarray(flat, dtype=dtype)
+    except OverflowError:
+        raise InvalidInput(
+            f"data holds a value out of range for {datatype}", field=f"{field}.data"
+        ) from None
+
+
+def parse_infer_request(
+    body: bytes, json_length: int | None, schema: Schema, *, max_items: int
+) -> InferRequest:
+    """Items of one OIP v2 infer body; ``InvalidInput`` names the offending field.
+
+    A request of more than ``max_items`` items (its tensors' first dimension) is refused
+    with ``PayloadTooLarge`` from the declared shape, before any of its data is decoded.
+    Vectorised: the work per value is numpy's, and Python loops only over items (at most
+    ``max_items``) where the model needs one object per item. Pure, so the caller may run
+    it in a worker thread for a large body.
+    """
     if json_length is not None and not 0 < json_length <= len(body):
         raise InvalidInput("Inference-Header-Content-Length is outside the body", field="headers")
     header = body[:json_length] if json_length is not None else body
@@ -191,7 +231,9 @@ def parse_infer_request(body: bytes, json_length: int | None, schema: Schema) ->
                 f"unknown input {tensor['name']!r}; this model takes {sorted(specs)}",
                 field=f"{field}.name",
             )
-        values, size, offset = _tensor_values(tensor, spec, binary, offset, field)
+        if spec.name in columns:  # also bounds this loop by the model's input count
+            raise InvalidInput(f"input {spec.name!r} is given twice", field=f"{field}.name")
+        values, size, offset = _tensor_values(tensor, spec, binary, offset, field, max_items)
         if batch_size is not None and size != batch_size:
             raise InvalidInput(
                 "all inputs must have the same first dimension", field=f"{field}.shape"
@@ -209,6 +251,11 @@ def parse_infer_request(body: bytes, json_length: int | None, schema: Schema) ->
     is_binary_output = bool(isinstance(parameters, dict) and parameters.get("binary_data_output"))
     outputs = request.get("outputs")
     if isinstance(outputs, list):
+        if len(outputs) > len(schema.outputs):
+            raise InvalidInput(
+                f"{len(outputs)} outputs requested; this model has {len(schema.outputs)}",
+                field="outputs",
+            )
         is_binary_output = is_binary_output or any(
             isinstance(o, dict)
             and isinstance(o.get("parameters"), dict)

@@ -14,6 +14,7 @@ import numpy as np
 import orjson
 
 from aiscale.errors import InvalidInput
+from aiscale.serving.limits import check_item_count
 
 #: The most texts one request may carry, as OpenAI's API allows.
 MAX_INPUTS = 2048
@@ -28,7 +29,9 @@ class EmbeddingsRequest:
     user: str | None
 
 
-def parse_embeddings_request(body: bytes) -> EmbeddingsRequest:
+def parse_embeddings_request(body: bytes, *, max_items: int = MAX_INPUTS) -> EmbeddingsRequest:
+    """The request in ``body``; more than ``max_items`` inputs (or OpenAI's 2048) is refused
+    with ``PayloadTooLarge`` from the list's length, before any input is looked at."""
     try:
         request = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -39,16 +42,17 @@ def parse_embeddings_request(body: bytes) -> EmbeddingsRequest:
     if not isinstance(model, str) or not model:
         raise InvalidInput("model must name a deployment", field="model")
     raw = request.get("input")
+    if isinstance(raw, list):
+        check_item_count(len(raw), min(max_items, MAX_INPUTS), "input")
+        kinds = set(map(type, raw))  # one C-level pass over the inputs
     if isinstance(raw, str):
         texts = [raw]
-    elif isinstance(raw, list) and raw and all(isinstance(t, str) for t in raw):
+    elif isinstance(raw, list) and raw and kinds == {str}:
         texts = raw
-    elif isinstance(raw, list) and raw and all(isinstance(t, (int, list)) for t in raw):
+    elif isinstance(raw, list) and raw and kinds <= {int, list}:
         raise InvalidInput("token arrays are not supported; send text", field="input")
     else:
         raise InvalidInput("input must be a string or a non-empty list of strings", field="input")
-    if len(texts) > MAX_INPUTS:
-        raise InvalidInput(f"at most {MAX_INPUTS} inputs per request", field="input")
     encoding = request.get("encoding_format", "float")
     if encoding not in ("float", "base64"):
         raise InvalidInput("encoding_format must be 'float' or 'base64'", field="encoding_format")

@@ -7,6 +7,7 @@ then the app's lifespan drains in-flight work and stops replicas.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 import threading
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 import httpx
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from aiscale.serving.app import GatewayApp
 
@@ -23,7 +25,11 @@ def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:  # e.g. "Address already in use": say which address and port
+        sock.close()
+        raise OSError(exc.errno, f"cannot bind {host}:{port}: {exc.strerror}") from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -38,16 +44,96 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def make_uvicorn(app: GatewayApp, *, graceful_timeout_s: float) -> uvicorn.Server:
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """How long a client may take and how many connections it may hold (slow-client and
+    idle-connection defence). The body timeout is the app's (``Request.body``, 408)."""
+
+    #: Headers of a request not all received this long after the connection opened (or the
+    #: request's first byte): 408 and close. An idle new connection is closed the same way.
+    header_timeout_s: float = 10.0
+    #: An idle kept-alive connection is closed after this many seconds (uvicorn's own timer).
+    keep_alive_timeout_s: float = 5.0
+    #: Connections, or requests in progress, beyond this are answered 503 (uvicorn).
+    max_connections: int = 2048
+    #: Largest request line plus headers, in bytes (h11; httptools has its own 80 KiB cap).
+    max_header_bytes: int = 64 * 1024
+
+
+_TIMEOUT_BODY = (
+    b'{"error": {"type": "RequestTimeout", "message": "the request headers did not arrive '
+    b'in time", "field": "headers"}}'
+)
+_TIMEOUT_ANSWER = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close"
+    b"\r\ncontent-length: " + str(len(_TIMEOUT_BODY)).encode() + b"\r\n\r\n" + _TIMEOUT_BODY
+)
+
+
+class _HeaderTimedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline for each request's headers.
+
+    uvicorn times out only idle kept-alive connections; a connection that never sends a
+    request, or sends its headers a byte at a time, would be held forever. The deadline
+    starts when the connection opens (or a request's first byte arrives) and ends when the
+    headers are complete. Set ``header_timeout_s`` on a subclass (``make_uvicorn`` does)."""
+
+    header_timeout_s: float = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._disarm_header_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_late)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.write(_TIMEOUT_ANSWER)
+            self.transport.close()
+
+
+def make_uvicorn(
+    app: GatewayApp, *, graceful_timeout_s: float, limits: ConnectionLimits | None = None
+) -> uvicorn.Server:
+    limits = limits or ConnectionLimits()
+    protocol = type(
+        "HeaderTimedProtocol",
+        (_HeaderTimedProtocol,),
+        {"header_timeout_s": limits.header_timeout_s},
+    )
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        http=protocol,
         lifespan="on",
         access_log=False,
         log_level="warning",
         timeout_graceful_shutdown=int(graceful_timeout_s) or None,
         backlog=2048,
+        timeout_keep_alive=max(1, round(limits.keep_alive_timeout_s)),
+        limit_concurrency=limits.max_connections,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
     )
     return uvicorn.Server(config)
 
@@ -71,11 +157,18 @@ class ThreadedServer:
 
 
 def start_in_thread(
-    app: GatewayApp, *, host: str = "127.0.0.1", port: int = 0, ready_timeout_s: float = 120.0
+    app: GatewayApp,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ready_timeout_s: float = 120.0,
+    limits: ConnectionLimits | None = None,
 ) -> ThreadedServer:
     """Serve ``app`` on a fresh port in a thread; return once ``/v2/health/ready`` says so."""
     sock = bind_socket(host, port)
-    server = make_uvicorn(app, graceful_timeout_s=app.gateway.settings.drain_timeout_s)
+    server = make_uvicorn(
+        app, graceful_timeout_s=app.gateway.settings.drain_timeout_s, limits=limits
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = url_of(sock)
