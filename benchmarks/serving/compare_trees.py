@@ -11,7 +11,7 @@ and the end of the run.
 
     .venv/bin/python benchmarks/serving/compare_trees.py --before /tmp/before --rounds 4
 
-Writes ``compare_trees.json`` and ``COMPARE.md`` beside this file.
+Writes ``<out>.json`` and ``<out>.md`` beside this file (``--out``, default ``COMPARE``).
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--offline-seconds", type=float, default=4.0)
+    parser.add_argument("--out", default="COMPARE", help="results name: <out>.md, <out>.json")
     args = parser.parse_args()
     before_sha = subprocess.run(
         ["git", "-C", str(args.before), "rev-parse", "--short", "HEAD"],
@@ -109,7 +110,7 @@ def main() -> None:
         "rounds": rounds,
         "after_over_before": ratios,
     }
-    (Path(__file__).parent / "compare_trees.json").write_text(json.dumps(results, indent=2))
+    (Path(__file__).parent / f"{args.out}.json").write_text(json.dumps(results, indent=2))
     lines = [
         "# Serving before and after, side by side",
         "",
@@ -133,7 +134,7 @@ def main() -> None:
         f"(concurrency {args.concurrency}, {args.seconds:g} s each).",
         "",
     ]
-    (Path(__file__).parent / "COMPARE.md").write_text("\n".join(lines))
+    (Path(__file__).parent / f"{args.out}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
