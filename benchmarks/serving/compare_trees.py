@@ -43,13 +43,14 @@ def offline_limit(seconds: float) -> float:
     return float(max(rates.values()))
 
 
-def serve(tree: Path | None, data_dir: Path) -> tuple[subprocess.Popen[str], str]:
-    """``aiscale serve minilm`` from ``tree`` (``None``: this one) on a free port."""
+def serve(tree: Path | None, data_dir: Path, model: str) -> tuple[subprocess.Popen[str], str]:
+    """``aiscale serve <model>`` from ``tree`` (``None``: this one) on a free port."""
     env = dict(os.environ)
     if tree is not None:
         env["PYTHONPATH"] = str(tree / "src")
     process = subprocess.Popen(
-        [*AISCALE, "serve", "minilm", "--port", "0", "--data-dir", str(data_dir)],
+        [*AISCALE, "serve", model, "--name", "bench", "--port", "0", "--data-dir",
+         str(data_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -67,9 +68,10 @@ def serve(tree: Path | None, data_dir: Path) -> tuple[subprocess.Popen[str], str
 
 def one_run(tree: Path | None, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as data_dir:
-        process, url = serve(tree, Path(data_dir))
+        process, url = serve(tree, Path(data_dir), args.model)
+        path = "/v1/embeddings" if args.model == "minilm" else "/v2/models/bench/infer"
         try:
-            return bench(f"{url}/v1/embeddings", args.concurrency, args.seconds, args.warmup)
+            return bench(f"{url}{path}", args.concurrency, args.seconds, args.warmup)
         finally:
             stop(process)
 
@@ -82,13 +84,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--offline-seconds", type=float, default=4.0)
+    parser.add_argument("--model", default="minilm",
+                        help="what to serve: minilm (the offline limit is measured), or e.g. "
+                        "tests.models:NoOp for the framework's own cost (OIP v2)")
     parser.add_argument("--out", default="COMPARE", help="results name: <out>.md, <out>.json")
     args = parser.parse_args()
     before_sha = subprocess.run(
         ["git", "-C", str(args.before), "rev-parse", "--short", "HEAD"],
         capture_output=True, text=True, check=False,
     ).stdout.strip()
-    offline = [offline_limit(args.offline_seconds)]
+    is_minilm = args.model == "minilm"
+    offline = [offline_limit(args.offline_seconds) if is_minilm else float("nan")]
     rounds = []
     for index in range(args.rounds):
         order = ("before", "after") if index % 2 == 0 else ("after", "before")
@@ -98,7 +104,7 @@ def main() -> None:
             print(f"round {index + 1} {label}: {found[label]['throughput_rps']:.1f} req/s",
                   flush=True)
         rounds.append(found)
-    offline.append(offline_limit(args.offline_seconds))
+    offline.append(offline_limit(args.offline_seconds) if is_minilm else float("nan"))
     limit = max(offline)
     ratios = [r["after"]["throughput_rps"] / r["before"]["throughput_rps"] for r in rounds]
     results = {

@@ -76,41 +76,51 @@ class _HeaderTimedProtocol(HttpToolsProtocol):
     uvicorn times out only idle kept-alive connections; a connection that never sends a
     request, or sends its headers a byte at a time, would be held forever. The deadline
     starts when the connection opens (or a request's first byte arrives) and ends when the
-    headers are complete. Set ``header_timeout_s`` on a subclass (``make_uvicorn`` does)."""
+    headers are complete. Set ``header_timeout_s`` on a subclass (``make_uvicorn`` does).
+
+    Why a per-connection check every quarter of the timeout rather than a timer per request:
+    arming and cancelling a loop timer for every request cost about 9% of a no-op model's
+    throughput; a request now only stores one float. A late request is cut off between
+    1 and 1.25 times the timeout."""
 
     header_timeout_s: float = 10.0
-    _header_timer: asyncio.TimerHandle | None = None
+    #: When the current request's headers started (loop time); ``None`` between requests.
+    _header_started_s: float | None = None
+    _header_check: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_header_timer()
+        self._header_started_s = self.loop.time()
+        self._schedule_header_check()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._arm_header_timer()
+        if self._header_started_s is None:
+            self._header_started_s = self.loop.time()
 
     def on_headers_complete(self) -> None:
-        self._disarm_header_timer()
+        self._header_started_s = None
         super().on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_header_timer()
+        if self._header_check is not None:
+            self._header_check.cancel()
+            self._header_check = None
         super().connection_lost(exc)
 
-    def _arm_header_timer(self) -> None:
-        if self._header_timer is None:
-            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_late)
+    def _schedule_header_check(self) -> None:
+        self._header_check = self.loop.call_later(self.header_timeout_s / 4, self._check_headers)
 
-    def _disarm_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _headers_late(self) -> None:
-        self._header_timer = None
-        if not self.transport.is_closing():
+    def _check_headers(self) -> None:
+        self._header_check = None
+        if self.transport.is_closing():
+            return
+        started = self._header_started_s
+        if started is not None and self.loop.time() - started >= self.header_timeout_s:
             self.transport.write(_TIMEOUT_ANSWER)
             self.transport.close()
+            return
+        self._schedule_header_check()
 
 
 def make_uvicorn(
