@@ -135,7 +135,6 @@ class MemoryFleet:
                         max_batch_size=1,
                         max_inflight_batches=1,
                         num_arrived=lane.num_requests,
-                        num_completed=lane.num_requests,
                         num_requests=lane.num_requests,
                         num_errors=lane.num_errors,
                         latency_s=Histogram(

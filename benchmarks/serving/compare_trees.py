@@ -76,9 +76,50 @@ def one_run(tree: Path | None, args: argparse.Namespace) -> dict[str, Any]:
             stop(process)
 
 
+def render(results: dict[str, Any], concurrency: int, seconds: float) -> list[str]:
+    """The Markdown of one comparison; the offline limit only where it was measured."""
+    offline = results["offline_limits"]
+    limit = max(offline)
+    has_limit = limit == limit  # NaN (not measured) compares unequal to itself
+    rounds, ratios = results["rounds"], results["after_over_before"]
+    lines = [
+        "# Serving before and after, side by side",
+        "",
+        f"- machine: {results['machine']}",
+        f"- command: `{results['command']}`; date {results['date_utc']} UTC",
+        f"- before: {results['before']}; after: this tree",
+    ]
+    if has_limit:
+        lines.append(
+            f"- offline limit (minilm direct, best batch, short spin), start / end: "
+            f"{offline[0]:.1f} / {offline[1]:.1f} sentences/s"
+        )
+    extra = " before / limit | after / limit |" if has_limit else ""
+    lines += [
+        "",
+        "| round | before req/s | after req/s | after / before |" + extra,
+        "| ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if has_limit else ""),
+    ]
+    for index, (found, ratio) in enumerate(zip(rounds, ratios, strict=True)):
+        b, a = found["before"]["throughput_rps"], found["after"]["throughput_rps"]
+        row = f"| {index + 1} | {b:.1f} | {a:.1f} | {ratio:.3f} |"
+        if has_limit:
+            row += f" {b / limit:.3f} | {a / limit:.3f} |"
+        lines.append(row)
+    lines += [
+        "",
+        f"After / before: median **{statistics.median(ratios):.3f}**, range "
+        f"{min(ratios):.3f}-{max(ratios):.3f} over {len(ratios)} interleaved rounds "
+        f"(concurrency {concurrency}, {seconds:g} s each).",
+        "",
+    ]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--before", type=Path, required=True, help="the older source tree")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="the older source tree (required unless --from-json)")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -87,8 +128,21 @@ def main() -> None:
     parser.add_argument("--model", default="minilm",
                         help="what to serve: minilm (the offline limit is measured), or e.g. "
                         "tests.models:NoOp for the framework's own cost (OIP v2)")
+    parser.add_argument("--from-json", type=Path, default=None,
+                        help="re-render the Markdown of a results JSON this script wrote")
     parser.add_argument("--out", default="COMPARE", help="results name: <out>.md, <out>.json")
     args = parser.parse_args()
+    if args.from_json is not None:
+        data = json.loads(args.from_json.read_text())
+        found = re.search(r"--concurrency (\d+)", data["command"])
+        secs = re.search(r"--seconds (\S+)", data["command"])
+        lines = render(data, int(found.group(1)) if found else 64,
+                       float(secs.group(1)) if secs else 10.0)
+        args.from_json.with_suffix(".md").write_text("\n".join(lines))
+        print("\n".join(lines))
+        return
+    if args.before is None:
+        parser.error("--before is required")
     before_sha = subprocess.run(
         ["git", "-C", str(args.before), "rev-parse", "--short", "HEAD"],
         capture_output=True, text=True, check=False,
@@ -105,7 +159,6 @@ def main() -> None:
                   flush=True)
         rounds.append(found)
     offline.append(offline_limit(args.offline_seconds) if is_minilm else float("nan"))
-    limit = max(offline)
     ratios = [r["after"]["throughput_rps"] / r["before"]["throughput_rps"] for r in rounds]
     results = {
         "machine": describe_machine(ROOT),
@@ -117,29 +170,7 @@ def main() -> None:
         "after_over_before": ratios,
     }
     (Path(__file__).parent / f"{args.out}.json").write_text(json.dumps(results, indent=2))
-    lines = [
-        "# Serving before and after, side by side",
-        "",
-        f"- machine: {results['machine']}",
-        f"- command: `{results['command']}`; date {results['date_utc']} UTC",
-        f"- before: {results['before']}; after: this tree",
-        f"- offline limit (minilm direct, best batch, short spin), start / end: "
-        f"{offline[0]:.1f} / {offline[1]:.1f} sentences/s",
-        "",
-        "| round | before req/s | after req/s | after / before | before / limit | after / limit |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for index, (found, ratio) in enumerate(zip(rounds, ratios, strict=True)):
-        b, a = found["before"]["throughput_rps"], found["after"]["throughput_rps"]
-        lines.append(f"| {index + 1} | {b:.1f} | {a:.1f} | {ratio:.3f} | {b / limit:.3f} | "
-                     f"{a / limit:.3f} |")
-    lines += [
-        "",
-        f"After / before: median **{statistics.median(ratios):.3f}**, range "
-        f"{min(ratios):.3f}-{max(ratios):.3f} over {len(ratios)} interleaved rounds "
-        f"(concurrency {args.concurrency}, {args.seconds:g} s each).",
-        "",
-    ]
+    lines = render(results, args.concurrency, args.seconds)
     (Path(__file__).parent / f"{args.out}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

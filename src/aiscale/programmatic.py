@@ -87,10 +87,11 @@ def serve(
     defaults to ``~/.aiscale``, like the command.
     """
     from aiscale.config import load_config, parse_config
+    from aiscale.data_dir import make_private_data_dir
     from aiscale.registry import FsspecArtifactStore, SqlRegistry
     from aiscale.serving.app import GatewayApp
     from aiscale.serving.launch import build_gateway, ensure_registered
-    from aiscale.serving.server import is_loopback, start_in_thread
+    from aiscale.serving.server import ConnectionLimits, is_loopback, start_in_thread
 
     folder = Path(data_dir or Path.home() / ".aiscale").expanduser().resolve()
     registry_url = registry_url or f"sqlite:///{folder}/registry.db"
@@ -105,7 +106,7 @@ def serve(
             "capture": {"enabled": capture},
         },
     )
-    folder.mkdir(parents=True, exist_ok=True)
+    make_private_data_dir(folder)
     registry = SqlRegistry.open(registry_url)
     try:
         artifacts = FsspecArtifactStore(folder / "artifacts", cache_dir=folder / "cache")
@@ -131,6 +132,7 @@ def serve(
                 host=server.host,
                 port=server.port,
                 ready_timeout_s=ready_timeout_s,
+                limits=ConnectionLimits.of(server),
             )
         except (RuntimeError, TimeoutError) as exc:
             raise AiscaleError(f"the server did not start: {exc}") from None

@@ -69,7 +69,6 @@ class SimulatedFleet:
                 max_batch_size=1,
                 max_inflight_batches=1,
                 num_arrived=round(self.num_arrived),
-                num_completed=round(self.num_completed),
                 num_requests=round(self.num_completed),
                 num_errors=0,
                 latency_s=latency_histogram(),

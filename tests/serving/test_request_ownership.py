@@ -178,3 +178,15 @@ def test_owned_ids_verify_only_for_their_key_and_secret() -> None:
     assert not RequestIds(b"j" * 32).is_owned_by(issued, "key-a")
     assert not ids.is_owned_by(issued[:-1] + ("0" if issued[-1] != "0" else "1"), "key-a")
     assert not ids.is_owned_by("not-an-id", "key-a")
+
+
+def test_a_forged_id_is_refused_not_an_error() -> None:
+    """Ids of the right length that are not ours, non-ASCII ones included, are simply not
+    owned (a 403 at the edge), never an exception (a 500)."""
+    ids = RequestIds(b"k" * 32)
+    issued = ids.issue("key-a")
+    assert ids.is_owned_by(issued, "key-a")
+    assert not ids.is_owned_by(issued, "key-b")
+    assert not ids.is_owned_by(RequestIds(b"j" * 32).issue("key-a"), "key-a")
+    assert not ids.is_owned_by(issued[:24] + "é" * 16, "key-a")
+    assert not ids.is_owned_by("é" * len(issued), "key-a")

@@ -23,7 +23,6 @@ from aiscale.errors import InvalidInput
 
 __all__ = [
     "DEFAULT_DURATION_S",
-    "DEFAULT_MAX_ERROR_RATE",
     "bench_command",
     "build_config",
     "check_max_error_rate",
@@ -32,9 +31,6 @@ __all__ = [
 
 DEFAULT_DURATION_S = 10.0
 """Counted window when neither --requests nor --duration is given (closed and open loop)."""
-
-DEFAULT_MAX_ERROR_RATE = 0.01
-"""Share of counted requests that may fail before ``aiscale bench`` exits non-zero."""
 
 
 def check_max_error_rate(value: float) -> float:

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from aiscale.data_dir import make_private_data_dir
 from aiscale.errors import AiscaleError, InvalidInput
 from aiscale.registry import FsspecArtifactStore, SqlRegistry
 
@@ -98,14 +99,6 @@ def resolve_paths(data_dir: Path | None, registry_url: str | None) -> CliPaths:
     """Apply the defaults: ``~/.aiscale`` and a SQLite file inside it."""
     folder = (data_dir or Path.home() / ".aiscale").expanduser().resolve()
     return CliPaths(data_dir=folder, registry_url=registry_url or f"sqlite:///{folder}/registry.db")
-
-
-def make_private_data_dir(folder: Path) -> None:
-    """Create the data dir (registry, artifacts, captured requests, secrets) readable by its
-    owner only: 0700, also when it exists with wider permissions."""
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if folder.stat().st_mode & 0o077:
-        folder.chmod(0o700)
 
 
 @contextmanager

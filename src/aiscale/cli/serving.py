@@ -19,12 +19,12 @@ from aiscale.cli._common import (
     _admin_call,
     _stdout,
     app,
-    make_private_data_dir,
     open_artifacts,
     reported_errors,
     resolve_paths,
 )
 from aiscale.config import DeploymentConfig, load_config, parse_config
+from aiscale.data_dir import make_private_data_dir
 from aiscale.errors import InvalidInput
 from aiscale.registry import SqlRegistry
 
@@ -263,11 +263,7 @@ def serve(
         make_uvicorn(
             GatewayApp(gateway, on_ready=announce),
             graceful_timeout_s=server.drain_timeout_s,
-            limits=ConnectionLimits(
-                header_timeout_s=server.header_timeout_s,
-                keep_alive_timeout_s=server.keep_alive_timeout_s,
-                max_connections=server.max_connections,
-            ),
+            limits=ConnectionLimits.of(server),
         ).run(sockets=[sock])
     except SystemExit:  # uvicorn exits 3 when the app's startup failed
         if startup.is_started:

@@ -74,7 +74,7 @@ class ManualClock:
 
     @property
     def num_sleepers(self) -> int:
-        """Sleeps not yet ended (cancelled ones included until their deadline passes)."""
+        """Sleeps not yet ended (a cancelled sleep no longer counts)."""
         return sum(1 for _, _, f in self._sleepers if not f.done())
 
     async def sleep(self, seconds: float) -> None:

@@ -75,9 +75,8 @@ class FleetSnapshot:
     max_queue: int
     max_batch_size: int
     max_inflight_batches: int
-    #: Items submitted to this version so far, and items answered (ok or failed) so far.
+    #: Items submitted to this version so far (items answered: ``num_batch_items``).
     num_arrived: int
-    num_completed: int
     #: Requests answered so far, of which 5xx (a client's 4xx is not the model's error).
     num_requests: int
     num_errors: int

@@ -159,6 +159,9 @@ class VersionAutoscaler:
         if self._history_source is None or len(self.history) > 0:
             return
         end_s = self.clock.time()
+        # Both clocks read at one moment, before the query's wait, so that wait does not
+        # shift the restored points.
+        offset_s = self.clock.monotonic() - end_s
         span_s = self.history.capacity * self.history.bin_s
         step_s = max(self.interval_s, span_s / MAX_RESTORE_POINTS)
         try:
@@ -171,7 +174,6 @@ class VersionAutoscaler:
                 self.deployment, self.version, exc,
             )
             return
-        offset_s = self.clock.monotonic() - end_s
         start_mono_s = self._previous.at_s if self._previous is not None else None
         shifted = [
             (t_s + offset_s, rate)
@@ -179,6 +181,11 @@ class VersionAutoscaler:
             if start_mono_s is None or t_s + offset_s <= start_mono_s
         ]
         self.history.restore(shifted)
+        if shifted and start_mono_s is not None and start_mono_s > shifted[-1][0]:
+            # The last point stands for the span up to the loop's first look, which
+            # would otherwise read as bins with no traffic.
+            last_s, last_rate = shifted[-1]
+            self.history.add(last_s, start_mono_s, last_rate * (start_mono_s - last_s))
         self.num_restored_points = len(shifted)
         if shifted:
             logger.info(

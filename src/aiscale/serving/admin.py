@@ -11,18 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from aiscale.config import DeploymentConfig
 from aiscale.contracts.split import TrafficSplit
 from aiscale.data.quality_window import QualityStatus
-from aiscale.errors import Conflict, InvalidInput, MethodNotAllowed, NotFound
+from aiscale.errors import Conflict, MethodNotAllowed, NotFound
 from aiscale.monitor.api import MonitorApi
 from aiscale.rollout.analysis import AnalysisConfig
 from aiscale.rollout.controller import RolloutPlan, decision_numbers
 from aiscale.serving.apply import ApplyApi, ApplyBody
 from aiscale.serving.gateway import Gateway
-from aiscale.serving.http import Request, Response
+from aiscale.serving.http import Request, Response, validated_body
 from aiscale.serving.lane import VersionLane
 
 
@@ -72,19 +72,6 @@ def quality_status(gateway: Gateway, name: str) -> dict[str, Any]:
 class ScaleBody(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     replicas: int = Field(ge=0, le=256)
-
-
-def _validated(model: type[BaseModel], body: bytes) -> Any:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"body is not valid JSON: {exc}", field="body") from None
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        path = ".".join(str(p) for p in first["loc"]) or "body"
-        raise InvalidInput(f"{path}: {first['msg']}", field=path) from None
 
 
 def describe_lane(lane: VersionLane) -> dict[str, Any]:
@@ -160,13 +147,13 @@ class AdminApi:
         if parts == ["apply"]:
             if method != "POST":
                 raise MethodNotAllowed("use POST", field="method")
-            body = _validated(ApplyBody, await request.body())
+            body = validated_body(ApplyBody, await request.body())
             return _ok(await self.applier.apply(body))
         if parts == ["deployments"]:
             if method == "GET":
                 return _ok({"deployments": [describe(gateway, n) for n in gateway.deployments]})
             if method == "POST":
-                config = _validated(DeploymentConfig, await request.body())
+                config = validated_body(DeploymentConfig, await request.body())
                 deployment = await gateway.deploy_config(config)
                 return _ok(describe(gateway, deployment.spec.name))
             raise MethodNotAllowed("use GET or POST", field="method")
@@ -180,8 +167,8 @@ class AdminApi:
         if len(parts) == 3 and parts[0] == "deployments" and parts[2] == "scale":
             if method != "POST":
                 raise MethodNotAllowed("use POST", field="method")
-            body = _validated(ScaleBody, await request.body())
-            await gateway.scale(parts[1], body.replicas, cause="admin: scale")
+            scale = validated_body(ScaleBody, await request.body())
+            await gateway.scale(parts[1], scale.replicas, cause="admin: scale")
             return _ok(describe(gateway, parts[1]))
         if len(parts) == 3 and parts[0] == "deployments" and parts[2] == "quality":
             if method != "GET":
@@ -206,7 +193,7 @@ class AdminApi:
         deployment = gateway.deployment(name)
         manager = gateway.rollouts
         if rest == ["rollout"] and method == "POST":
-            body = _validated(RolloutBody, await request.body())
+            body = validated_body(RolloutBody, await request.body())
             plan = RolloutPlan(
                 deployment=name,
                 baseline=deployment.primary_version,
@@ -234,26 +221,26 @@ class AdminApi:
                 version = await manager.rollback(name)
             return _ok({"deployment": name, "version": version, **describe(gateway, name)})
         if rest == ["split"] and method == "PUT":
-            body = _validated(SplitBody, await request.body())
+            wanted = validated_body(SplitBody, await request.body())
             split = TrafficSplit.of(
-                body.weights,
-                shadow_version=body.shadow_version,
-                shadow_fraction=body.shadow_fraction,
+                wanted.weights,
+                shadow_version=wanted.shadow_version,
+                shadow_fraction=wanted.shadow_fraction,
                 salt=name,
             )
             await gateway.set_split(name, split, cause="admin: manual split")
             await gateway.rollout_sync.record_split(name, split, "manual split")
             return _ok(describe(gateway, name))
         if rest == ["versions"] and method == "POST":
-            body = _validated(VersionBody, await request.body())
-            if body.version in deployment.lanes:
+            added = validated_body(VersionBody, await request.body())
+            if added.version in deployment.lanes:
                 raise Conflict(
-                    f"version {body.version!r} is already deployed in {name!r}", field="version"
+                    f"version {added.version!r} is already deployed in {name!r}", field="version"
                 )
-            await gateway.warm(name, body.version)
-            if body.replicas is not None:
+            await gateway.warm(name, added.version)
+            if added.replicas is not None:
                 await gateway.scale(
-                    name, body.replicas, version=body.version, cause="admin: version replicas"
+                    name, added.replicas, version=added.version, cause="admin: version replicas"
                 )
             return _ok(describe(gateway, name))
         if len(rest) == 2 and rest[0] == "versions" and method == "DELETE":

@@ -32,8 +32,14 @@ from aiscale.errors import (
 )
 from aiscale.serving import feedback, oip_v2, oip_v2_extensions, openai_api, openapi
 from aiscale.serving.admin import AdminApi
+from aiscale.serving.auth import Caller
 from aiscale.serving.deployment import Deployment
-from aiscale.serving.errors import render_error, render_internal_error, shape_for_path
+from aiscale.serving.errors import (
+    render_error,
+    render_internal_error,
+    shape_for_path,
+    status_for,
+)
 from aiscale.serving.gateway import Gateway
 from aiscale.serving.http import Receive, Request, Response, Scope, Send
 from aiscale.serving.lane import VersionLane
@@ -242,11 +248,11 @@ class GatewayApp:
             _expect(method, "POST")
             forced = version or request.header(b"x-aiscale-version")
             lane = deployment.route(request.header(b"x-user-id"), forced)
-            return await self._infer_v2(request, deployment, lane)
+            return await self._infer_v2(request, deployment, lane, caller)
         raise NotFound(f"no endpoint at /v2/{'/'.join(parts)}", field="path")
 
     async def _infer_v2(
-        self, request: Request, deployment: Deployment, lane: VersionLane
+        self, request: Request, deployment: Deployment, lane: VersionLane, caller: Caller
     ) -> Response:
         started = time.perf_counter()
         status = 500
@@ -255,9 +261,6 @@ class GatewayApp:
         user_key = request.header(b"x-user-id")
         key_id: str | None = None
         try:
-            caller = self.gateway.keyring.authenticate(
-                request.header(b"authorization"), "inference"
-            )
             key_id = caller.key_id
             user_key = user_key or caller.key_id
             if self.gateway.shedding:
@@ -306,7 +309,7 @@ class GatewayApp:
                                 user_key, key_id)
             return status, payload, headers
         except AiscaleError as exc:
-            status = render_error(exc)[0]
+            status = status_for(exc)
             await self._capture(request, deployment.name, lane, inputs, None, status, started,
                                 user_key, key_id)
             raise
@@ -397,7 +400,7 @@ class GatewayApp:
             )
             return status, payload, [_JSON, (b"x-aiscale-version", lane.version.encode())]
         except AiscaleError as exc:
-            status = render_error(exc)[0]
+            status = status_for(exc)
             if lane is not None:
                 await self._capture(
                     request, name, lane, texts, None, status, started, user_key, caller.key_id
@@ -414,7 +417,10 @@ class GatewayApp:
         if caller.rate_limit_per_s is not None:
             await self.gateway.admit(caller)
         user_key = request.header(b"x-user-id") or caller.key_id
-        is_admin = "admin" in caller.scopes
+        may_label_any = "admin" in caller.scopes  # an admin key, or anyone in open mode
+        # Open mode gives the anonymous caller every scope, but its labels are not an
+        # admin's: ``data retrain --label-source admin`` must not take them.
+        is_admin = may_label_any and not self.gateway.keyring.is_open
         record = feedback.parse_feedback(
             await request.body(),
             feedback_id=uuid.uuid4().hex,
@@ -424,7 +430,9 @@ class GatewayApp:
         )
         # Only the key a request was issued to, or an admin, may label it: otherwise anyone
         # could steer what the next retraining learns.
-        if not is_admin and not self.request_ids.is_owned_by(record.request_id, caller.key_id):
+        if not may_label_any and not self.request_ids.is_owned_by(
+            record.request_id, caller.key_id
+        ):
             raise Forbidden(
                 "feedback is accepted only from the key that made the request, or an admin key",
                 field="request_id",

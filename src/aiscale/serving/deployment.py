@@ -116,11 +116,6 @@ class Deployment:
         await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
         await asyncio.gather(*(lane.stop(drain_timeout_s) for lane in self.lanes.values()))
 
-    async def scale(
-        self, num_replicas: int, drain_timeout_s: float = 30.0, version: str | None = None
-    ) -> None:
-        await self.lane(version or self.primary_version).scale(num_replicas, drain_timeout_s)
-
     # ----- lanes and split --------------------------------------------------------------------
     def lane(self, version: str) -> VersionLane:
         found = self.lanes.get(version) or self.lanes.get(self.aliases.get(version, ""))

@@ -337,6 +337,7 @@ class Gateway:
                     raise
                 old = self.deployments.get(spec.name)
                 self.deployments = {**self.deployments, spec.name: fresh}
+                self._forget_scales(spec.name)  # fresh lanes: no one has scaled them yet
                 if old is not None:
                     await old.stop(self.settings.drain_timeout_s)
                 logger.info(
@@ -391,7 +392,7 @@ class Gateway:
         return FleetSnapshot(
             deployment=deployment.name,
             version=lane.version,
-            lane_id=id(lane),
+            lane_id=lane.lane_id,
             is_primary=lane.version == deployment.primary_version,
             traffic_percent=share,
             is_in_rollout=bool(in_split and is_shared),
@@ -406,7 +407,6 @@ class Gateway:
             max_batch_size=spec.batching.max_batch_size,
             max_inflight_batches=spec.max_inflight_batches,
             num_arrived=lane.batcher.num_submitted,
-            num_completed=num_batch_items,
             num_requests=counts.num_requests,
             num_errors=counts.num_errors,
             latency_s=counts.latency_s,
@@ -426,38 +426,42 @@ class Gateway:
         primary is removed (drained) when scaled to zero."""
         if num_replicas < 0:
             raise InvalidInput("replicas must be >= 0", field="replicas")
+        # GPUs are reserved outside the admin lock (waiting for them must not block the
+        # scale-down that frees them), sized by a look that the lock then re-checks.
         found = self.deployment(deployment)
-        lane = found.lane(version or found.primary_version)
-        before = lane.pool.num_wanted
-        reservation = await self._reserve_gpus(lane.spec, num_replicas - before)
+        hinted = found.lane(version or found.primary_version)
+        reservation = await self._reserve_gpus(hinted.spec, num_replicas - hinted.pool.num_wanted)
         try:
             async with self._admin_lock:
                 current = self.deployment(deployment)
-                lane = current.lane(lane.version)
+                lane = current.lane(version or current.primary_version)
                 before = lane.pool.num_wanted
                 is_primary = lane.version == current.primary_version
                 has_share = lane.version in current.split.versions or (
                     lane.version == current.split.shadow_version
                 )
+                key = (deployment, lane.version)
                 if num_replicas == 0 and not is_primary and not has_share:
                     await current.remove_lane(lane.version, self.settings.drain_timeout_s)
+                    self._last_scale.pop(key, None)
                 else:
                     await lane.scale(num_replicas, self.settings.drain_timeout_s)
-                self._last_scale[(deployment, lane.version)] = ScaleRecord(
-                    cause, self.clock.monotonic(), before, num_replicas
-                )
+                    self._last_scale[key] = ScaleRecord(
+                        cause, self.clock.monotonic(), before, num_replicas
+                    )
                 logger.info(
                     "scaled %s version %s: %d -> %d replicas (%s)",
                     deployment, lane.version, before, num_replicas, cause,
                 )
+                config = self.configs.get(deployment)
+                if is_primary and config is not None and self.control is not None:
+                    # Under the lock, so two scales persist in the order they ran.
+                    config = config.model_copy(update={"replicas": num_replicas})
+                    self.configs[deployment] = config
+                    await anyio.to_thread.run_sync(self.control.save_deployment, config)
         finally:
             if reservation is not None:
                 reservation.cancel()
-        config = self.configs.get(deployment)
-        if is_primary and config is not None and self.control is not None:
-            config = config.model_copy(update={"replicas": num_replicas})
-            self.configs[deployment] = config
-            await anyio.to_thread.run_sync(self.control.save_deployment, config)
 
     async def set_split(
         self, deployment: str, split: TrafficSplit, *, primary: str | None = None, cause: str
@@ -510,12 +514,17 @@ class Gateway:
         except NotFound:
             target.aliases = {}  # a model run from a spec, unknown to the registry
 
+    def _forget_scales(self, deployment: str) -> None:
+        for key in [k for k in self._last_scale if k[0] == deployment]:
+            del self._last_scale[key]
+
     async def undeploy(self, name: str) -> None:
         async with self._admin_lock:
             deployment = self.deployment(name)
             self.deployments = {k: v for k, v in self.deployments.items() if k != name}
             await deployment.stop(self.settings.drain_timeout_s)
             self.configs.pop(name, None)
+            self._forget_scales(name)
             if self.control is not None:
                 await anyio.to_thread.run_sync(self.control.forget_deployment, name)
 

@@ -10,12 +10,17 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
+
+import orjson
+from pydantic import BaseModel, ValidationError
 
 from aiscale.errors import InvalidInput, PayloadTooLarge, RequestTimeout
 
-__all__ = ["Receive", "Request", "Response", "Scope", "Send"]
+__all__ = ["Receive", "Request", "Response", "Scope", "Send", "validated_body"]
+
+_ModelT = TypeVar("_ModelT", bound=BaseModel)
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -92,3 +97,18 @@ class Request:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def validated_body(model: type[_ModelT], body: bytes) -> _ModelT:
+    """A JSON body as ``model``; ``InvalidInput`` names the dotted path of the first bad
+    field (``body`` when it is not JSON at all)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"body is not valid JSON: {exc}", field="body") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidInput(f"{path}: {first['msg']}", field=path) from None

@@ -7,6 +7,7 @@ decides which lane answers a request. Knows nothing of HTTP and does no storage 
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -140,6 +141,10 @@ class LaneTimings:
     last_answer_unix_s: float
 
 
+#: Lane ids: unique for the process's life (``id()`` of a freed lane can come back).
+_LANE_IDS = itertools.count(1)
+
+
 class VersionLane:
     """A running model version: ``start`` before use, ``stop`` to drain and end it."""
 
@@ -153,6 +158,8 @@ class VersionLane:
         tracing: RequestTracing | None = None,
     ) -> None:
         self.spec = spec
+        #: Names this lane in ``FleetSnapshot.lane_id``: cumulative counts restart with it.
+        self.lane_id = next(_LANE_IDS)
         self._metrics = metrics
         labels = (spec.name, spec.version)
         self._queue_seconds: PromHistogram = metrics.queue_seconds.labels(*labels)
@@ -196,7 +203,7 @@ class VersionLane:
         )
         #: Sees this lane only through the Fleet; the lane owns its task (start and stop).
         self.autoscaler = (
-            autoscalers(spec, id(self))
+            autoscalers(spec, self.lane_id)
             if spec.autoscaling is not None and autoscalers is not None
             else None
         )

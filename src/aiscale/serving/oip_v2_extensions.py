@@ -13,12 +13,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from aiscale.errors import InvalidInput
 from aiscale.model import TensorSpec
 from aiscale.serving.deployment import Deployment
+from aiscale.serving.http import validated_body
 from aiscale.serving.lane import VersionLane
 
 #: Triton's configuration data types by OIP v2 datatype (BYTES is Triton's STRING).
@@ -52,14 +51,7 @@ def parse_repository_index_request(body: bytes) -> RepositoryIndexRequest:
     """An empty body asks for every model; ``InvalidInput`` names the field that is wrong."""
     if not body.strip():
         return RepositoryIndexRequest()
-    try:
-        return RepositoryIndexRequest.model_validate(orjson.loads(body))
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"body is not valid JSON: {exc}", field="body") from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        path = ".".join(str(p) for p in first["loc"]) or "body"
-        raise InvalidInput(f"{path}: {first['msg']}", field=path) from None
+    return validated_body(RepositoryIndexRequest, body)
 
 
 def _tensor_config(spec: TensorSpec) -> dict[str, Any]:

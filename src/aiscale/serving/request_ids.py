@@ -35,7 +35,10 @@ class RequestIds:
     def __init__(self, key: bytes = b"") -> None:
         if len(key) > hashlib.blake2b.MAX_KEY_SIZE:
             raise ValueError("the request-id key must be at most 64 bytes")
-        self._key = key or secrets.token_bytes(32)
+        # The keyed state is made once; each tag copies it (setting a key hashes a block).
+        self._keyed = hashlib.blake2b(
+            key=key or secrets.token_bytes(32), digest_size=_TAG_BYTES, person=_PERSON
+        )
 
     def issue(self, owner: str) -> str:
         """A fresh id owned by ``owner`` (a key id)."""
@@ -44,16 +47,12 @@ class RequestIds:
 
     def is_owned_by(self, request_id: str, owner: str) -> bool:
         """Whether ``request_id`` was issued by this secret for ``owner`` (constant time)."""
-        if len(request_id) != _RANDOM_HEX + 2 * _TAG_BYTES:
-            return False
+        if len(request_id) != _RANDOM_HEX + 2 * _TAG_BYTES or not request_id.isascii():
+            return False  # compare_digest refuses non-ASCII str: that must be a 403, not a 500
         random_part, tag = request_id[:_RANDOM_HEX], request_id[_RANDOM_HEX:]
         return hmac.compare_digest(tag, self._tag(random_part, owner))
 
     def _tag(self, random_part: str, owner: str) -> str:
-        digest = hashlib.blake2b(
-            f"{random_part}\0{owner}".encode(),
-            key=self._key,
-            digest_size=_TAG_BYTES,
-            person=_PERSON,
-        )
+        digest = self._keyed.copy()
+        digest.update(f"{random_part}\0{owner}".encode())
         return digest.hexdigest()

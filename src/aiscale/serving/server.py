@@ -13,12 +13,16 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from aiscale.serving.app import GatewayApp
+
+if TYPE_CHECKING:
+    from aiscale.config import ServerConfig
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -58,6 +62,15 @@ class ConnectionLimits:
     max_connections: int = 2048
     #: Largest request line plus headers, in bytes (h11; httptools has its own 80 KiB cap).
     max_header_bytes: int = 64 * 1024
+
+    @classmethod
+    def of(cls, server: ServerConfig) -> ConnectionLimits:
+        """The limits a server config asks for (the CLI and ``aiscale.serve`` alike)."""
+        return cls(
+            header_timeout_s=server.header_timeout_s,
+            keep_alive_timeout_s=server.keep_alive_timeout_s,
+            max_connections=server.max_connections,
+        )
 
 
 _TIMEOUT_BODY = (
