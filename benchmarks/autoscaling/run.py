@@ -1,43 +1,66 @@
-"""Autoscaling policies on real arrival patterns: replica-hours and SLO attainment per policy.
+"""Autoscaling policies against the true-minimum oracle, on real traces and bursty days.
 
-Usage (from the project root):
-    .venv/bin/python benchmarks/autoscaling/run.py [--trace FILE ...] [--users 1000000]
-        [--requests-per-user 20] [--profile benchmarks/autoscaling/minilm_cpu_profile.json]
-        [--startup-s 60] [--slo-p99-ms 500] [--mode exact|aggregated|auto]
-        [--policies static,reactive,kpa,predictive,oracle]
-        [--json benchmarks/autoscaling/results.json] [--out benchmarks/autoscaling/RESULTS.md]
+Reproduce ``RESULTS.md`` (from the project root; one command, deterministic, a few minutes):
 
-Each trace (a CSV with a ``TIMESTAMP`` column; default: both Azure LLM traces in
-../shared/data/traces) becomes one day of traffic for ``--users`` users making
-``--requests-per-user`` requests a day (see ``day_counts``), and every policy runs on it with
-the defaults of ``aiscale.plan.planner`` (chosen from the profile and the SLO only, never
-from a trace). Benchmark code: never run by the tests.
+    .venv/bin/python benchmarks/autoscaling/run.py --fresh \\
+        --json benchmarks/autoscaling/results.json --out benchmarks/autoscaling/RESULTS.md
+
+Options: ``--trace FILE`` (repeatable; default both Azure LLM traces in ../shared/data/traces),
+``--no-traces``, ``--synthetic-seeds 1,2`` (bursty days, ``aiscale.plan.synthetic.BurstyDay``; empty: none),
+``--burst-multipliers 5,10,5,10,5,10`` (one burst each per synthetic day),
+``--users 1000000 --requests-per-user 20``, ``--profile FILE``, ``--startup-s 60``,
+``--slo-p99-ms 500 --slo-target 0.99``, ``--interval-s 10``, ``--seed 0``,
+``--mode aggregated|exact|auto`` (default aggregated), ``--policies a,b,...`` (default
+``DEFAULT_POLICIES``), ``--oracle-bisections 9`` (the oracle search costs about twice
+that many simulations of the day: in the exact mode at 1M users, use 3-4), ``--plots DIR``, ``--report-only`` (rewrite ``--out`` and the plots
+from ``--json``), ``--fresh`` (start the store anew instead of merging into it).
+
+Each trace (a CSV with a ``TIMESTAMP`` column) becomes one day of ``--users`` x
+``--requests-per-user`` requests by ``aiscale.plan.traffic.day_counts`` (the trace's
+per-minute rate stretched to a day, each second a Poisson draw); each synthetic day is a
+daily cycle with 5x and 10x bursts of 1-5 minutes, drawn the same way. Every policy runs on
+it with the defaults of ``aiscale.plan.planner`` (chosen from the profile and the SLO only);
+the oracle is searched in the same simulator (``aiscale.plan.oracle_search``) and replayed
+through it. Benchmark code: never run by the tests.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import re
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import describe_machine  # noqa: E402
-
+from aiscale.errors import AiscaleError, ConfigError  # noqa: E402
 from aiscale.plan import ArrivalCounts, load_profile, read_trace_times, simulate  # noqa: E402
+from aiscale.plan.oracle_search import search_oracle  # noqa: E402
 from aiscale.plan.planner import (  # noqa: E402
-    POLICY_NAMES,
     build_policy,
+    interval_rates,
     peak_replicas,
     simulation_config,
     size_replica,
+)
+from aiscale.plan.synthetic import BurstyDay  # noqa: E402
+from aiscale.plan.traffic import day_counts  # noqa: E402
+from aiscale.scaling.policies import DEFAULT_HEADROOM, demand_ceiling  # noqa: E402
+from benchmarks.autoscaling.report import (  # noqa: E402
+    BASELINES,
+    SCHEMA,
+    verdict,
+    write_markdown,
+    write_plots,
 )
 
 DEFAULT_TRACES = [
@@ -45,68 +68,77 @@ DEFAULT_TRACES = [
     ROOT.parent / "shared" / "data" / "traces" / "AzureLLMInferenceTrace_conv.csv",
 ]
 DAY_S = 86_400.0
-#: Bin of the *original* trace over which its rate is estimated before stretching.
-RATE_BIN_S = 60.0
-#: Exact mode handles up to this many requests within the time bound; beyond it, aggregated.
-EXACT_LIMIT = 3_000_000
+#: ``static`` is reported as static-at-peak; ``oracle-70`` is the old fixed-utilisation
+#: oracle (``OraclePolicy``), kept for comparison; ``oracle`` is the searched true minimum.
+DEFAULT_POLICIES = "static,reactive,kpa,predictive,ray-serve-rule,knative-rule,oracle-70,oracle"
+__all__ = ["DEFAULT_POLICIES", "day_counts", "main", "run_day"]
 
 
-def day_counts(
-    times_s: np.ndarray[Any, Any],
-    requests_per_day: float,
-    *,
-    day_s: float = DAY_S,
-    rate_bin_s: float = RATE_BIN_S,
-    seed: int = 0,
-) -> tuple[ArrivalCounts, float, float]:
-    """One day of per-second Poisson counts following the trace's rate.
-
-    The trace's rate is estimated in ``rate_bin_s`` bins of its own time (a minute: enough
-    requests per bin that the estimate is the trace's pattern, not its counting noise), its
-    time axis is stretched by ``time_scale = day_s / span`` (one trace minute becomes about
-    25 minutes of the day), the rate is interpolated linearly between bin centres and scaled
-    by ``rate_scale = requests_per_day / len(trace)``, and each second's count is drawn from a
-    Poisson law of that mean: many independent users follow the trace's pattern, with the
-    randomness of a population of that size (not each original request copied
-    ``rate_scale`` times). Returns ``(counts, time_scale, rate_scale)``.
-    """
-    span = float(math.ceil(times_s[-1] / rate_bin_s) * rate_bin_s)
-    num_bins = int(span // rate_bin_s)
-    per_bin = np.bincount(
-        np.minimum((times_s // rate_bin_s).astype(np.int64), num_bins - 1), minlength=num_bins
-    ).astype(np.float64)
-    time_scale = day_s / span
-    rate_scale = requests_per_day / times_s.size
-    centres = (np.arange(num_bins) + 0.5) * rate_bin_s * time_scale
-    seconds = np.arange(int(day_s), dtype=np.float64) + 0.5
-    rate = np.interp(seconds, centres, per_bin / (rate_bin_s * time_scale)) * rate_scale
-    rate *= requests_per_day / rate.sum()  # the interpolation keeps the total only nearly
-    rng = np.random.default_rng(seed)
-    return ArrivalCounts(rng.poisson(rate).astype(np.int64), 1.0), time_scale, rate_scale
+def _minute_max(timeline: tuple[tuple[float, int, int], ...], first: int) -> list[int]:
+    """Replicas paid for, the most in each minute of the day (for the plots)."""
+    per_minute = [first] * int(DAY_S // 60)
+    for t, paid, _ in timeline:
+        minute = int(t // 60)
+        if minute < len(per_minute):
+            per_minute[minute] = max(per_minute[minute], paid)
+    return per_minute
 
 
-def run_trace(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+def run_day(
+    label: str,
+    counts: ArrivalCounts,
+    describe: dict[str, Any],
+    args: argparse.Namespace,
+    on_message: Callable[[str], None],
+    on_policy_done: Callable[[], None],
+) -> dict[str, Any]:
+    """Every policy of ``--policies`` on one day: the entry ``merge`` stores."""
     profile = load_profile(args.profile)
     sizing = size_replica(profile, args.slo_p99_ms, startup_s=args.startup_s)
-    times = read_trace_times(path)
-    counts, time_scale, rate_scale = day_counts(
-        times, args.users * args.requests_per_user, seed=args.seed
-    )
     mode = args.mode
     if mode == "auto":
-        mode = "exact" if counts.num_requests <= EXACT_LIMIT else "aggregated"
+        mode = "exact" if counts.num_requests <= 3_000_000 else "aggregated"
     arrivals = counts.to_arrivals(seed=args.seed) if mode == "exact" else None
+    source = arrivals if arrivals is not None else counts
+    config = simulation_config(sizing, counts, mode=mode, decision_interval_s=args.interval_s)
+    rates = interval_rates(counts, args.interval_s)
+    peak_rate = max(rates, default=0.0)
+    ceiling = demand_ceiling(peak_rate, sizing.capacity_per_s, headroom=DEFAULT_HEADROOM)
     rows = []
     for name in args.policies.split(","):
-        policy = build_policy(name, sizing, counts, decision_interval_s=args.interval_s)
-        config = simulation_config(sizing, counts, mode=mode, decision_interval_s=args.interval_s)
+        on_message(f"{label}: {name}")
         started = time.perf_counter()
-        result = simulate(arrivals if arrivals is not None else counts, policy, config)
-        elapsed = time.perf_counter() - started
-        label = "static-at-peak" if name == "static" else name
+        extra: dict[str, Any] = {}
+        if name == "oracle":
+            found = search_oracle(
+                source,
+                config,
+                slo_target=args.slo_target,
+                min_replicas=1,
+                bisections=args.oracle_bisections,
+                on_progress=lambda message: on_message(f"{label}: oracle, {message}"),
+            )
+            result, first = found.result, found.schedule[0]
+            extra = {
+                "model_bound_replica_hours": found.model_bound_replica_hours,
+                "fluid_bound_replica_hours": found.fluid_bound_replica_hours,
+                "optimality_gap": found.optimality_gap,
+                "found_by": found.how,
+                "num_simulations": found.num_simulations,
+            }
+        else:
+            policy = build_policy(
+                "oracle" if name == "oracle-70" else name,
+                sizing,
+                counts,
+                decision_interval_s=args.interval_s,
+            )
+            result = simulate(source, policy, config)
+            first = config.initial_replicas
+        peak = max([first, *(paid for _, paid, _ in result.timeline)])
         rows.append(
             {
-                "policy": label,
+                "policy": "static-at-peak" if name == "static" else name,
                 "mode": result.mode,
                 "replica_hours": result.replica_hours,
                 "slo_attainment": result.slo_attainment,
@@ -114,22 +146,30 @@ def run_trace(path: Path, args: argparse.Namespace) -> dict[str, Any]:
                 "p99_ms": result.p99_ms,
                 "dropped": result.dropped,
                 "requests": result.requests,
-                "seconds": elapsed,
+                "peak_replicas": peak,
+                "is_baseline": name in BASELINES,
+                "replicas_per_minute": _minute_max(result.timeline, first),
+                "seconds": time.perf_counter() - started,
+                **extra,
             }
         )
-        print(f"  {label:15s} {json.dumps(rows[-1])}", flush=True)
+        on_policy_done()
+    minute = counts.counts[: int(DAY_S)].reshape(-1, 60).sum(axis=1) / 60.0
     return {
-        "trace": path.name,
+        "day": label,
+        **describe,
         "users": args.users,
         "requests_per_user": args.requests_per_user,
-        "trace_requests": int(times.size),
-        "trace_span_s": float(times[-1]),
-        "time_scale": time_scale,
-        "rate_scale": rate_scale,
         "requests": counts.num_requests,
-        "peak_rate_per_s": float(counts.counts.reshape(-1, 60).sum(axis=1).max() / 60.0),
         "mean_rate_per_s": counts.num_requests / DAY_S,
+        "peak_minute_rate_per_s": float(minute.max()),
+        "peak_interval_rate_per_s": peak_rate,
+        "interval_s": args.interval_s,
+        "demand_ceiling_at_peak": ceiling,
+        "ceiling_headroom": DEFAULT_HEADROOM,
         "static_at_peak_replicas": peak_replicas(sizing, counts, args.interval_s),
+        "slo_target": args.slo_target,
+        "rate_per_minute": [round(float(r), 2) for r in minute],
         "sizing": {
             "max_batch_size": sizing.max_batch_size,
             "full_capacity_per_s": sizing.full_capacity_per_s,
@@ -141,119 +181,81 @@ def run_trace(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-POLICY_ORDER = ["static-at-peak", "reactive", "kpa", "predictive", "oracle"]
+DayMaker = Callable[[], tuple[ArrivalCounts, dict[str, Any]]]
 
 
-def verdict(rows: dict[str, dict[str, Any]], slo_target: float) -> str:
-    """The issue's target on one set of rows (one trace, one mode)."""
-    if "oracle" not in rows or "predictive" not in rows:
-        return "not all policies ran in this mode"
-    oracle, predictive = rows["oracle"], rows["predictive"]
-    ratio = predictive["replica_hours"] / oracle["replica_hours"]
-    meets = predictive["slo_attainment"] >= slo_target
-    beats = []
-    for other in ("reactive", "kpa"):
-        if other not in rows:
-            continue
-        row = rows[other]
-        better = meets and (
-            row["slo_attainment"] < slo_target or predictive["replica_hours"] < row["replica_hours"]
-        )
-        beats.append(f"{'better than' if better else 'NOT better than'} {other}")
-    is_met = meets and ratio <= 1.15 and len(beats) == 2 and "NOT" not in " ".join(beats)
-    return (
-        f"predictive / oracle replica-hours = {ratio:.3f}, predictive SLO attainment "
-        f"{predictive['slo_attainment']:.4f}; {', '.join(beats)}: target "
-        f"{'MET' if is_met else 'NOT MET'}"
-    )
+def _trace_day(
+    path: Path, requests_per_day: float, seed: int
+) -> tuple[ArrivalCounts, dict[str, Any]]:
+    times = read_trace_times(path)
+    counts, time_scale, rate_scale = day_counts(times, requests_per_day, seed=seed)
+    return counts, {
+        "kind": "trace",
+        "seed": seed,
+        "trace_requests": int(times.size),
+        "trace_span_s": float(times[-1]),
+        "time_scale": time_scale,
+        "rate_scale": rate_scale,
+    }
+
+
+def _bursty_day(
+    requests_per_day: float, seed: int, multipliers: tuple[float, ...]
+) -> tuple[ArrivalCounts, dict[str, Any]]:
+    day = BurstyDay(requests_per_day, multipliers=multipliers, seed=seed)
+    bursts = [
+        {"start_s": b.start_s, "duration_s": b.duration_s, "multiplier": b.multiplier}
+        for b in day.bursts()
+    ]
+    return day.counts(1.0), {"kind": "synthetic", "seed": seed, "bursts": bursts}
+
+
+def days(args: argparse.Namespace) -> list[tuple[str, DayMaker]]:
+    """``(label, make the day's counts and what to record about it)`` per day to run."""
+    requests_per_day = args.users * args.requests_per_user
+    out: list[tuple[str, DayMaker]] = [
+        (path.name, partial(_trace_day, path, requests_per_day, args.seed))
+        for path in ([] if args.no_traces else args.trace or DEFAULT_TRACES)
+    ]
+    for seed in [int(s) for s in args.synthetic_seeds.split(",") if s.strip()]:
+        day = partial(_bursty_day, requests_per_day, seed, args.multipliers)
+        out.append((f"bursty-day-{len(args.multipliers)}-bursts-seed{seed}", day))
+    return out
+
+
+def dump(store: dict[str, Any]) -> str:
+    """The store as JSON, indented, with each list of numbers on one line (the per-minute
+    series would otherwise take a line per number)."""
+    numbers = re.compile(r"\[\s*(-?[\d.eE+-]+(?:,\s*-?[\d.eE+-]+)*)\s*\]")
+
+    def one_line(match: re.Match[str]) -> str:
+        return "[" + ", ".join(v.strip() for v in match.group(1).split(",")) + "]"
+
+    return numbers.sub(one_line, json.dumps(store, indent=1)) + "\n"
 
 
 def merge(store: dict[str, Any], result: dict[str, Any], command: str) -> None:
-    """Add one run's rows to the store (keyed by trace and users; rows by policy and mode)."""
-    key = f"{result['trace']} @ {result['users']:,} users"
-    entry = store.setdefault(key, {**{k: v for k, v in result.items() if k != "rows"}, "rows": {}})
+    """Add one day's rows to the store (keyed by day and users; rows by policy and mode)."""
+    key = f"{result['day']} @ {result['users']:,} users"
+    entry = store["days"].setdefault(key, {"rows": {}})
+    entry.update({k: v for k, v in result.items() if k != "rows"})
     for row in result["rows"]:
         entry["rows"][f"{row['policy']}|{row['mode']}"] = {**row, "command": command}
 
 
-def write_markdown(store: dict[str, Any], slo_target: float, out: Path) -> None:
-    machine = describe_machine(ROOT)
-    lines = [
-        "# Autoscaling benchmark: replica-hours and SLO attainment per policy",
-        "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores; Python {machine['python']}; "
-        f"git {machine['git_sha']}; written {machine['date']}. Each row names the command "
-        "that produced it in `results.json`.",
-        "",
-        "**How a one-hour trace becomes a day of 1M users** (`day_counts`): the trace's",
-        "arrival rate is estimated per minute of its own time; the time axis is stretched by",
-        "`86400 / span` (span rounded up to whole minutes: x24.83 for code, x24.41 for conv), so",
-        "one trace minute becomes about 25 minutes of the day; the rate is interpolated linearly",
-        "between minute centres and multiplied by `rate_scale = users x requests_per_user /",
-        "trace requests` (20,000,000 / 8,819 = x2268 for code, / 19,366 = x1033 for conv); each",
-        "second's arrivals are drawn from a Poisson law of that mean (seed 0). Many independent",
-        "users follow the trace's shape with the randomness of a population that size; each",
-        "original request is *not* copied 2268 times (that would turn the trace's per-second",
-        "counting noise into 25-second bursts of 2268 requests).",
-        "",
-        "**Policy defaults** (`aiscale.plan.planner`, chosen from the profile and the SLO only,",
-        "never from a trace): batch <= the largest b with 2 x latency(b) + 10 ms <= SLO;",
-        "planned capacity = 0.7 x full-batch throughput; reactive (Ray Serve rule) and KPA",
-        "(Knative rule) target the ongoing requests one replica holds at that capacity (one",
-        "replica simulated exactly at that rate, Little's law); their delays and windows are",
-        "the products' defaults (Ray 30 s up / 600 s down; Knative 60 s stable / 6 s panic);",
-        "predictive = seasonal-naive forecast with a trend fallback (no previous day exists",
-        "here, so it runs on the 15-minute linear trend), floored by the same reactive rule;",
-        "oracle = the fewest replicas knowing every future 10-second rate, at the same planned",
-        "capacity, paying for start-up. Start-up 60 s (a new node plus the model); decisions",
-        "every 10 s; min 1 replica; SLO: 99% of requests within 500 ms.",
-        "",
-    ]
-    for key, result in store.items():
-        s = result["sizing"]
-        lines += [
-            f"## {key}",
-            "",
-            f"{result['trace_requests']:,} requests over {result['trace_span_s']:.0f} s, "
-            f"stretched x{result['time_scale']:.2f} to one day and scaled x"
-            f"{result['rate_scale']:.1f} to {result['users']:,} users x "
-            f"{result['requests_per_user']:g} requests/day = {result['requests']:,} requests "
-            f"(mean {result['mean_rate_per_s']:.1f}/s, busiest minute "
-            f"{result['peak_rate_per_s']:.1f}/s). Replica: batch <= {s['max_batch_size']}, "
-            f"{s['full_capacity_per_s']:.0f}/s full, planned {s['capacity_per_s']:.0f}/s, "
-            f"target {s['target_ongoing_per_replica']:.1f} ongoing, start-up "
-            f"{s['startup_s']:.0f} s; static at peak = {result['static_at_peak_replicas']} "
-            "replicas.",
-            "",
-            "| policy | mode | replica-hours | vs oracle | SLO attainment | p50 ms | p99 ms "
-            "| dropped | sim s |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        rows = result["rows"]
-        verdicts = []
-        for mode in ("exact", "aggregated"):
-            by_policy = {r["policy"]: r for r in rows.values() if r["mode"] == mode}
-            if not by_policy:
-                continue
-            oracle_hours = by_policy.get("oracle", {}).get("replica_hours", math.nan)
-            for name in POLICY_ORDER:
-                if name not in by_policy:
-                    continue
-                row = by_policy[name]
-                lines.append(
-                    f"| {name} | {mode} | {row['replica_hours']:.1f} | "
-                    f"{row['replica_hours'] / oracle_hours:.2f}x | {row['slo_attainment']:.4f} | "
-                    f"{row['p50_ms']:.1f} | {row['p99_ms']:.0f} | {row['dropped']:,} | "
-                    f"{row['seconds']:.1f} |"
-                )
-            verdicts.append(f"- {mode}: **{verdict(by_policy, slo_target)}**")
-        lines += ["", *verdicts, ""]
-    out.write_text("\n".join(lines) + "\n")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--trace", type=Path, action="append", help="CSV with TIMESTAMP")
+    parser.add_argument("--no-traces", action="store_true", help="synthetic days only")
+    parser.add_argument("--synthetic-seeds", default="1,2,3,4", help="bursty days; '' for none")
+    parser.add_argument(
+        "--burst-multipliers",
+        # One 5x and one 10x burst a day by default (the issue's "bursts of 5x and 10x");
+        # BurstyDay's own default (six bursts) is the stress day, run with
+        # --burst-multipliers 5,10,5,10,5,10: no causal policy meets 99% there (see RESULTS.md).
+        default="5,10",
+        help="one burst per entry on each synthetic day",
+    )
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--requests-per-user", type=float, default=20.0)
     parser.add_argument(
@@ -264,30 +266,90 @@ def main() -> None:
     parser.add_argument("--slo-target", type=float, default=0.99)
     parser.add_argument("--interval-s", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mode", choices=["exact", "aggregated", "auto"], default="auto")
-    parser.add_argument("--policies", default=",".join(POLICY_NAMES))
+    parser.add_argument("--mode", choices=["exact", "aggregated", "auto"], default="aggregated")
+    parser.add_argument("--policies", default=DEFAULT_POLICIES)
     parser.add_argument(
-        "--json", type=Path, default=None, help="results store to update (created if missing)"
+        "--oracle-bisections",
+        type=int,
+        default=9,
+        help="simulations per search family (fewer for --mode exact on large days)",
     )
+    parser.add_argument("--json", type=Path, default=None, help="results store to update")
     parser.add_argument("--out", type=Path, default=None, help="Markdown from the store")
     parser.add_argument(
-        "--report-only", action="store_true", help="run nothing; write --out from --json"
+        "--plots", type=Path, default=ROOT / "benchmarks/autoscaling/plots", help="PNG folder"
     )
-    args = parser.parse_args()
-    store: dict[str, Any] = {}
-    if args.json and args.json.exists():
-        store = json.loads(args.json.read_text())
-    command = " ".join(["python", *sys.argv])
-    for path in [] if args.report_only else (args.trace or DEFAULT_TRACES):
-        print(path.name, flush=True)
-        result = run_trace(path, args)
-        rows = {row["policy"]: row for row in result["rows"]}
-        print("  " + verdict(rows, args.slo_target), flush=True)
-        merge(store, result, command)
-        if args.json:  # saved after each trace, so a bounded run keeps what it finished
-            args.json.write_text(json.dumps(store, indent=1) + "\n")
+    parser.add_argument("--report-only", action="store_true", help="run nothing; write --out")
+    parser.add_argument("--fresh", action="store_true", help="ignore what --json holds")
+    args = parser.parse_args(argv)
+    known = {"static", "oracle", "oracle-70", *DEFAULT_POLICIES.split(",")}
+    for name in args.policies.split(","):
+        if name not in known:
+            parser.error(f"unknown policy {name!r}; expected some of {', '.join(sorted(known))}")
+    try:
+        args.multipliers = tuple(float(m) for m in args.burst_multipliers.split(",") if m)
+        BurstyDay(1.0, multipliers=args.multipliers)
+        [int(s) for s in args.synthetic_seeds.split(",") if s.strip()]
+    except (ValueError, ConfigError) as error:
+        parser.error(f"bad --burst-multipliers or --synthetic-seeds: {error}")
+    if args.oracle_bisections < 1:
+        parser.error("--oracle-bisections must be >= 1")
+    if not 0 < args.slo_target <= 1:
+        parser.error("--slo-target must be in (0, 1]")
+    if args.report_only and not (args.json and args.json.exists()):
+        parser.error("--report-only needs an existing --json store")
+    for path in args.trace or []:
+        if not path.exists():
+            parser.error(f"no trace at {path}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    console = Console(stderr=True)
+    store: dict[str, Any] = {"schema": SCHEMA, "days": {}}
+    if args.json and args.json.exists() and not args.fresh:
+        loaded = json.loads(args.json.read_text())
+        if loaded.get("schema") == SCHEMA:
+            store = loaded
+        else:
+            console.print(f"{args.json}: an older format; starting a new store")
+    command = " ".join(["python", *(sys.argv if argv is None else ["run.py", *argv])])
+    todo = [] if args.report_only else days(args)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        overall = progress.add_task("days", total=len(todo))
+        for label, make_day in todo:
+            step = progress.add_task(label, total=len(args.policies.split(",")))
+            try:
+                counts, describe = make_day()
+            except AiscaleError as error:
+                console.print(f"{label}: {error}")
+                sys.exit(2)
+            result = run_day(
+                label,
+                counts,
+                describe,
+                args,
+                lambda message, step=step: progress.update(step, description=message[:100]),
+                lambda step=step: progress.advance(step),
+            )
+            progress.update(step, description=label)
+            merge(store, result, command)
+            for line in verdict(store["days"][f"{label} @ {args.users:,} users"]):
+                console.print(f"  {line}")
+            if args.json:  # saved after each day, so a bounded run keeps what it finished
+                args.json.write_text(dump(store))
+            progress.advance(overall)
     if args.out:
-        write_markdown(store, args.slo_target, args.out)
+        write_plots(store, args.plots)
+        write_markdown(store, args.out, args.plots, ROOT)
+        console.print(f"wrote {args.out} and plots in {args.plots}")
 
 
 if __name__ == "__main__":

@@ -49,9 +49,11 @@ def _run_json(command: list[str], root: Path, timeout_s: float = 900) -> dict[st
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def _serve(root: Path, data_dir: str) -> tuple[subprocess.Popen[str], str]:
+def _serve(
+    root: Path, data_dir: str, serve_args: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
-        [*_aiscale(root), "serve", "minilm", "--port", "0", "--data-dir", data_dir],
+        [*_aiscale(root), "serve", "minilm", "--port", "0", "--data-dir", data_dir, *serve_args],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -75,17 +77,26 @@ def _stop(process: subprocess.Popen[str]) -> None:
 
 
 def replay(
-    root: Path, trace: Path, time_scale: float, duration_s: float, replays: int = 1
+    root: Path,
+    trace: Path,
+    time_scale: float,
+    duration_s: float,
+    replays: int = 1,
+    *,
+    data_parent: str | None = None,
+    serve_args: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Real replays: a fresh server, a warm-up, then ``replays`` open-loop runs of the same
-    arrivals back to back; load average around them.
+    arrivals back to back; load average around them. The server's data folder is a fresh
+    one in ``data_parent`` (a tmpfs, say; default: the system's temporary folder), and
+    ``serve_args`` go to ``aiscale serve`` (``--no-capture``, say).
 
     Returns the median run's numbers (by p99; p50 and throughput are medians of their own)
     with every run under ``runs`` and the runs' own spread under ``spread``: what the same
     server does on the same arrivals minutes apart, the floor under any simulator error."""
     runs = []
-    with tempfile.TemporaryDirectory(prefix="aiscale-fidelity-") as data_dir:
-        process, url = _serve(root, data_dir)
+    with tempfile.TemporaryDirectory(prefix="aiscale-fidelity-", dir=data_parent) as data_dir:
+        process, url = _serve(root, data_dir, serve_args)
         try:
             target = f"{url}/v1/embeddings"
             _run_json([*_aiscale(root), "bench", target, "--concurrency", "1", "--duration",

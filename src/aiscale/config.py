@@ -22,11 +22,14 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from aiscale.data.quality import Expectations
+from aiscale.engines.spec import EXTRA_ARGS, EngineSpec, ExtraArg, ObjectStoreOptions
 from aiscale.errors import ConfigError
 from aiscale.gpus.config import GpuPoolConfig, check_gpu_memory, check_gpu_share, check_teams
+from aiscale.llm.ledger_config import LedgerConfig
 from aiscale.monitor.config import MonitorConfig
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
@@ -52,8 +55,16 @@ class CacheConfig(_Frozen):
 
 
 class AutoscalingConfig(_Frozen):
-    #: ``static``, ``reactive`` (Ray Serve's rule), ``kpa`` (Knative's) or ``predictive``.
-    policy: Literal["static", "reactive", "kpa", "predictive"] = "reactive"
+    #: ``static``, ``reactive`` (Ray Serve's rule), ``kpa`` (Knative's) or ``predictive``,
+    #: the last three under the platform's guard (``scaling/policies/guard.py``);
+    #: ``ray-serve-rule`` and ``knative-rule`` are the two rules unguarded. An LLM
+    #: deployment (``engine:``) may also take a token-aware policy
+    #: (``scaling/policies/llm_factory.py``): ``llm-static``, ``llm-target`` (waiting
+    #: requests and KV-cache use), ``llm-slo`` (TTFT/ITL p99) or ``llm-predictive``.
+    policy: Literal[
+        "static", "reactive", "kpa", "predictive", "ray-serve-rule", "knative-rule",
+        "llm-static", "llm-target", "llm-slo", "llm-predictive",
+    ] = "reactive"
     decision_interval_s: Annotated[float, Field(gt=0, le=600)] = 5.0
     #: The policy's own settings (e.g. ``min_replicas``, ``max_replicas``, ``upscale_delay_s``);
     #: checked by the policy, an unknown one is a ``ConfigError``.
@@ -95,6 +106,174 @@ class QualityConfig(_Frozen):
         return Expectations.from_dict(self.expectations)
 
 
+class ObjectStoreConfig(_Frozen):
+    """How to reach the object store of an ``s3://`` engine model. Credentials are never
+    written here: ``*_env`` name the environment variables that hold them. Unset: the AWS
+    defaults (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ...)."""
+
+    #: An S3-compatible endpoint (MinIO, Ceph, R2, ...).
+    endpoint_url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
+    region: Annotated[str, Field(pattern=r"^[a-z0-9-]{1,64}$")] | None = None
+    access_key_id_env: (
+        Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")] | None
+    ) = None
+    secret_access_key_env: (
+        Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")] | None
+    ) = None
+    is_anonymous: bool = Field(default=False, alias="anonymous")
+    #: Tries of each request to the store (errors of a flaky store are retried with backoff).
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
+
+    def to_options(self) -> ObjectStoreOptions:
+        return ObjectStoreOptions(
+            endpoint_url=self.endpoint_url,
+            region=self.region,
+            access_key_id_env=self.access_key_id_env,
+            secret_access_key_env=self.secret_access_key_env,
+            is_anonymous=self.is_anonymous,
+            max_attempts=self.max_attempts,
+        )
+
+
+class EngineConfig(_Frozen):
+    """The engine of an LLM deployment (a deployment with ``engine:`` is an LLM deployment).
+
+    ``model``: for ``llamacpp`` a bundled model's name (``smollm2``) or a GGUF file; for
+    ``vllm`` a local model folder (nothing is downloaded); for ``openai-upstream`` the
+    upstream's own model name. ``context_window`` is per request (prompt + output): each of
+    a llama.cpp replica's ``parallel`` slots holds a whole window, so its KV cache is
+    ``context_window * parallel`` tokens. Routing defaults to ``prefix_aware``: it sends a
+    conversation back to the replica holding its prefix in cache, and its balance guard falls
+    back to the least loaded replica when prompts share nothing, so it is never worse than
+    ``least_loaded`` by more than the guard's slack.
+    """
+
+    kind: Literal["llamacpp", "vllm", "openai-upstream"] = "llamacpp"
+    model: Annotated[str, Field(min_length=1, max_length=4096)]
+    #: The name clients send as ``model``; default: the deployment's name.
+    served_model_name: (
+        Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")] | None
+    ) = None
+    context_window: Annotated[int, Field(ge=64, le=1_048_576)] = 2048
+    #: Requests one replica decodes at once (llama.cpp slots; vLLM ``--max-num-seqs``).
+    parallel: Annotated[int, Field(ge=1, le=1024)] = 4
+    #: CPU threads per replica; default: the machine's cores split over the replicas.
+    threads: Annotated[int, Field(ge=1, le=256)] | None = None
+    #: The most tokens one request may generate (a larger ``max_tokens`` is refused).
+    max_output_tokens: Annotated[int, Field(ge=1, le=1_048_576)] = 512
+    #: How the gateway picks a replica for a request (``aiscale.llm.routing.make_router``).
+    routing: Literal["prefix_aware", "least_loaded", "session", "round_robin"] = "prefix_aware"
+    #: The routing policy's own settings (checked by ``make_router``).
+    routing_knobs: dict[str, Any] = Field(default_factory=dict)
+    #: ``openai-upstream``: the endpoints' base URLs, one replica each.
+    urls: tuple[Annotated[str, Field(pattern=r"^https?://\S+$")], ...] = ()
+    #: ``openai-upstream``: the environment variable that holds the upstream's API key.
+    api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")] | None = None
+    #: Engine settings beyond these, from an allow-list per kind (``engines.spec.EXTRA_ARGS``).
+    extra_args: dict[str, ExtraArg] = Field(default_factory=dict)
+    startup_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    #: An object-store ``model``'s sha256 (hex): a pin, checked on every fetch, and a warm
+    #: node cache then starts replicas without the network [default: ``<model>.sha256``].
+    model_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    #: The node's weights cache for object-store models [default: ``<data_dir>/model-cache``
+    #: when the server passes it, else ``~/.cache/aiscale/model-cache``].
+    model_cache_dir: Path | None = None
+    #: How to reach the object store of an ``s3://`` model.
+    object_store: ObjectStoreConfig | None = None
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> EngineConfig:
+        from aiscale.engines.models import is_object_uri
+
+        upstream = self.kind == "openai-upstream"
+        if is_object_uri(self.model) and self.kind != "llamacpp":
+            raise _NestedFieldError(
+                "model", "object-store weights (s3://...) are fetched for kind: llamacpp only"
+            )
+        if not is_object_uri(self.model):
+            for name in ("model_sha256", "model_cache_dir", "object_store"):
+                if getattr(self, name) is not None:
+                    raise _NestedFieldError(
+                        name, "is only used with an object-store model (s3://bucket/key)"
+                    )
+        if upstream and not self.urls:
+            raise _NestedFieldError("urls", "openai-upstream needs at least one URL")
+        if not upstream and (self.urls or self.api_key_env):
+            name = "urls" if self.urls else "api_key_env"
+            raise _NestedFieldError(name, "is only used with kind: openai-upstream")
+        if not upstream and self.max_output_tokens >= self.context_window:
+            raise _NestedFieldError(
+                "max_output_tokens", f"must be below context_window ({self.context_window})"
+            )
+        allowed = EXTRA_ARGS[self.kind]
+        for name, value in self.extra_args.items():
+            if name not in allowed:
+                raise _NestedFieldError(
+                    f"extra_args.{name}",
+                    f"not an allowed {self.kind} setting; allowed: "
+                    f"{', '.join(sorted(allowed)) or 'none'}",
+                )
+            try:
+                EngineSpec(self.kind, "-", "-", extra_args={name: value})
+            except ValueError as exc:
+                raise _NestedFieldError(f"extra_args.{name}", str(exc)) from None
+        return self
+
+    def to_spec(
+        self,
+        deployment: str,
+        *,
+        num_threads: int | None = None,
+        slot_save_dir: str | None = None,
+        model_cache_dir: str | None = None,
+    ) -> EngineSpec:
+        """The engine spec every replica runs. Locates the model (``ConfigError`` naming the
+        cause if it is not there; nothing is downloaded: an object-store model is checked
+        here and fetched by the replicas); ``num_threads`` is the deployment's, used when
+        the engine names none; ``model_cache_dir`` the server's node weights cache, used
+        when the engine names none."""
+        from aiscale.engines.models import model_source
+
+        if self.kind == "llamacpp":
+            model = model_source(self.model)
+        elif self.kind == "vllm":
+            path = Path(self.model).expanduser()
+            if not path.exists():
+                raise ConfigError(
+                    f"engine.model: {self.model!r} is not a local model folder (vllm "
+                    "engines load local weights only; nothing is downloaded)",
+                    field="engine.model",
+                )
+            model = str(path.resolve())
+        else:
+            model = self.model
+        return EngineSpec(
+            kind=self.kind,
+            model=model,
+            served_model_name=self.served_model_name or deployment,
+            context_window=self.context_window,
+            parallel=self.parallel,
+            threads=self.threads or num_threads,
+            max_output_tokens=self.max_output_tokens,
+            upstream_urls=self.urls,
+            api_key_env=self.api_key_env,
+            extra_args=self.extra_args,
+            slot_save_dir=slot_save_dir,
+            startup_timeout_s=self.startup_timeout_s,
+            model_sha256=self.model_sha256,
+            model_cache_dir=(
+                str(self.model_cache_dir.expanduser())
+                if self.model_cache_dir is not None
+                else model_cache_dir
+            ),
+            object_store=(
+                self.object_store.to_options()
+                if self.object_store is not None
+                else ObjectStoreOptions()
+            ),
+        )
+
+
 class DeploymentConfig(_Frozen):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     model: Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -128,6 +307,25 @@ class DeploymentConfig(_Frozen):
     #: Traffic percent per version or alias (``version`` must be one of them); set by
     #: ``aiscale apply`` on a running server (``serving/apply.py``). ``None``: all to ``version``.
     split: dict[str, Annotated[float, Field(ge=0, le=100)]] | None = None
+    #: The LLM engine its replicas run; ``None``: a model replica (``runtimes``) instead.
+    engine: EngineConfig | None = None
+
+    @model_validator(mode="after")
+    def _llm_policy_on_engines(self) -> DeploymentConfig:
+        # A token-aware policy reads the engines' queues and KV cache: a model has none.
+        policy = self.autoscaling.policy if self.autoscaling is not None else ""
+        if policy.startswith("llm-") and self.engine is None:
+            raise _NestedFieldError(
+                "autoscaling.policy", f"{policy} scales LLM engines: it needs an engine"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _vllm_on_gpus(self) -> DeploymentConfig:
+        # Without devices from the GPU pool, every vLLM replica would take all the GPUs.
+        if self.engine is not None and self.engine.kind == "vllm" and self.gpus < 1:
+            raise _NestedFieldError("gpus", "a vllm engine needs whole GPUs (gpus >= 1)")
+        return self
 
     @field_validator("gpus")
     @classmethod
@@ -208,6 +406,9 @@ class ServerConfig(_Frozen):
     monitor: MonitorConfig = MonitorConfig()
     #: Accelerators (found by NVML or declared) and the teams' quotas.
     gpus: GpuPoolConfig = GpuPoolConfig()
+    #: LLM token accounting: the teams' limits and budgets, and token prices per model
+    #: (``aiscale.llm.ledger``); keys' own limits are stored with each key.
+    ledger: LedgerConfig = LedgerConfig()
     #: Shared rate limits and response cache for several gateways (``redis://host:6379/0``);
     #: ``None`` keeps both in process.
     redis_url: str | None = None

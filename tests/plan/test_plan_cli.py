@@ -55,11 +55,13 @@ def test_five_phases_print_a_recommendation_and_a_table(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
-    assert result.output.lstrip().startswith("For 500 users buy ")
-    assert "strategy" in result.output and "USD/mo" in result.output
+    assert result.stdout.lstrip().startswith("For 500 users buy ")
+    assert "strategy" in result.stdout and "USD/mo" in result.stdout
     for strategy in ("static at peak", "spot mix", "reserved base", "scale to zero"):
-        assert result.output.count(strategy) >= 5, strategy
-    assert not result.output.lstrip().startswith("{")
+        assert result.stdout.count(strategy) >= 5, strategy
+    assert not result.stdout.lstrip().startswith("{")
+    # A profile with no recorded repeats: planned, with one line saying so on stderr.
+    assert result.stderr.count("steadiness") == 1 and "unknown" in result.stderr
     markdown = (tmp_path / "report" / "report.md").read_text()
     head = markdown.split("\n## 100 users")[0]
     assert "## Recommendation" in head and "For 500 users buy " in head
@@ -77,18 +79,17 @@ def test_json_only_with_the_flag(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("wide")
-def test_unsteady_profile_exits_non_zero_in_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("flag", ["--accept-unsteady", "--allow-unsteady-profile"])
+def test_unsteady_profile_exits_non_zero_in_one_line(tmp_path: Path, flag: str) -> None:
     """A profile taken while the model's speed drifted 25% is refused: exit 1, one line that
-    names the flag to override it; with the flag the plan is made and warns."""
+    names the flag to override it; with the flag (or its older name) the plan is made and
+    warns."""
     profile = str(_profile(tmp_path, speed_drift=1.25))
     refused = run("--users", "100", "--requests-per-user", "5", "--profile", profile)
     assert refused.exit_code == 1, refused.output
     assert "Traceback" not in refused.output
-    assert "--allow-unsteady-profile" in refused.output
+    assert "--accept-unsteady" in refused.output
     assert len(refused.output.strip().splitlines()) == 1
-    allowed = run(
-        "--users", "100", "--requests-per-user", "5", "--profile", profile,
-        "--allow-unsteady-profile",
-    )  # fmt: skip
+    allowed = run("--users", "100", "--requests-per-user", "5", "--profile", profile, flag)
     assert allowed.exit_code == 0, allowed.output
-    assert "warning:" in allowed.output and "unsteady" in allowed.output
+    assert "warning:" in allowed.stderr and "unsteady machine" in allowed.stderr

@@ -17,19 +17,21 @@ PROFILE = profile_from_latencies(
 )
 
 
-def test_sizing_takes_the_largest_batch_that_fits_the_slo() -> None:
-    """The batch obeys 2 x latency(b) + delay <= SLO; a tighter SLO gives a smaller batch and
-    less capacity; an SLO below two batches of one is refused naming the SLO."""
+def test_sizing_gives_a_batch_that_fits_and_a_capacity_that_holds_the_slo() -> None:
+    """The batch's one full batch fits the SLO (rule 1); a tighter SLO gives a smaller batch
+    and less planned capacity; the planned capacity is at most 0.7 of the full one; an SLO
+    below one request alone is refused naming the SLO (the rules: tests/plan/test_sizing.py)."""
     loose = size_replica(PROFILE, 500.0)
-    tight = size_replica(PROFILE, 100.0)
-    for sizing, slo in ((loose, 500.0), (tight, 100.0)):
-        assert 2 * PROFILE.latency_s(sizing.max_batch_size) + 0.01 <= slo / 1000.0
+    tight = size_replica(PROFILE, 60.0)
+    for sizing, slo in ((loose, 500.0), (tight, 60.0)):
+        assert PROFILE.latency_s(sizing.max_batch_size) + 0.01 <= slo / 1000.0
+        assert sizing.capacity_per_s <= 0.7 * sizing.full_capacity_per_s + 1e-9
     assert tight.max_batch_size < loose.max_batch_size
     assert tight.capacity_per_s < loose.capacity_per_s
     assert loose.capacity_per_s == pytest.approx(0.7 * loose.full_capacity_per_s)
     assert 1.0 <= loose.ongoing_at_target() <= 2 * loose.max_batch_size
     with pytest.raises(InvalidInput) as error:
-        size_replica(PROFILE, 20.0)
+        size_replica(PROFILE, 5.0)
     assert error.value.field == "slo_p99_ms"
 
 

@@ -35,6 +35,7 @@ def test_profile_round_trips_through_json(tmp_path: Path) -> None:
         "server",
         "spread",
         "measured_on",
+        "repeats",
         "model",
         "hardware",
         "batch_sizes",

@@ -40,6 +40,17 @@ def test_profile_of_a_real_model_round_trips_with_sane_latency(
     ratios = profile.spread.ratios
     assert list(ratios) == sorted(ratios) and ratios[0] <= 1.0 <= ratios[-1]
     assert float(profile.spread.ratio_at(0.5)) == pytest.approx(1.0, rel=0.25)
+    # Three interleaved repeats by default: each latency is the median of its repeats, and
+    # the record keeps their range, checked (the capacity follows from it) from 1 ms up:
+    # Sum's microsecond batches are all timer jitter.
+    assert profile.repeats is not None and profile.repeats.count == 3
+    figures = {figure.name: figure for figure in profile.repeats.figures}
+    assert set(figures) == {f"latency_ms at batch {size}" for size in (1, 8, 32, 128)}
+    for size, latency_ms in zip(profile.batch_sizes, profile.latency_ms, strict=True):
+        figure = figures[f"latency_ms at batch {size}"]
+        assert figure.median == pytest.approx(latency_ms)
+        assert figure.low <= latency_ms <= figure.high
+        assert figure.is_checked is (latency_ms >= 1.0)
 
 
 def test_batches_are_drawn_like_live_traffic() -> None:
@@ -118,3 +129,20 @@ def test_the_replica_thread_count_is_a_profile_option(
     assert "--num-threads must be >= 1" in done.stderr + done.stdout
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_repeats_below_one_are_refused_in_one_line(tmp_path: Path) -> None:
+    """--repeats 0 exits non-zero with one line naming the option, and writes nothing."""
+    from typer.testing import CliRunner
+
+    from aiscale.cli import app
+
+    out = tmp_path / "bad.json"
+    result = CliRunner().invoke(
+        app, ["profile", "tests.models:Sum", "--out", str(out), "--no-server", "--repeats", "0"]
+    )
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "error: --repeats must be >= 1, got 0 [repeats]"
+    ]
+    assert not out.exists()

@@ -24,7 +24,7 @@ from aiscale.plan import (
     save_profile,
     simulate,
 )
-from aiscale.plan.calibration import calibrate_server, fit_server_terms
+from aiscale.plan.calibration import calibrate_server, fit_server_terms, repeat_figures
 from aiscale.plan.planner import served_capacity_per_s, size_replica
 from aiscale.plan.profile import CalibrationPoint, ServerTerms
 from aiscale.scaling.policies import StaticConfig, StaticPolicy
@@ -67,7 +67,7 @@ def test_an_old_profile_loads_with_the_documented_default(tmp_path: Path) -> Non
     """A version-1 file (no version key, no server) loads with no server terms: the model
     alone, as the simulator ran before."""
     data = profile().to_dict()
-    del data["version"], data["server"], data["spread"], data["measured_on"]
+    del data["version"], data["server"], data["spread"], data["measured_on"], data["repeats"]
     path = tmp_path / "old.json"
     path.write_text(json.dumps(data))
     assert load_profile(path).server is None
@@ -124,6 +124,27 @@ def test_an_old_profile_loads_with_the_documented_default(tmp_path: Path) -> Non
         ({"spread": {"levels": [0.2, 1], "ratios": [0.8, 1.2]}}, "spread.levels"),
         ({"spread": {"levels": [0, 1], "ratios": [0, 1.2]}}, "spread.ratios"),
         ({"spread": {"levels": ["a", 1], "ratios": [1, 1.2]}}, "spread"),
+        (
+            {"server": {**terms().to_dict(), "slowdown_rates_per_s": [0, 10]}},
+            "server.slowdown_rates_per_s",
+        ),
+        (
+            {
+                "server": {
+                    **terms().to_dict(),
+                    "slowdown_rates_per_s": [0, 10],
+                    "slowdown_values": [1.1, 0.0],
+                }
+            },
+            "server.slowdown_values",
+        ),
+        ({"repeats": {"count": 3}}, "repeats"),
+        ({"repeats": {"count": 0, "figures": []}}, "repeats.count"),
+        (
+            {"repeats": {"count": 3, "figures": [{"name": "x", "median": 1, "low": 2,
+                                                  "high": 3, "checked": True}]}},
+            "repeats.figures",
+        ),  # fmt: skip
     ],
 )
 def test_bad_server_fields_are_rejected_with_their_path(change: dict[str, Any], field: str) -> None:
@@ -256,9 +277,17 @@ def test_fit_recovers_lines_and_clips_negative_slopes() -> None:
 @pytest.mark.timeout(240)
 def test_calibration_against_a_real_server(monkeypatch: pytest.MonkeyPatch) -> None:
     """calibrate_server runs a real aiscale serve and load generator and gives measured terms
-    with one point per level (concurrency 1, then each open-loop fraction once per pass)."""
+    with one point per level: per pass concurrency 1, each open-loop fraction and the closed
+    loop at full batches (the model alone measured again before each pass), then
+    concurrency 1 once more; the slowdown curve ends at the full-batch loop."""
     monkeypatch.chdir(ROOT)
     alone = profile_from_latencies("echo", "CPU", {1: 0.05, 64: 0.5})
+    asked: list[int] = []
+
+    def before_pass(index: int) -> ModelProfile:
+        asked.append(index)
+        return alone
+
     measured = calibrate_server(
         "tests.models:Echo",
         alone,
@@ -268,25 +297,34 @@ def test_calibration_against_a_real_server(monkeypatch: pytest.MonkeyPatch) -> N
         passes=2,
         disk_seconds=0.5,
         cwd=ROOT,
+        before_pass=before_pass,
+        saturation_concurrency=8,
     )
-    assert measured.label == "measured"
-    # Concurrency 1, the open-loop level twice, concurrency 1 again (the speed drift).
-    assert len(measured.points) == 4
-    assert measured.points[1].offered_per_s == measured.points[2].offered_per_s > 0
-    assert measured.points[0].offered_per_s == measured.points[3].offered_per_s == 0
-    assert measured.speed_drift == pytest.approx(
-        measured.points[3].model_ms / measured.points[0].model_ms
-    )
+    assert measured.label == "measured" and asked == [0, 1]
+    points = measured.points
+    # Per pass: concurrency 1, the open-loop level, the closed loop of 8; then concurrency 1.
+    assert len(points) == 7
+    assert [p.concurrency for p in points] == [1, 0, 8, 1, 0, 8, 1]
+    assert points[1].offered_per_s == points[4].offered_per_s > 0
+    assert all(p.offered_per_s == 0 for p in points if p.concurrency)
+    assert measured.speed_drift == pytest.approx(points[6].model_ms / points[0].model_ms)
     assert measured.cpu_steal_share is not None and 0.0 <= measured.cpu_steal_share < 1.0
     # The capture commit: probed on the server's disk, its wait left out of the overhead.
     assert measured.disk is not None and measured.disk.sync_ms[0] > 0
-    assert all(p.capture_ms > 0 for p in measured.points)
-    assert all(p.rate_per_s > 0 and p.model_ms > 0 for p in measured.points)
+    assert all(p.capture_ms > 0 for p in points)
+    assert all(p.rate_per_s > 0 and p.model_ms > 0 for p in points)
     assert list(measured.overhead_ms) == sorted(measured.overhead_ms)
-    assert measured.overhead_ms[1] > 0
-    # The mean overhead curve: the closed-loop level at rate 0, then the open-loop one.
-    assert measured.overhead_rates_per_s[0] == 0.0
-    assert len(measured.overhead_rates_per_s) == len(measured.overhead_mean_ms) <= 2
+    # Positive at the top; the median can clip to 0 where a busy machine's mean time inside
+    # the server (a few stalls) exceeds the client's median latency.
+    assert measured.overhead_ms[-1] > 0 and measured.overhead_ms[1] >= 0
+    # The curves: the closed loop of one at rate 0, then the open-loop level and the loop of
+    # eight (in rising rate, a level left out where its rate does not rise).
+    assert measured.overhead_rates_per_s[0] == 0.0 == measured.slowdown_rates_per_s[0]
+    assert 2 <= len(measured.slowdown_rates_per_s) <= 3
+    figures = {f.name: f for f in repeat_figures(measured)}
+    served = figures["served req/s at concurrency 8"]
+    assert served.is_checked and served.low <= served.median <= served.high
+    assert not figures["overhead mean ms at concurrency 1"].is_checked
 
 
 def test_a_fixed_batch_size_skips_the_slo_fit() -> None:
@@ -487,3 +525,44 @@ def test_the_spread_keeps_the_mean_and_widens_the_tail() -> None:
         arrivals, StaticPolicy(StaticConfig(1)), replace(config, profile=spread, mode="aggregated")
     )
     assert aggregated.mean_ms == pytest.approx(drawn.mean_ms, rel=0.1)
+
+
+def test_the_slowdown_curve_runs_through_every_kind_of_level_to_full_batches() -> None:
+    """The slowdown curve: the median of the concurrency-1 levels at rate 0, then per kind of
+    steady level (an offered rate, a closed-loop concurrency) the median rate and slowdown,
+    ending at the closed loop at full batches; a saturated open-loop level is left out, a
+    closed loop never counts as saturated. The terms follow the curve (float and array)."""
+    from aiscale.plan.calibration import is_saturated, slowdown_curve
+
+    def level(rate: float, ratio: float, **kind: float) -> CalibrationPoint:
+        batch_ms = 8.0 * ratio
+        return CalibrationPoint(rate, 1.0, batch_ms, 8.0, 1.0, 2.0, 0, 0, **kind)
+
+    points = [
+        level(90.0, 1.3, concurrency=1),
+        level(50.0, 1.2, offered_per_s=50.0),
+        level(100.0, 1.1, offered_per_s=100.0),
+        level(280.0, 1.0, concurrency=64),
+        level(85.0, 1.25, concurrency=1),
+        level(52.0, 1.22, offered_per_s=50.0),
+        level(102.0, 1.15, offered_per_s=100.0),
+        level(276.0, 1.04, concurrency=64),
+        CalibrationPoint(120.0, 40.0, 300.0, 200.0, 900.0, 300.0, 0, 0, offered_per_s=200.0),
+        level(88.0, 1.3, concurrency=1),
+    ]
+    backlog = points[8]
+    full = replace(points[3], queue_ms=10 * points[3].model_ms)
+    assert is_saturated(backlog) and not is_saturated(full)
+    rates, values = slowdown_curve(points)
+    assert rates == pytest.approx((0.0, 51.0, 101.0, 278.0))
+    assert values == pytest.approx((1.3, 1.21, 1.125, 1.02))
+    fitted = fit_server_terms([{"p50_ms": 12, "p90_ms": 14, "p99_ms": 20, "p999_ms": 30,
+                                "max_ms": 40}] * 3, points)  # fmt: skip
+    assert fitted.slowdown_rates_per_s == pytest.approx(rates)
+    assert fitted.slowdown(0.0) == pytest.approx(1.3)
+    assert fitted.slowdown(1000.0) == pytest.approx(1.02)
+    between = np.array([0.0, 25.5, 189.5, 500.0])
+    assert list(fitted.slowdown(between)) == pytest.approx(
+        [fitted.slowdown(float(r)) for r in between]
+    )
+    assert fitted.slowdown(189.5) == pytest.approx((1.125 + 1.02) / 2)

@@ -109,18 +109,23 @@ def test_single_replica_batch_one_matches_md1_theory() -> None:
 
 
 @pytest.mark.parametrize(
-    ("rate_scale", "make", "p50_tol", "p99_tol"),
+    ("rate_scale", "scale_by", "make", "p50_tol", "p99_tol"),
     [
         # The exact mode follows the live batcher (the delay counts from a free replica);
         # the aggregated approximation was fitted to the older oldest-arrival rule and has
-        # not been re-fitted, hence the looser bounds at moderate load.
-        (50.0, lambda: StaticPolicy(StaticConfig(2)), 0.15, 0.5),
-        (100.0, lambda: StaticPolicy(StaticConfig(3)), 0.15, 0.1),
-        (50.0, reactive, 0.15, 0.5),
+        # not been re-fitted, hence the looser bounds at moderate load. Copied traffic: each
+        # request 50-100 times within a second (bursts); Poisson traffic: the trace's
+        # per-minute rate, the default scaling, on which the aggregated p99 is 33% high at
+        # 100x (3 replicas near their knee) and 3% off at 50x.
+        (50.0, "copy", lambda: StaticPolicy(StaticConfig(2)), 0.15, 0.5),
+        (100.0, "copy", lambda: StaticPolicy(StaticConfig(3)), 0.15, 0.1),
+        (50.0, "copy", reactive, 0.15, 0.5),
+        (50.0, "poisson", lambda: StaticPolicy(StaticConfig(2)), 0.1, 0.1),
+        (100.0, "poisson", lambda: StaticPolicy(StaticConfig(3)), 0.1, 0.4),
     ],
 )
 def test_aggregated_agrees_with_exact_on_a_small_run(
-    rate_scale: float, make: Any, p50_tol: float, p99_tol: float
+    rate_scale: float, scale_by: str, make: Any, p50_tol: float, p99_tol: float
 ) -> None:
     """On 15 minutes of the conv trace the aggregated mode is within the stated error of the
     exact mode (the tolerances are what we measured on that trace, rounded up, and reported:
@@ -129,6 +134,7 @@ def test_aggregated_agrees_with_exact_on_a_small_run(
         public_file("traces/AzureLLMInferenceTrace_conv.csv"),
         rate_scale=rate_scale,
         duration_s=900.0,
+        scale_by=scale_by,
         seed=7,
     )
     comparison = compare_modes(conv, make, CONFIG)

@@ -130,7 +130,8 @@ def test_recommendation_names_what_to_buy_and_why(result: PlanResult) -> None:
 
 def test_unsteady_profile_is_refused_unless_allowed(tmp_path: Path) -> None:
     """A profile whose model speed drifted 30% is refused naming the profile and the flag;
-    with the flag the plan is made and carries the warning."""
+    with the flag the plan is made and carries the warning; a steady one without recorded
+    repeats is planned with only the warning that its steadiness is unknown."""
     path = _profile(tmp_path, _terms(speed_drift=1.3))
     args = {
         "users": [1000],
@@ -142,8 +143,9 @@ def test_unsteady_profile_is_refused_unless_allowed(tmp_path: Path) -> None:
     }
     with pytest.raises(InvalidInput) as error:
         plan_command(**args)  # type: ignore[arg-type]
-    assert error.value.field == "profile" and "--allow-unsteady-profile" in error.value.message
+    assert error.value.field == "profile" and "--accept-unsteady" in error.value.message
     allowed = plan_command(**args, is_unsteady_profile_allowed=True)  # type: ignore[arg-type]
     assert allowed.warnings and "unsteady" in allowed.warnings[0]
     steady = plan_command(**{**args, "profile": _profile(tmp_path, _terms(1.02))})  # type: ignore[arg-type]
-    assert steady.warnings == ()
+    assert len(steady.warnings) == 1 and "steadiness" in steady.warnings[0]
+    assert "unsteady machine" not in steady.warnings[0]

@@ -9,6 +9,7 @@ import pytest
 
 from aiscale.errors import InvalidInput
 from aiscale.plan import SyntheticTraffic, load_trace, read_trace_times, scale_times
+from aiscale.plan.traffic import RATE_BIN_S, day_counts, poisson_counts, scale_trace
 from tests.data_sets import public_file, synthetic_trace_times, write_trace
 
 #: The Azure traces' volumes and spans (the data README); the synthetic ones copy them.
@@ -39,17 +40,66 @@ def test_trace_times_match_the_published_counts() -> None:
     assert code[-1] / 60 == pytest.approx(57.3, abs=0.1)
 
 
-def test_rate_scale_thins_and_multiplies(conv: Path) -> None:
-    """rate_scale 0.5 keeps about half, 2.5 gives about 2.5 times, seeded and sorted."""
+@pytest.mark.parametrize("scale_by", ["poisson", "copy"])
+def test_rate_scale_thins_and_multiplies(conv: Path, scale_by: str) -> None:
+    """rate_scale 0.5 keeps about half, 2.5 gives about 2.5 times, seeded and sorted, drawn
+    over the trace's rate (default) or copied; rate_scale 1 keeps the trace's own arrivals."""
     base = read_trace_times(conv)
     assert base.size == CONV_REQUESTS and base[0] == 0.0
-    half = load_trace(conv, rate_scale=0.5, seed=1)
-    assert abs(half.num_requests - base.size / 2) < 4 * np.sqrt(base.size / 4)
-    more = load_trace(conv, rate_scale=2.5, seed=1)
-    assert abs(more.num_requests - 2.5 * base.size) < 4 * np.sqrt(base.size / 4)
+    half = load_trace(conv, rate_scale=0.5, seed=1, scale_by=scale_by)
+    assert abs(half.num_requests - base.size / 2) < 4 * np.sqrt(base.size)
+    more = load_trace(conv, rate_scale=2.5, seed=1, scale_by=scale_by)
+    assert abs(more.num_requests - 2.5 * base.size) < 4 * np.sqrt(2.5 * base.size)
     assert np.all(np.diff(more.times_s) >= 0)
-    again = load_trace(conv, rate_scale=2.5, seed=1)
+    again = load_trace(conv, rate_scale=2.5, seed=1, scale_by=scale_by)
     assert np.array_equal(more.times_s, again.times_s)
+    assert np.array_equal(load_trace(conv, scale_by=scale_by).times_s, base)
+
+
+def test_scaling_up_draws_poisson_traffic_not_copies(conv: Path) -> None:
+    """x2,000 by default: the mean rate is 2,000 times the trace's and the busiest second
+    stays near what Poisson counts around the per-minute rate give (no burst of 2,000
+    requests at each original arrival); copying, the explicit option, makes those bursts."""
+    times = read_trace_times(conv)
+    scale = 2_000.0
+    poisson = poisson_counts(times, rate_scale=scale, seed=3).counts
+    mean = scale * times.size / (np.ceil(times[-1] / RATE_BIN_S) * RATE_BIN_S)
+    assert poisson.mean() == pytest.approx(mean, rel=0.01)
+    # The trace's own per-minute swing (its bursts, at most about 2x here) plus 6 sigma.
+    per_minute = np.bincount((times // RATE_BIN_S).astype(np.int64)) / RATE_BIN_S
+    highest = scale * per_minute.max()
+    assert poisson.max() <= highest + 6 * np.sqrt(highest)
+    assert poisson.max() < 2.5 * mean
+    # Second to second the counts move by Poisson noise only (the rate moves slowly).
+    assert np.std(np.diff(poisson)) / np.sqrt(2) < 1.5 * np.sqrt(mean)
+    # Copies (x200 here, to stay quick) move by 200 times the trace's own per-second noise,
+    # over ten times Poisson's at their mean: the bursts the default avoids.
+    copied = scale_trace(times, rate_scale=200.0, scale_by="copy", duration_s=600.0, seed=3)
+    copied_counts = copied.counts(1.0).counts
+    assert np.std(np.diff(copied_counts)) / np.sqrt(2) > 10 * np.sqrt(copied_counts.mean())
+
+
+def test_the_day_model_is_the_benchmarks_and_keeps_its_volume(conv: Path) -> None:
+    """day_counts: one day of per-second Poisson counts, the trace stretched by day /
+    span (rounded up to whole minutes) and scaled to the requests asked for; seeded."""
+    times = read_trace_times(conv)
+    counts, time_scale, rate_scale = day_counts(times, 2_000_000.0, seed=4)
+    assert counts.step_s == 1.0 and counts.counts.size == 86_400
+    assert time_scale == pytest.approx(86_400 / (np.ceil(times[-1] / 60) * 60))
+    assert rate_scale == pytest.approx(2_000_000.0 / times.size)
+    assert abs(counts.num_requests - 2_000_000) < 6 * np.sqrt(2_000_000)
+    assert np.array_equal(day_counts(times, 2_000_000.0, seed=4)[0].counts, counts.counts)
+    # The same model as poisson_counts: the day is one pass of the stretched trace.
+    same = poisson_counts(times, rate_scale=rate_scale, time_scale=time_scale, seed=4)
+    assert same.counts.size == 86_400
+    assert same.counts.sum() == pytest.approx(counts.num_requests, rel=0.01)
+
+
+def test_an_unknown_scaling_is_refused_naming_it(conv: Path) -> None:
+    """scale_by other than poisson or copy is InvalidInput naming scale_by."""
+    with pytest.raises(InvalidInput) as error:
+        load_trace(conv, rate_scale=2.0, scale_by="smear")
+    assert error.value.field == "scale_by"
 
 
 def test_time_scale_stretches_and_duration_tiles(conv: Path, code: Path) -> None:

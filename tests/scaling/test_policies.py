@@ -53,15 +53,22 @@ def observe(
 
 
 def run_closed_loop(
-    policy: ScalingPolicy[Any], load: list[int], interval_s: float, start: int
+    policy: ScalingPolicy[Any],
+    load: list[int],
+    interval_s: float,
+    start: int,
+    *,
+    rate: float = 0.0,
 ) -> list[int]:
-    """Drive a policy with ``load[i]`` ongoing requests at ``i * interval_s``, replicas ready
-    as soon as asked (the policy's own decisions feed the next observation)."""
+    """Drive a policy with ``load[i]`` ongoing requests (and ``rate`` arrivals/s) at
+    ``i * interval_s``, replicas ready as soon as asked (the policy's own decisions feed the
+    next observation)."""
     state = policy.initial_state()
     replicas = start
     targets = []
     for i, ongoing in enumerate(load):
-        decision, state = policy.decide(observe(i * interval_s, replicas, ongoing), state)
+        observation = observe(i * interval_s, replicas, ongoing, rate=rate)
+        decision, state = policy.decide(observation, state)
         replicas = decision.target_replicas
         targets.append(replicas)
     return targets
@@ -157,7 +164,8 @@ def test_no_flapping_on_steady_load(kind: str) -> None:
         },
     }
     knobs = all_knobs[kind]
-    targets = run_closed_loop(make_policy(kind, **knobs), [37] * 360, 2.0, 1)
+    # 95/s: what ten replicas of 10/s serve (the guarded predictive's ceiling reads it).
+    targets = run_closed_loop(make_policy(kind, **knobs), [37] * 360, 2.0, 1, rate=95.0)
     settled = targets[60:]
     assert len(set(settled)) == 1
     assert settled[0] == 10  # ceil(37 / 4)

@@ -35,7 +35,11 @@ REACTIVE = {
     "upscale_delay_s": 0.5,
     "downscale_delay_s": 2.0,
 }
+#: The platform's guard on both, on this test's compressed clock: it judges demand over the
+#: last 2 s (a start-up time), not over its default minute, which spans two seasons here.
+GUARD = {"rate_window_s": 2.0}
 PREDICTIVE = {
+    **GUARD,
     "reactive": REACTIVE,
     "season_s": SEASON_S,
     "startup_s": 2.0,
@@ -113,7 +117,7 @@ def spec(name: str, policy: str, knobs: Mapping[str, object]) -> DeploymentSpec:
 def server() -> Iterator[ThreadedServer]:
     """One gateway serving the same model twice: ``pred`` (predictive), ``reac`` (reactive)."""
     started = start_gateway(
-        spec("pred", "predictive", PREDICTIVE), spec("reac", "reactive", REACTIVE)
+        spec("pred", "predictive", PREDICTIVE), spec("reac", "reactive", {**REACTIVE, **GUARD})
     )
     yield started
     started.stop()

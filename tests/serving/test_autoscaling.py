@@ -42,6 +42,11 @@ def test_load_step_scales_up_and_back_down(serve: ServerFactory) -> None:
             "max_replicas": 3,
             "upscale_delay_s": 0.4,
             "downscale_delay_s": 1.5,
+            # The guard's ceiling follows the peak rate of the last window (60 s by default,
+            # one start-up) and takes replicas away once a whole window is idle, even before
+            # the rule's downscale delay; a window longer than the delay leaves the delay in
+            # charge here. This test's clock is compressed like its delays.
+            "rate_window_s": 2.0,
         },
     )
     spec = python_spec(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aiscale.errors import InvalidInput
 
-__all__ = ["load_arrivals", "poisson_arrivals"]
+__all__ = ["load_arrivals", "parse_timestamp", "poisson_arrivals"]
 
 _COLUMN = "TIMESTAMP"
 
@@ -108,7 +108,7 @@ def _read_timestamps(path: Path) -> list[float]:
                 )
             text = row[column].strip()
             try:
-                day, seconds = _parse_timestamp(text)
+                day, seconds = parse_timestamp(text)
             except ValueError:
                 raise InvalidInput(
                     f"trace {path} line {line}: cannot parse {_COLUMN} {text!r}", field="trace"
@@ -119,7 +119,7 @@ def _read_timestamps(path: Path) -> list[float]:
     return out
 
 
-def _parse_timestamp(text: str) -> tuple[int, float]:
+def parse_timestamp(text: str) -> tuple[int, float]:
     """Split a timestamp into (day ordinal, seconds within that day).
 
     Accepts ``YYYY-MM-DD HH:MM:SS[.fraction]`` (``T`` separator allowed, any number of fraction

@@ -10,6 +10,7 @@ from __future__ import annotations
 # Importing a command module registers its commands; this order is the order of `aiscale --help`.
 from aiscale.cli import serving, registry, releases, data, planning, gpus  # noqa: F401
 from aiscale.cli import apply, get  # noqa: F401
+from aiscale.cli import keys_usage  # noqa: F401
 from aiscale.cli._common import app
 
 # isort: on

@@ -56,6 +56,8 @@ class OutputFormat(StrEnum):
 class DatasetFormat(StrEnum):
     parquet = "parquet"
     jsonl = "jsonl"
+    #: An LLM deployment's answers as ``{"messages": [...]}`` lines, feedback joined.
+    chat = "chat"
 
 
 DeploymentOption = Annotated[str, typer.Option("--deployment", "-d", help="Deployment name.")]

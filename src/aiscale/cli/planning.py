@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +17,7 @@ from aiscale.cli._common import (
     app,
     reported_errors,
 )
+from aiscale.errors import ConfigError
 
 # --------------------------------------------------------------- capacity planning
 
@@ -42,10 +44,32 @@ def profile(
         int | None,
         typer.Option(help="Torch threads per replica, as aiscale serve --num-threads [all cores]."),
     ] = None,
+    repeats: Annotated[
+        int,
+        typer.Option(
+            help="Interleaved repeats of every measurement; the profile keeps each figure's "
+            "median and records their spread."
+        ),
+    ] = 3,
+    server_data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for the calibration server's data (its capture log: the disk probed), "
+            "e.g. a tmpfs [default: the system's temporary folder]."
+        ),
+    ] = None,
 ) -> None:
     """Measure latency and throughput against batch size, memory per replica, and what a real
-    server adds (per-request overhead, in-server slowdown under load), here."""
-    from aiscale.plan.commands import profile_command
+    server adds (per-request overhead, in-server slowdown under load, throughput at full
+    batches), here; every figure repeated, interleaved, and its spread recorded. An LLM
+    ('smollm2' or a .gguf file): prefill and decode step times of a real llama.cpp engine,
+    its KV cache and start-up, as an LLM profile for ``plan --llm --llm-profile``."""
+    from aiscale.engines.models import is_llm_model_arg
+    from aiscale.plan.commands import profile_command, profile_steadiness
+
+    if is_llm_model_arg(model):
+        _profile_llm(model, out, num_threads)
+        return
 
     with reported_errors():
         result = profile_command(
@@ -56,6 +80,8 @@ def profile(
             is_server_measured=server,
             server_seconds_per_level=server_seconds,
             num_threads=num_threads,
+            repeats=repeats,
+            server_data_dir=server_data_dir,
         )
     table = Table("batch size", "latency ms", "items/s")
     for size, latency_ms, rate in zip(
@@ -96,14 +122,32 @@ def profile(
                 "responses wait for it",
                 highlight=False,
             )
-        unsteady = terms.unsteadiness()
-        if unsteady is not None:
-            _stderr().print(
-                f"warning: the machine was not steady while profiling ({unsteady}); "
-                "simulations with this profile can be off by as much: profile again when "
-                "it is quieter",
+        if terms.slowdown_rates_per_s:
+            _stdout().print(
+                "in-server slowdown by rate: "
+                + ", ".join(
+                    f"{v:.2f} at {r:.0f}/s"
+                    for r, v in zip(terms.slowdown_rates_per_s, terms.slowdown_values, strict=True)
+                ),
                 highlight=False,
             )
+    if result.repeats is not None:
+        widest = result.repeats.widest()
+        if widest is not None:
+            _stdout().print(
+                f"repeats: {result.repeats.count}; widest checked figure: {widest.name} "
+                f"{widest.low:.4g}-{widest.high:.4g} ({widest.relative_spread:.0%} of its "
+                "median)",
+                highlight=False,
+            )
+    unsteady, _ = profile_steadiness(result)
+    if unsteady is not None:
+        _stderr().print(
+            f"warning: the machine was not steady while profiling ({unsteady}); simulate and "
+            "plan refuse this profile without --accept-unsteady: profile again when it is "
+            "quieter",
+            highlight=False,
+        )
     if result.spread is not None:
         ratios = result.spread.ratio_at([0.1, 0.5, 0.9, 0.99])
         _stdout().print(
@@ -139,6 +183,20 @@ def simulate(
     ] = None,
     hardware: Annotated[str | None, typer.Option(help="Catalog hardware.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    scale_by: Annotated[
+        str,
+        typer.Option(
+            help="How --rate-scale changes a trace: 'poisson' (a Poisson process over its "
+            "per-minute rate, as many independent users) or 'copy' (each request copied)."
+        ),
+    ] = "poisson",
+    accept_unsteady: Annotated[
+        bool,
+        typer.Option(
+            "--accept-unsteady",
+            help="Use a profile measured on an unsteady machine (with a warning).",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Replay arrivals through queues, batching, replicas and a scaling policy in simulated time."""
@@ -161,7 +219,11 @@ def simulate(
             hardware=hardware,
             seed=seed,
             max_batch_size=max_batch_size,
+            scale_by=scale_by,
+            is_unsteady_accepted=accept_unsteady,
         )
+    for warning in result["warnings"]:
+        _stderr().print(f"warning: {warning}", highlight=False)
     if as_json:
         print(json.dumps(result))
         return
@@ -185,10 +247,14 @@ def plan(
     users: Annotated[
         str, typer.Option(help="Phases as user counts, e.g. 10000,100000,500000,1000000.")
     ],
-    requests_per_user: Annotated[float, typer.Option(help="Requests per user per day.")],
+    requests_per_user: Annotated[
+        float | None,
+        typer.Option(help="Requests per user per day (required; with --llm default 20)."),
+    ] = None,
     profile_path: Annotated[
-        Path, typer.Option("--profile", help="Model profile JSON (aiscale profile).")
-    ],
+        Path | None,
+        typer.Option("--profile", help="Model profile JSON (aiscale profile; not with --llm)."),
+    ] = None,
     slo_p99_ms: Annotated[float, typer.Option(help="Latency SLO: p99 under this many ms.")] = 500.0,
     report: Annotated[
         Path | None, typer.Option(help="Folder for the HTML/Markdown report and plots.")
@@ -198,22 +264,68 @@ def plan(
         int | None,
         typer.Option(help="From this many users on, keep at least 2 replicas [default: 10000]."),
     ] = None,
-    allow_unsteady_profile: Annotated[
+    accept_unsteady: Annotated[
         bool,
         typer.Option(
+            "--accept-unsteady",
             "--allow-unsteady-profile",
             help="Plan from a profile measured on an unsteady machine (with a warning).",
         ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    llm: Annotated[
+        bool, typer.Option("--llm", help="Plan an LLM deployment (tokens, TTFT, ITL).")
+    ] = False,
+    llm_model: Annotated[
+        str, typer.Option("--model", help="--llm: smollm2, llama-3-8b or llama-3-70b.")
+    ] = "llama-3-8b",
+    ttft_ms: Annotated[float, typer.Option(help="--llm: time-to-first-token target.")] = 1000.0,
+    itl_ms: Annotated[float, typer.Option(help="--llm: inter-token latency target.")] = 100.0,
+    slo_target: Annotated[
+        float, typer.Option(help="--llm: share of requests that must meet both.")
+    ] = 0.99,
+    trace: Annotated[
+        Path | None,
+        typer.Option(help="--llm: CSV with TIMESTAMP, ContextTokens, GeneratedTokens."),
+    ] = None,
+    hardware: Annotated[
+        str | None, typer.Option(help="--llm: catalog hardware to consider, e.g. L4,H100.")
+    ] = None,
+    step_s: Annotated[float, typer.Option(help="--llm: simulator time step (s).")] = 2.0,
+    llm_profile: Annotated[
+        Path | None, typer.Option(help="--llm: a measured LLM profile JSON for its hardware.")
+    ] = None,
 ) -> None:
     """Per phase: replicas, hardware, monthly cost and SLO attainment of each scaling strategy,
-    and what to buy."""
+    and what to buy (``--llm``: of an LLM deployment, per architecture and tensor parallel)."""
     from rich.progress import Progress
 
     from aiscale.plan.commands import plan_command
     from aiscale.plan.report import estimate_mark, recommendation
 
+    if llm:
+        _plan_llm(
+            users=users,
+            requests_per_user=requests_per_user,
+            model=llm_model,
+            ttft_ms=ttft_ms,
+            itl_ms=itl_ms,
+            slo_target=slo_target,
+            trace=trace,
+            hardware=hardware,
+            step_s=step_s,
+            llm_profile=llm_profile,
+            report=report,
+            as_json=as_json,
+        )
+        return
+    if requests_per_user is None or profile_path is None:
+        with reported_errors():
+            raise ConfigError(
+                "--requests-per-user and --profile are required (or plan an LLM with --llm)",
+                field="profile" if profile_path is None else "requests_per_user",
+            )
+        return
     with reported_errors(), Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("simulating", total=None)
 
@@ -228,7 +340,7 @@ def plan(
             report=report,
             shape=shape,
             on_progress=on_progress,
-            is_unsteady_profile_allowed=allow_unsteady_profile,
+            is_unsteady_profile_allowed=accept_unsteady,
             redundancy_from_users=redundancy_from_users,
         )
     for warning in result.warnings:
@@ -274,3 +386,112 @@ def plan(
     )
     if result.files:
         out.print(f"report: {', '.join(result.files)}", highlight=False, soft_wrap=True)
+
+
+def _plan_llm(
+    *,
+    users: str,
+    requests_per_user: float | None,
+    model: str,
+    ttft_ms: float,
+    itl_ms: float,
+    slo_target: float,
+    trace: Path | None,
+    hardware: str | None,
+    step_s: float,
+    llm_profile: Path | None,
+    report: Path | None,
+    as_json: bool,
+) -> None:
+    """``aiscale plan --llm``: per phase, each architecture's fleet, cost and SLO, and the
+    cost ratio between the costliest and the cheapest meeting the SLO."""
+    from rich.progress import Progress
+
+    from aiscale.plan.llm.command import plan_llm_command
+    from aiscale.plan.llm.report import llm_summary
+
+    with reported_errors(), Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("simulating", total=None)
+
+        def on_progress(done: int, total: int, label: str) -> None:
+            progress.update(task, completed=done, total=total, description=label)
+
+        result = plan_llm_command(
+            users=users,
+            requests_per_user=requests_per_user,
+            model=model,
+            ttft_ms=ttft_ms,
+            itl_ms=itl_ms,
+            slo_target=slo_target,
+            trace=trace,
+            hardware=hardware,
+            step_s=step_s,
+            llm_profile=llm_profile,
+            report=report,
+            on_progress=on_progress,
+        )
+    for warning in result.warnings:
+        _stderr().print(f"warning: {warning}", highlight=False)
+    if as_json:
+        print(json.dumps(result.to_dict()))
+        return
+    out = _stdout()
+    out.print(llm_summary(result), highlight=False, markup=False)
+    table = Table(
+        "users",
+        "hardware",
+        "TP",
+        "strategy",
+        "replicas",
+        "USD/mo",
+        "in SLO",
+        "est.",
+        title=f"{result.model}: {result.slo_target:.0%} with TTFT <= "
+        f"{result.ttft_slo_s * 1000:g} ms and ITL <= {result.itl_slo_s * 1000:g} ms",
+    )
+    for phase in result.phases:
+        for outcome in phase.outcomes:
+            table.add_row(
+                f"{phase.num_users:,}" if outcome is phase.outcomes[0] else "",
+                outcome.hardware,
+                str(outcome.tensor_parallel),
+                outcome.strategy,
+                f"{outcome.min_replicas}-{outcome.max_replicas}"
+                if outcome.min_replicas != outcome.max_replicas
+                else str(outcome.max_replicas),
+                f"${outcome.monthly_cost_usd:,.0f}",
+                f"{outcome.slo_attainment:.2%}" + ("" if outcome.meets_slo else " (miss)"),
+                "est." if outcome.is_estimate else "",
+                end_section=outcome is phase.outcomes[-1],
+            )
+    out.print(table)
+    if result.files:
+        out.print(f"report: {', '.join(result.files)}", highlight=False, soft_wrap=True)
+
+
+def _profile_llm(model: str, out: Path, num_threads: int | None) -> None:
+    """``aiscale profile smollm2``: measure one llama.cpp engine and write its LLM profile."""
+    import asyncio
+
+    from aiscale.engines.models import served_name_of
+    from aiscale.plan.llm.profile import save_llm_profile
+    from aiscale.plan.llm.profiling import profile_llamacpp
+    from aiscale.plan.profiling import cpu_model
+
+    with reported_errors():
+        result = asyncio.run(profile_llamacpp(model, threads=num_threads, measured_on=cpu_model()))
+        result = replace(result, model=served_name_of(model))
+        save_llm_profile(result, out)
+    table = Table("figure", "value")
+    for name, value, unit in (
+        ("decode step, base", result.step_base_s * 1000, "ms"),
+        ("decode step, per sequence", result.decode_per_seq_s * 1000, "ms"),
+        ("decode step, per 1k context tokens", result.decode_per_context_token_s * 1e6, "ms"),
+        ("prefill, per prompt token", result.prefill_per_token_s * 1000, "ms"),
+        ("KV cache", float(result.kv_capacity_tokens), "tokens"),
+        ("weight load", result.weight_load_s, "s"),
+        ("warm-up", result.warmup_s, "s"),
+    ):
+        table.add_row(name, f"{value:.4g} {unit}")
+    _stdout().print(table)
+    _stdout().print(f"written: {out}", highlight=False)

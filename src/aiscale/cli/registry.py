@@ -24,6 +24,18 @@ from aiscale.cli._common import (
     reported_errors,
     resolve_paths,
 )
+from aiscale.cli.keys_limits import (
+    BudgetTokensDayOption,
+    BudgetTokensMonthOption,
+    BudgetUsdDayOption,
+    BudgetUsdMonthOption,
+    MaxConcurrentOption,
+    RpmOption,
+    TeamOption,
+    TpmOption,
+    limits_summary,
+    llm_limits_of,
+)
 from aiscale.errors import InvalidInput
 from aiscale.registry import PICKLE_RUNTIMES, SqlRegistry, register_with_artifact
 
@@ -32,7 +44,10 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 models_app = typer.Typer(
     help="Register and inspect models, versions and aliases.", no_args_is_help=True
 )
-keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Create, list and revoke API keys; set their LLM limits; show their token spend.",
+    no_args_is_help=True,
+)
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
 
@@ -257,18 +272,47 @@ def keys_create(
             "--rate-limit", help="Items (OIP v2 rows, embeddings inputs) per second for this key."
         ),
     ] = None,
+    team: TeamOption = None,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+    max_concurrent: MaxConcurrentOption = None,
+    budget_tokens_day: BudgetTokensDayOption = None,
+    budget_tokens_month: BudgetTokensMonthOption = None,
+    budget_usd_day: BudgetUsdDayOption = None,
+    budget_usd_month: BudgetUsdMonthOption = None,
     data_dir: DataDirOption = None,
     registry_url: RegistryUrlOption = None,
 ) -> None:
-    """Create an API key and print it once; only its hash is stored."""
+    """Create an API key and print it once; only its hash is stored.
+
+    LLM limits (--rpm, --tpm, --max-concurrent, budgets per UTC day or month in tokens or US
+    dollars) apply to this key's chat and completion requests; --team makes them count
+    against the team's limits in the server config (server.ledger.teams) too."""
     with reported_errors(), open_registry(resolve_paths(data_dir, registry_url)) as registry:
-        plaintext, record = registry.create_key(name, frozenset(scope), rate_limit)
+        limits = llm_limits_of(
+            rpm=rpm,
+            tpm=tpm,
+            max_concurrent=max_concurrent,
+            budget_tokens_day=budget_tokens_day,
+            budget_tokens_month=budget_tokens_month,
+            budget_usd_day=budget_usd_day,
+            budget_usd_month=budget_usd_month,
+        )
+        plaintext, record = registry.create_key(
+            name, frozenset(scope), rate_limit, team=team, llm_limits=limits
+        )
         out = _stdout()
         out.print(
             f"key id: {record.key_id}  scopes: {','.join(sorted(record.scopes))}",
             markup=False,
             highlight=False,
         )
+        if team is not None or not limits.is_empty:
+            out.print(
+                f"team: {team or '-'}  llm limits: {limits_summary(limits) or 'none'}",
+                markup=False,
+                highlight=False,
+            )
         out.print("API key (shown once, store it now):", markup=False, highlight=False)
         out.print(plaintext, markup=False, highlight=False, soft_wrap=True)
 
@@ -283,13 +327,18 @@ def keys_data(registry: SqlRegistry) -> list[dict[str, Any]]:
             "rate_limit_per_s": key.rate_limit_per_s,
             "created_at": _when(key.created_at),
             "revoked_at": _when(key.revoked_at) or None,
+            "team": key.team,
+            "llm_limits": key.llm_limits.as_dict(),
         }
         for key in registry.list_keys()
     ]
 
 
 def keys_table(keys: list[dict[str, Any]]) -> Table:
-    table = Table("key id", "name", "scopes", "rate/s", "created (UTC)", "revoked (UTC)")
+    table = Table(
+        "key id", "name", "scopes", "rate/s", "team", "llm limits", "created (UTC)",
+        "revoked (UTC)",
+    )
     for key in keys:
         rate = key["rate_limit_per_s"]
         table.add_row(
@@ -297,6 +346,8 @@ def keys_table(keys: list[dict[str, Any]]) -> Table:
             key["name"],
             ",".join(key["scopes"]),
             "" if rate is None else f"{rate:g}",
+            key.get("team") or "",
+            limits_summary(key.get("llm_limits") or {}),
             key["created_at"],
             key["revoked_at"] or "",
         )

@@ -25,6 +25,7 @@ from aiscale.cli._common import (
 )
 from aiscale.config import DeploymentConfig, load_config, parse_config
 from aiscale.data_dir import make_private_data_dir
+from aiscale.engines.models import is_llm_model_arg, served_name_of
 from aiscale.errors import InvalidInput
 from aiscale.registry import SqlRegistry
 
@@ -64,10 +65,39 @@ def _deployment_flags(
     return parse_config({"deployments": [data]}).deployments[0]
 
 
+def _llm_deployment_flags(
+    name: str | None,
+    model_arg: str,
+    replicas: int | None,
+    timeout_ms: float | None,
+    num_threads: int | None,
+) -> DeploymentConfig:
+    """An LLM deployment config for ``serve smollm2`` or ``serve path/to/model.gguf``: a
+    llama.cpp engine with the engine defaults. The model file is located now, so a missing
+    or wrong one is one line and exit 1 before anything is bound."""
+    engine: dict[str, Any] = {"kind": "llamacpp", "model": model_arg}
+    if num_threads is not None:
+        engine["threads"] = num_threads
+    served = served_name_of(model_arg)
+    data: dict[str, Any] = {"name": name or served, "model": served, "engine": engine}
+    if replicas is not None:
+        data["replicas"] = replicas
+    if timeout_ms is not None:
+        data["timeout_ms"] = timeout_ms
+    config = parse_config({"deployments": [data]}).deployments[0]
+    assert config.engine is not None
+    config.engine.to_spec(config.name)
+    return config
+
+
 @app.command()
 def serve(
     model: Annotated[
-        str, typer.Argument(help="Registered model, 'minilm', pkg.module:Class, or a model file.")
+        str,
+        typer.Argument(
+            help="Registered model, 'minilm', pkg.module:Class, or a model file; an LLM: "
+            "'smollm2' or a GGUF file (*.gguf)."
+        ),
     ] = "minilm",
     host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1].")] = None,
     port: Annotated[
@@ -218,20 +248,23 @@ def serve(
         make_private_data_dir(paths.data_dir)
         registry = SqlRegistry.open(paths.registry_url)
         artifacts = open_artifacts(paths)
-        choice = ensure_registered(registry, artifacts, model)
-        flags = _deployment_flags(
-            name or choice.model,
-            choice.model,
-            version or choice.version,
-            replicas,
-            max_batch_size,
-            max_batch_delay_ms,
-            timeout_ms,
-            num_threads,
-            cache_mb,
-            cpus,
-            memory_mb,
-        )
+        if is_llm_model_arg(model):
+            flags = _llm_deployment_flags(name, model, replicas, timeout_ms, num_threads)
+        else:
+            choice = ensure_registered(registry, artifacts, model)
+            flags = _deployment_flags(
+                name or choice.model,
+                choice.model,
+                version or choice.version,
+                replicas,
+                max_batch_size,
+                max_batch_delay_ms,
+                timeout_ms,
+                num_threads,
+                cache_mb,
+                cpus,
+                memory_mb,
+            )
         server = config.server
         if not is_loopback(server.host) and not registry.active_keys() and not server.is_insecure:
             raise InvalidInput(
@@ -354,16 +387,24 @@ def scale(
 @app.command()
 def bench(
     url: Annotated[
-        str, typer.Argument(help="Endpoint to load, e.g. http://127.0.0.1:8000/v1/embeddings.")
+        str, typer.Argument(help="Endpoint to load, e.g. http://127.0.0.1:8000/v1/embeddings "
+                            "(with --chat: a server's base URL, its /v1, or its "
+                            "/v1/chat/completions).")
     ],
+    chat: Annotated[
+        bool, typer.Option("--chat", help="Stream chat completions from an OpenAI-compatible "
+                           "server; report TTFT, ITL, tokens/s and goodput.")
+    ] = False,
     concurrency: Annotated[
-        int, typer.Option(help="Closed loop: clients each waiting for their answer.")
+        int, typer.Option(help="Closed loop: clients each waiting for their answer "
+                          "(with --turns: simultaneous users).")
     ] = 1,
     rate: Annotated[
         float | None, typer.Option(help="Open loop: Poisson arrivals per second.")
     ] = None,
     trace: Annotated[
-        Path | None, typer.Option(help="Open loop: replay a CSV trace's TIMESTAMP column.")
+        Path | None, typer.Option(help="Open loop: replay a CSV trace's TIMESTAMP column "
+                                  "(with --chat also ContextTokens and GeneratedTokens).")
     ] = None,
     rate_scale: Annotated[float, typer.Option(help="Multiply the trace's arrival rate.")] = 1.0,
     time_scale: Annotated[float, typer.Option(help="Stretch the trace's time axis.")] = 1.0,
@@ -378,15 +419,63 @@ def bench(
         str | None, typer.Option(help="Request body (JSON); default: derived from the URL.")
     ] = None,
     body_file: Annotated[Path | None, typer.Option(help="File holding the request body.")] = None,
-    model: Annotated[str, typer.Option(help="Deployment named in derived bodies.")] = "minilm",
+    model: Annotated[
+        str | None, typer.Option(help="Deployment named in derived bodies [default: minilm; "
+                                 "--chat: the one model the server lists].")
+    ] = None,
     header: Annotated[
         list[str] | None, typer.Option(help="Extra header 'Name: value' (repeatable).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for arrivals and sentences.")] = 0,
-    timeout: Annotated[float, typer.Option(help="Per-request timeout in seconds.")] = 30.0,
+    timeout: Annotated[
+        float | None, typer.Option(help="Per-request timeout in seconds [default: 30; --chat: "
+                                   "60, for each wait on the stream].")
+    ] = None,
     max_outstanding: Annotated[
         int, typer.Option(help="Open loop: cap on requests in flight.")
     ] = 1024,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="--chat: output tokens per request; caps a trace's "
+                                 "GeneratedTokens [default: 64].")
+    ] = None,
+    prompt_tokens: Annotated[
+        int | None, typer.Option(help="--chat: prompt tokens per request, or per user turn "
+                                 "with --turns [default: 128].")
+    ] = None,
+    ignore_eos: Annotated[
+        bool | None, typer.Option("--ignore-eos/--no-ignore-eos",
+                                  help="--chat: make the engine produce exactly the asked "
+                                  "tokens (its ignore_eos) [default: on].")
+    ] = None,
+    turns: Annotated[
+        int | None, typer.Option(help="--chat: multi-turn conversations of this many turns "
+                                 "by --concurrency users, each turn resending the history.")
+    ] = None,
+    think_time: Annotated[
+        float | None, typer.Option(help="--chat --turns: mean seconds a user thinks between "
+                                   "turns [default: 1].")
+    ] = None,
+    system_tokens: Annotated[
+        int | None, typer.Option(help="--chat --turns: a system prompt of this many tokens "
+                                 "that all conversations share [default: 0].")
+    ] = None,
+    slo_ttft_ms: Annotated[
+        float | None, typer.Option(help="--chat: goodput counts requests whose time to first "
+                                   "token is at most this [default: 1000].")
+    ] = None,
+    slo_itl_ms: Annotated[
+        float | None, typer.Option(help="--chat: ... and whose mean inter-token latency is at "
+                                   "most this [default: 100].")
+    ] = None,
+    max_context: Annotated[
+        int | None, typer.Option(help="--chat: the model's context window in tokens; longer "
+                                 "prompts are shortened [default: from /v1/models, else 2048].")
+    ] = None,
+    calibrate: Annotated[
+        bool | None, typer.Option("--calibrate/--no-calibrate",
+                                  help="--chat: first measure the chat template's tokens with two "
+                                  "probe requests [default: on].")
+    ] = None,
     max_error_rate: Annotated[
         float,
         typer.Option(help="Exit 1 when more than this share of requests fail (0.01 = 1%)."),
@@ -397,13 +486,45 @@ def bench(
 ) -> None:
     """Load a running server (closed or open loop, or a trace) and report throughput and latency.
 
+    With --chat: streamed chat completions (closed or open loop, a token trace, or multi-turn
+    conversations with --turns) and TTFT, ITL, output tokens/s and goodput.
     Exits 1 when the server cannot be reached or too many requests fail (--max-error-rate)."""
     from aiscale.bench import bench_command, bench_progress, render_result
     from aiscale.bench.command import check_max_error_rate
+    from aiscale.cli import chat_bench
     from aiscale.cli._common import _stderr
 
     with reported_errors():
         check_max_error_rate(max_error_rate)
+        chat_bench.check_flags(chat, {
+            "body": body, "body_file": body_file, "max_tokens": max_tokens,
+            "prompt_tokens": prompt_tokens, "ignore_eos": ignore_eos, "turns": turns,
+            "think_time": think_time, "system_tokens": system_tokens,
+            "slo_ttft_ms": slo_ttft_ms, "slo_itl_ms": slo_itl_ms, "max_context": max_context,
+            "calibrate": calibrate,
+        })
+        if chat:
+            from aiscale.bench.chat_command import build_chat_config
+
+            chat_config = build_chat_config(
+                url, concurrency=concurrency, rate=rate, trace=trace, rate_scale=rate_scale,
+                time_scale=time_scale, requests=requests, duration=duration, warmup=warmup,
+                model=model, headers=header or (), seed=seed,
+                timeout=60.0 if timeout is None else timeout, max_outstanding=max_outstanding,
+                max_tokens=64 if max_tokens is None else max_tokens,
+                prompt_tokens=128 if prompt_tokens is None else prompt_tokens,
+                ignore_eos=ignore_eos is not False, turns=turns or 1,
+                think_time=1.0 if think_time is None else think_time,
+                system_tokens=system_tokens or 0,
+                slo_ttft_ms=1000.0 if slo_ttft_ms is None else slo_ttft_ms,
+                slo_itl_ms=100.0 if slo_itl_ms is None else slo_itl_ms,
+                max_context=max_context,
+                calibrate=calibrate is not False,
+            )
+    if chat:
+        chat_bench.run_and_print(chat_config, as_json=as_json, max_error_rate=max_error_rate)
+        return
+    with reported_errors():
         console = Console(stderr=as_json)
         with bench_progress(console) as on_progress:
             result = bench_command(
@@ -419,10 +540,10 @@ def bench(
                 warmup=warmup,
                 body=body,
                 body_file=body_file,
-                model=model,
+                model=model or "minilm",
                 headers=header or (),
                 seed=seed,
-                timeout=timeout,
+                timeout=30.0 if timeout is None else timeout,
                 max_outstanding=max_outstanding,
             )
     if as_json:
@@ -465,7 +586,14 @@ def demo(
     duration: Annotated[
         float, typer.Option(help="Seconds of load, split over the ramp's stages.")
     ] = 40.0,
-    users: Annotated[int, typer.Option(help="Simulated users at the top of the ramp.")] = 64,
+    users: Annotated[
+        int | None, typer.Option(help="Simulated users at the top of the ramp "
+                                 "[default: 64; --llm: 8].")
+    ] = None,
+    llm: Annotated[
+        bool, typer.Option("--llm", help="Serve the bundled SmolLM2 on llama.cpp instead, "
+                           "with simulated users chatting (multi-turn, streamed).")
+    ] = False,
     replicas: Annotated[int, typer.Option(help="Replica processes of minilm.")] = 1,
     data_dir: Annotated[
         Path | None,
@@ -478,14 +606,31 @@ def demo(
     ] = True,
 ) -> None:
     """Serve the bundled minilm and drive a ramp of simulated users at it, with a live view
-    and the live dashboard (its URL is printed; opened in a browser where one can be shown)."""
+    and the live dashboard (its URL is printed; opened in a browser where one can be shown).
+    With --llm: the bundled SmolLM2 and users chatting, with the dashboard's LLM panel."""
+    if llm:
+        from aiscale.demo_llm import run_llm_demo
+
+        with reported_errors():
+            if replicas != 1:
+                raise InvalidInput("--replicas applies to the minilm demo only", field="replicas")
+            llm_summary = run_llm_demo(
+                data_dir=data_dir,
+                duration_s=duration,
+                max_users=8 if users is None else users,
+                console=Console(),
+                open_browser=open_browser,
+            )
+        if llm_summary.is_interrupted:
+            raise typer.Exit(130)
+        return
     from aiscale.demo import run_demo
 
     with reported_errors():
         summary = run_demo(
             data_dir=data_dir,
             duration_s=duration,
-            max_users=users,
+            max_users=64 if users is None else users,
             replicas=replicas,
             console=Console(),
             open_browser=open_browser,

@@ -27,7 +27,7 @@ from typing import Protocol
 from aiscale.contracts.histogram import Histogram
 from aiscale.contracts.split import TrafficSplit
 
-__all__ = ["Fleet", "FleetSnapshot", "ScaleRecord"]
+__all__ = ["Fleet", "FleetSnapshot", "LlmSignals", "ScaleRecord"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +45,35 @@ class ScaleRecord:
     def source(self) -> str:
         """The asker (``autoscaler``, ``monitor``, ``admin``, ...): the cause up to its colon."""
         return self.cause.split(":", 1)[0].strip()
+
+
+@dataclass(frozen=True, slots=True)
+class LlmSignals:
+    """What an LLM version's engines and the gateway say about its token load at one moment.
+
+    Gauges are as of now: ``num_waiting`` and ``num_running`` requests in the engines' own
+    queues and slots (their last scrape, summed over replicas), ``num_held`` requests the
+    gateway holds because no engine is ready (a version at zero, or all being replaced).
+    ``kv_cache_usage`` is the mean share of the KV cache in use over the engines that report
+    it (0..1; ``None`` when none does: llama.cpp builds without the gauge), ``num_slots``
+    the sequences the ready engines may decode at once in all (``parallel`` each), so that
+    ``num_running / num_slots`` stands in for KV use where the engine does not say.
+    Counts and histograms are cumulative since the lane started (an observer diffs two):
+    prompt and output tokens of ended requests, time to first token of each request, and
+    each request's mean inter-token latency, in seconds; requests that waited for an engine
+    to load (cold starts).
+    """
+
+    num_waiting: int
+    num_running: int
+    num_held: int
+    kv_cache_usage: float | None
+    num_slots: int
+    prompt_tokens: float
+    output_tokens: float
+    ttft_s: Histogram
+    itl_s: Histogram
+    num_cold_starts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +120,8 @@ class FleetSnapshot:
     last_scale: ScaleRecord | None = None
     #: The registered model the deployment serves (its versions are this model's).
     model: str = ""
+    #: Token-level signals of an LLM version (engine replicas); ``None`` for other models.
+    llm: LlmSignals | None = None
 
     @property
     def num_replicas(self) -> int:

@@ -1,6 +1,7 @@
 """The dashboard's static files: the page, its script, and plotly.js from the ``plotly`` package.
 
-Answers ``GET /dashboard`` (``index.html``), ``GET /dashboard/dashboard.js`` and
+Answers ``GET /dashboard`` (``index.html``), ``GET /dashboard/dashboard.js``,
+``GET /dashboard/llm_panel.js`` (the LLM deployments' panel, which reads ``/metrics``) and
 ``GET /dashboard/plotly.min.js``. The page is static; its script polls the admin API
 (``/admin/monitor/snapshot``) with the admin key it was given, so this module needs no auth and
 holds no state but the file bytes, read once on first use.
@@ -38,7 +39,8 @@ _CSP = (
     b"style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:"
 )
 _PAGE_FILES = {"": ("index.html", b"text/html; charset=utf-8"),
-               "dashboard.js": ("dashboard.js", b"application/javascript; charset=utf-8")}
+               "dashboard.js": ("dashboard.js", b"application/javascript; charset=utf-8"),
+               "llm_panel.js": ("llm_panel.js", b"application/javascript; charset=utf-8")}
 _PLOTLY = "plotly.min.js"
 
 

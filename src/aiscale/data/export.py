@@ -13,8 +13,10 @@ across exports and machines, and the validation set never leaks into training.
 
 Files: ``train.<ext>`` and ``validation.<ext>`` with columns ``request_id, item, ts, version,
 latency_ms, input, output`` (``label, score, comment, num_feedback`` with feedback) and the
-flattened feature columns (``input_0``...). The output folder is written whole or not at all
-for a file (temporary names, then renames). Blocking I/O: never on the gateway's event loop.
+flattened feature columns (``input_0``...). ``--format chat`` (an LLM deployment) writes JSON
+lines of conversations instead, the feedback joined (``chat_dataset.py``). The output folder
+is written whole or not at all for a file (temporary names, then renames). Blocking I/O: never
+on the gateway's event loop.
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from aiscale.data.chat_dataset import chat_line, is_finished_completion
 from aiscale.data.examples import CapturedExamples, feature_columns
 from aiscale.data.quality import Expectations, QualityReport, check_quality
 from aiscale.errors import InvalidInput
 
-FORMATS = ("parquet", "jsonl")
+#: ``chat``: an LLM deployment's answered requests as conversations (``chat_dataset.py``).
+FORMATS = ("parquet", "jsonl", "chat")
 #: Keys the split hash, so the split is stable but unrelated to other hashes of the input.
 SPLIT_KEY = b"aiscale-dataset-split"
 _FEEDBACK_COLUMNS = ("label", "score", "comment", "num_feedback")
@@ -62,7 +66,8 @@ class ExportOptions:
                 f"validation_fraction must be in [0, 1), got {self.validation_fraction}",
                 field="validation_fraction",
             )
-        if self.is_labeled_only and not self.with_feedback:
+        # The chat format always joins the feedback (a conversation line carries its label).
+        if self.is_labeled_only and not self.with_feedback and self.format != "chat":
             raise InvalidInput("labeled-only needs with-feedback", field="labeled_only")
 
 
@@ -89,6 +94,10 @@ def export_dataset(
     Raises ``InvalidInput`` when nothing is left to export (e.g. no labelled example with
     ``is_labeled_only``)."""
     rows = list(examples.rows)
+    if options.format == "chat":
+        for row in rows[:1]:
+            chat_line(row)  # a deployment that is not an LLM is refused before any write
+        rows = [row for row in rows if is_finished_completion(row)]
     by_id = _unique_by_id(rows)
     kept = [r for r in by_id if not options.is_labeled_only or r["label"] is not None]
     if not kept:
@@ -108,7 +117,7 @@ def export_dataset(
         quality = check_quality(quality_columns(unique), expectations)
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    ext = "parquet" if options.format == "parquet" else "jsonl"
+    ext = "parquet" if options.format == "parquet" else "jsonl"  # chat: JSON lines too
     paths = {"train": folder / f"train.{ext}", "validation": folder / f"validation.{ext}"}
     for name, part in (("train", train), ("validation", validation)):
         _write(part, paths[name], options)
@@ -192,9 +201,9 @@ def _records(rows: list[dict[str, Any]], options: ExportOptions) -> list[dict[st
 
 
 def _write(rows: list[dict[str, Any]], path: Path, options: ExportOptions) -> None:
-    records = _records(rows, options)
+    records = [chat_line(r) for r in rows] if options.format == "chat" else _records(rows, options)
     tmp = path.with_name(path.name + ".tmp")
-    if options.format == "jsonl":
+    if options.format in ("jsonl", "chat"):
         with open(tmp, "wb") as f:
             for record in records:
                 f.write(orjson.dumps(record, option=orjson.OPT_NAIVE_UTC) + b"\n")

@@ -23,9 +23,12 @@ from aiscale.plan.traffic import (
     ArrivalCounts,
     Arrivals,
     SyntheticTraffic,
+    day_counts,
     load_trace,
+    poisson_counts,
     read_trace_times,
     scale_times,
+    scale_trace,
 )
 
 __all__ = [
@@ -41,13 +44,16 @@ __all__ = [
     "SourcedFigure",
     "SyntheticTraffic",
     "compare_modes",
+    "day_counts",
     "derive_profile",
     "load_catalog",
     "load_profile",
     "load_trace",
+    "poisson_counts",
     "profile_from_latencies",
     "read_trace_times",
     "save_profile",
     "scale_times",
+    "scale_trace",
     "simulate",
 ]

@@ -332,7 +332,7 @@ def run_aggregated(
         overhead = np.zeros((1, 1))
         overhead_weights = np.ones((1, 1))
     else:
-        step_slowdown = server.model_slowdown + server.model_slowdown_per_rps * per_replica_rate
+        step_slowdown = server.slowdown(per_replica_rate)
         grid = np.asarray(OVERHEAD_GRID)
         points = server.overhead_at((grid[1:] + grid[:-1]) / 2)
         scale = server.overhead_scale(per_replica_rate)

@@ -3,14 +3,22 @@
 ``calibrate_server`` starts ``aiscale serve MODEL`` (one replica, the serving defaults, on
 127.0.0.1 with a port the OS picks, in a temporary data folder), drives it with the load
 generator ``aiscale bench`` — the very tool a trace replay uses — and reads the server's
-``/metrics`` before and after each load level:
+``/metrics`` before and after each load level. It runs ``passes`` passes, each:
 
-1. closed loop at concurrency 1 (every batch holds one request);
-2. open loop (Poisson) at ``fractions`` of the capacity the model-alone profile and level 1
-   imply (at most ``MAX_RATE_OVER_LIGHT`` times level 1's rate);
-3. closed loop at concurrency 1 again: its model time over level 1's is the terms'
-   ``speed_drift``, and the CPU stolen meanwhile their ``cpu_steal_share``
-   (``ServerTerms.unsteadiness`` flags a calibration that should be run again).
+1. (``before_pass``, while the server idles) the model alone measured again, so that every
+   pass compares the server with the model alone of the same minutes: the repeats are
+   interleaved, and a slow minute hits both alike;
+2. closed loop at concurrency 1 (every batch holds one request);
+3. open loop (Poisson) at ``fractions`` of the capacity the model-alone profile and the
+   first pass's level 2 imply (at most ``MAX_RATE_OVER_LIGHT`` times that level's rate), in
+   alternating order from pass to pass;
+4. closed loop at ``saturation_concurrency`` (64): full batches, the throughput the replica
+   sustains and its in-server slowdown there (the capacity the planner sizes with);
+
+then closed loop at concurrency 1 once more: its model time over the first one's is the
+terms' ``speed_drift``, and the CPU stolen meanwhile their ``cpu_steal_share``
+(``ServerTerms.unsteadiness`` flags a calibration that should be run again). The spread of
+each figure over the passes is ``repeat_figures``.
 
 Before the levels, ``probe_disk`` times write + fdatasync in the server's data folder: the
 capture log's commit, which every captured response waits for (``ServerTerms.disk``; the
@@ -25,7 +33,8 @@ latency percentiles, the mean overhead against the open-loop rate as measured
 (``overhead_curve``; the closed-loop level counts as rate 0, ``overlap_rate``) and a line
 through the slowdowns against that rate, both through the
 levels the server kept up with (``is_saturated``), robust (Theil-Sen) and with slopes clipped
-at 0. The points themselves go into the profile for the record.
+at 0, and the slowdown as measured per level (``slowdown_curve``: median per level, through
+the full-batch closed loop). The points themselves go into the profile for the record.
 
 Nothing here fits to a trace: only synthetic load at rates derived from the profile. The
 server and load processes are children of this one and are always stopped (terminate, then
@@ -34,25 +43,20 @@ kill after a deadline). Subprocess output is parsed, never printed.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import re
-import selectors
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 from aiscale.errors import ModelLoadError
+from aiscale.plan.live_server import run_bench, scrape_histograms, served
 from aiscale.plan.profile import CalibrationPoint, DiskTerms, ModelProfile, ServerTerms
+from aiscale.plan.repeats import FigureSpread, figure_of
 
 #: Quantile levels of the overhead; the load generator reports p50, p90, p99 and p99.9.
 OVERHEAD_LEVELS: tuple[float, ...] = (0.0, 0.5, 0.9, 0.99, 0.999, 1.0)
@@ -65,6 +69,8 @@ DEFAULT_PASSES = 3
 DEFAULT_DISK_SECONDS = 15.0
 #: The serving default the calibration runs with (``aiscale serve``'s ``--max-batch-size``).
 SERVED_MAX_BATCH = 64
+#: Clients of the closed loop that keeps the replica's batches full (one per batch slot).
+SATURATION_CONCURRENCY = SERVED_MAX_BATCH
 #: Open-loop rates stay under this multiple of the concurrency-1 rate: for a model much
 #: faster than the gateway, the model-bound capacity says nothing about what can be served.
 MAX_RATE_OVER_LIGHT = 4.0
@@ -95,6 +101,8 @@ class _Level:
     asked: float = 0.0
     #: Mean wait per request for the capture log's commit.
     capture_s: float = 0.0
+    #: A closed loop's clients; 0 for an open loop.
+    concurrency: int = 0
 
 
 def calibrate_server(
@@ -109,60 +117,92 @@ def calibrate_server(
     disk_seconds: float = DEFAULT_DISK_SECONDS,
     start_timeout_s: float = 120.0,
     cwd: str | Path | None = None,
+    before_pass: Callable[[int], ModelProfile] | None = None,
+    saturation_concurrency: int = SATURATION_CONCURRENCY,
+    data_parent: str | Path | None = None,
 ) -> ServerTerms:
     """Measure ``ServerTerms`` for ``model`` (a ``aiscale serve`` MODEL argument) against its
     model-alone profile ``alone``; ``path`` is the inference URL path the load generator
     derives its bodies for; ``num_threads`` goes to ``aiscale serve --num-threads`` (default:
     its own); ``disk_seconds`` of disk probing (0: none, the commit stays in the overhead).
-    Raises ``ModelLoadError`` when the server or a load run fails."""
+    ``before_pass(k)``, when given, measures the model alone again before pass ``k`` (the
+    server idle meanwhile) and that pass's points compare with it; otherwise every pass
+    compares with ``alone``. ``saturation_concurrency`` (0: none) is the closed loop at full
+    batches. The server's data folder is a temporary one made in ``data_parent`` (default:
+    the system's temporary folder): put it where the served replicas will write (a tmpfs,
+    say), as the disk probe measures that disk. Raises ``ModelLoadError`` when the server or
+    a load run fails."""
     workdir = Path(cwd) if cwd is not None else Path.cwd()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(workdir), env.get("PYTHONPATH", "")) if p)
+    if passes < 1:
+        raise ModelLoadError("the calibration needs at least one pass", field="passes")
+    points: list[CalibrationPoint] = []
+    lights: list[Mapping[str, Any]] = []
     with (
-        tempfile.TemporaryDirectory(prefix="aiscale-calibration-") as data_dir,
-        _served(model, data_dir, workdir, env, start_timeout_s, num_threads) as url,
+        tempfile.TemporaryDirectory(prefix="aiscale-calibration-", dir=data_parent) as data_dir,
+        served(model, data_dir, workdir, env, start_timeout_s, num_threads) as url,
     ):
         target = url + path
-        _bench(target, ["--concurrency", "1", "--duration", "1"], workdir, env)  # warm up
+        run_bench(target, ["--concurrency", "1", "--duration", "1"], workdir, env)  # warm up
         steal_before = cpu_steal_reading()
         disk = probe_disk(Path(data_dir), disk_seconds) if disk_seconds > 0 else None
         closed_loop = ["--concurrency", "1", "--duration", f"{seconds_per_level:g}"]
-        levels = [_measure_level(url, target, closed_loop, workdir, env)]
-        first = levels[0]
-        slowdown = first.model_s / alone.mean_latency_s(max(first.mean_batch, 1.0))
-        capacity = max(
-            b / (alone.mean_latency_s(b) * slowdown)
-            for b in (*alone.batch_sizes, SERVED_MAX_BATCH)
-            if b <= SERVED_MAX_BATCH
-        )
-        # Every level ``passes`` times, the passes in alternating order: on a shared machine
-        # the speed drifts within a minute, and one disturbed level must not set the curve.
-        order = [
-            fraction
-            for index in range(passes)
-            for fraction in (fractions if index % 2 == 0 else tuple(reversed(fractions)))
-        ]
-        for fraction in order:
-            rate = max(min(fraction * capacity, MAX_RATE_OVER_LIGHT * first.rate_per_s), 1.0)
-            flags = [
-                "--rate",
-                f"{rate:.3f}",
-                "--duration",
-                f"{seconds_per_level:g}",
-                "--warmup",
-                "1",
-            ]
-            levels.append(replace(_measure_level(url, target, flags, workdir, env), asked=rate))
+        saturated = [
+            "--concurrency", str(saturation_concurrency), "--duration",
+            f"{seconds_per_level:g}", "--warmup", "1",
+        ]  # fmt: skip
+        rates: list[float] = []
+        first: _Level | None = None
+        last: ModelProfile | None = None
+        for index in range(passes):
+            reference = before_pass(index) if before_pass is not None else alone
+            light = replace(_measure_level(url, target, closed_loop, workdir, env), concurrency=1)
+            points.append(_point(reference, light))
+            lights.append(light.bench)
+            if first is None:
+                first = light
+                rates = _offered_rates(reference, light, fractions)
+            # Every level once per pass, in alternating order: on a shared machine the speed
+            # drifts within a minute, and one disturbed level must not set the curve.
+            for rate in rates if index % 2 == 0 else list(reversed(rates)):
+                flags = [
+                    "--rate", f"{rate:.3f}", "--duration", f"{seconds_per_level:g}",
+                    "--warmup", "1",
+                ]  # fmt: skip
+                level = replace(_measure_level(url, target, flags, workdir, env), asked=rate)
+                points.append(_point(reference, level))
+            if saturation_concurrency > 0:
+                full = _measure_level(url, target, saturated, workdir, env)
+                points.append(_point(reference, replace(full, concurrency=saturation_concurrency)))
+            last = reference
         # The closed loop again at the end: how far the machine's speed moved meanwhile.
-        last = _measure_level(url, target, closed_loop, workdir, env)
-        levels.append(last)
-    terms = fit_server_terms(levels[0].bench, _points(alone, levels))
+        end = replace(_measure_level(url, target, closed_loop, workdir, env), concurrency=1)
+        assert first is not None and last is not None
+        points.append(_point(last, end))
+    terms = fit_server_terms(lights, points)
     return replace(
         terms,
-        speed_drift=last.model_s / first.model_s,
+        speed_drift=end.model_s / first.model_s,
         cpu_steal_share=steal_share(steal_before, cpu_steal_reading()),
         disk=disk,
     )
+
+
+def _offered_rates(alone: ModelProfile, light: _Level, fractions: Sequence[float]) -> list[float]:
+    """The open-loop rates: ``fractions`` of the capacity the model alone and the
+    concurrency-1 level imply (its slowdown applied to every batch), capped at
+    ``MAX_RATE_OVER_LIGHT`` times that level's rate."""
+    slowdown = light.model_s / alone.mean_latency_s(max(light.mean_batch, 1.0))
+    capacity = max(
+        b / (alone.mean_latency_s(b) * slowdown)
+        for b in (*alone.batch_sizes, SERVED_MAX_BATCH)
+        if b <= SERVED_MAX_BATCH
+    )
+    return [
+        max(min(fraction * capacity, MAX_RATE_OVER_LIGHT * light.rate_per_s), 1.0)
+        for fraction in fractions
+    ]
 
 
 def probe_disk(
@@ -226,21 +266,24 @@ def steal_share(before: tuple[float, float], after: tuple[float, float]) -> floa
     return max(after[0] - before[0], 0.0) / total if total > 0 else 0.0
 
 
-def fit_server_terms(light: Mapping[str, Any], points: Sequence[CalibrationPoint]) -> ServerTerms:
+def fit_server_terms(
+    light: Mapping[str, Any] | Sequence[Mapping[str, Any]], points: Sequence[CalibrationPoint]
+) -> ServerTerms:
     """``ServerTerms`` from calibration points (the first one the light, concurrency-1 level
     whose load-generator result is ``light``: ``p50_ms``, ``p90_ms``, ``p99_ms``,
-    ``p999_ms``, ``max_ms``). Pure: used by ``calibrate_server`` and the tests."""
-    first = points[0]
-    # The client's percentiles minus the mean time inside the queue, the model and the
-    # capture commit (which the simulator models itself); their jitter is left in the
-    # overhead.
-    inside_ms = first.queue_ms + first.model_ms + first.capture_ms
-    upper = [float(light[name]) - inside_ms for name in ("p50_ms", "p90_ms", "p99_ms", "p999_ms")]
-    upper.append(float(light["max_ms"]) - inside_ms)
-    lowest = min(upper[0], 2 * upper[0] - upper[1])  # mirror the p50-p90 spread below the median
-    values = np.maximum.accumulate(np.maximum([lowest, *upper], 0.0))
+    ``p999_ms``, ``max_ms``). With several passes ``light`` is one result per pass, paired in
+    order with the concurrency-1 points (``CalibrationPoint.is_one_at_a_time``), and each
+    overhead quantile is their median. Pure: used by ``calibrate_server`` and the tests."""
+    lights = [light] if isinstance(light, Mapping) else list(light)
+    singles = [p for p in points if p.is_one_at_a_time][: len(lights)] or [points[0]]
+    quantiles = np.median(
+        [_overhead_quantiles(bench, point) for bench, point in zip(lights, singles, strict=False)],
+        axis=0,
+    )
+    values = np.maximum.accumulate(np.maximum(quantiles, 0.0))
     s0, s1, growth = _fit_lines(points)
     rates, means = overhead_curve(points)
+    slowdown_rates, slowdowns = slowdown_curve(points)
     return ServerTerms(
         overhead_levels=OVERHEAD_LEVELS,
         overhead_ms=tuple(float(v) for v in values),
@@ -251,7 +294,20 @@ def fit_server_terms(light: Mapping[str, Any], points: Sequence[CalibrationPoint
         points=tuple(points),
         overhead_rates_per_s=rates,
         overhead_mean_ms=means,
+        slowdown_rates_per_s=slowdown_rates,
+        slowdown_values=slowdowns,
     )
+
+
+def _overhead_quantiles(light: Mapping[str, Any], point: CalibrationPoint) -> list[float]:
+    """The overhead at ``OVERHEAD_LEVELS`` from one concurrency-1 level: the client's
+    percentiles minus the mean time inside the queue, the model and the capture commit
+    (which the simulator models itself); their jitter is left in the overhead."""
+    inside_ms = point.queue_ms + point.model_ms + point.capture_ms
+    upper = [float(light[name]) - inside_ms for name in ("p50_ms", "p90_ms", "p99_ms", "p999_ms")]
+    upper.append(float(light["max_ms"]) - inside_ms)
+    lowest = min(upper[0], 2 * upper[0] - upper[1])  # mirror the p50-p90 spread below the median
+    return [lowest, *upper]
 
 
 def refit_server_terms(terms: ServerTerms) -> ServerTerms:
@@ -261,6 +317,7 @@ def refit_server_terms(terms: ServerTerms) -> ServerTerms:
         return terms
     s0, s1, growth = _fit_lines(terms.points)
     rates, means = overhead_curve(terms.points)
+    slowdown_rates, slowdowns = slowdown_curve(terms.points)
     return replace(
         terms,
         model_slowdown=s0,
@@ -268,6 +325,8 @@ def refit_server_terms(terms: ServerTerms) -> ServerTerms:
         overhead_growth_per_rps=growth,
         overhead_rates_per_s=rates,
         overhead_mean_ms=means,
+        slowdown_rates_per_s=slowdown_rates,
+        slowdown_values=slowdowns,
     )
 
 
@@ -279,28 +338,49 @@ def overhead_curve(
 
     Measured points, not a line: the overhead jumps from its closed-loop value as soon as
     requests overlap (the client, the gateway and the model then share the cores) and
-    climbs steeply only near the knee. Levels asked for at the same rate (the passes of
-    ``calibrate_server``) give one point: the median of their rates and of their overheads,
-    so that one pass hit by a burst of load from elsewhere does not set the curve."""
-    first = points[0]
-    by_offer: dict[float, list[CalibrationPoint]] = {}
-    for point in points[1:]:
-        if is_saturated(point) or overlap_rate(point) <= 0:
+    climbs steeply only near the knee. Levels of one kind (the same offered rate, or the same
+    closed-loop concurrency: the passes of ``calibrate_server``) give one point: the median
+    of their rates and of their overheads, so that one pass hit by a burst of load from
+    elsewhere does not set the curve. Rate 0 is the median of the concurrency-1 levels."""
+    return _level_curve(points, lambda p: p.overhead_ms)
+
+
+def slowdown_curve(
+    points: Sequence[CalibrationPoint],
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(rates, slowdowns)`` as ``overhead_curve`` makes its curve, of the in-server model
+    time over the model alone's at the level's mean batch: the curve ``ServerTerms.slowdown``
+    follows. Its last point is the closed loop at full batches where one was measured, so
+    the capacity the simulator and the planner give is the one the server sustained (a line
+    through the light levels put it 10-30% low: the slowdown measured on small batches is
+    not the one of full batches)."""
+    return _level_curve(points, lambda p: p.model_ms / p.alone_ms)
+
+
+def _level_curve(
+    points: Sequence[CalibrationPoint], figure: Callable[[CalibrationPoint], float]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Rate 0: the median ``figure`` of the concurrency-1 levels; then the median rate and
+    ``figure`` of each kind of steady overlapping level, in rising rate."""
+    singles = [p for p in points if p.is_one_at_a_time] or [points[0]]
+    by_kind: dict[tuple[float, float], list[CalibrationPoint]] = {}
+    for point in points:
+        if point.is_one_at_a_time or is_saturated(point) or overlap_rate(point) <= 0:
             continue
-        by_offer.setdefault(round(point.offered_per_s, 3), []).append(point)
+        by_kind.setdefault((round(point.offered_per_s, 3), point.concurrency), []).append(point)
     curve = sorted(
         (
             float(np.median([overlap_rate(p) for p in group])),
-            float(np.median([p.overhead_ms for p in group])),
+            float(np.median([figure(p) for p in group])),
         )
-        for group in by_offer.values()
+        for group in by_kind.values()
     )
-    rates, means = [0.0], [first.overhead_ms]
-    for rate, mean in curve:
+    rates, values = [0.0], [float(np.median([figure(p) for p in singles]))]
+    for rate, value in curve:
         if rate > rates[-1]:
             rates.append(rate)
-            means.append(mean)
-    return tuple(rates), tuple(means)
+            values.append(value)
+    return tuple(rates), tuple(values)
 
 
 def _fit_lines(points: Sequence[CalibrationPoint]) -> tuple[float, float, float]:
@@ -326,16 +406,21 @@ def _fit_lines(points: Sequence[CalibrationPoint]) -> tuple[float, float, float]
 
 def overlap_rate(point: CalibrationPoint) -> float:
     """The rate the contention lines are fitted against: the served rate of an open-loop
-    level, 0 for the closed-loop one. At concurrency 1 no request overlaps another (the
-    next is sent when the last returns), so nothing competes with the model however fast
-    the loop goes; the simulator's rate is the open-loop arrival rate."""
-    return point.rate_per_s if point.offered_per_s > 0 else 0.0
+    level or of a closed loop of many clients, 0 for the closed loop of one. At concurrency 1
+    no request overlaps another (the next is sent when the last returns), so nothing
+    competes with the model however fast the loop goes; the simulator's rate is the
+    open-loop arrival rate, which a closed loop at full batches serves at its rate."""
+    return 0.0 if point.is_one_at_a_time else point.rate_per_s
 
 
 def is_saturated(point: CalibrationPoint) -> bool:
-    """Whether a load level ran past what the server serves: it answered under 90% of the
-    offered rate, or requests queued longer than two batches take (a growing backlog)."""
-    if point.offered_per_s > 0 and point.rate_per_s < SATURATED_SHARE * point.offered_per_s:
+    """Whether an open-loop level ran past what the server serves: it answered under 90% of
+    the offered rate, or requests queued longer than two batches take (a growing backlog).
+    A closed loop never is: its clients wait for their answers, so its queue is bounded by
+    its concurrency and it measures the server at that load, full batches included."""
+    if not point.is_open_loop:
+        return False
+    if point.rate_per_s < SATURATED_SHARE * point.offered_per_s:
         return True
     return point.queue_ms > 2 * point.model_ms
 
@@ -353,36 +438,71 @@ def _line(x: Any, y: Any) -> tuple[float, float]:
     return float(np.median(y - slope * x)), slope
 
 
-def _points(alone: ModelProfile, levels: Sequence[_Level]) -> list[CalibrationPoint]:
-    points = []
-    for level in levels:
-        bench = level.bench
-        mean_ms = float(bench["mean_ms"])
-        model_ms = level.model_s * 1000.0
-        capture_ms = level.capture_s * 1000.0
-        points.append(
-            CalibrationPoint(
-                rate_per_s=level.rate_per_s,
-                mean_batch=level.mean_batch,
-                model_ms=model_ms,
-                alone_ms=alone.mean_latency_s(max(level.mean_batch, 1.0)) * 1000.0,
-                queue_ms=level.queue_s * 1000.0,
-                overhead_ms=max(mean_ms - level.queue_s * 1000.0 - model_ms - capture_ms, 0.0),
-                p50_ms=float(bench["p50_ms"]),
-                p99_ms=float(bench["p99_ms"]),
-                offered_per_s=level.asked,
-                capture_ms=capture_ms,
+def _point(alone: ModelProfile, level: _Level) -> CalibrationPoint:
+    """One level's ``CalibrationPoint`` against the model alone ``alone``."""
+    bench = level.bench
+    mean_ms = float(bench["mean_ms"])
+    model_ms = level.model_s * 1000.0
+    capture_ms = level.capture_s * 1000.0
+    return CalibrationPoint(
+        rate_per_s=level.rate_per_s,
+        mean_batch=level.mean_batch,
+        model_ms=model_ms,
+        alone_ms=alone.mean_latency_s(max(level.mean_batch, 1.0)) * 1000.0,
+        queue_ms=level.queue_s * 1000.0,
+        overhead_ms=max(mean_ms - level.queue_s * 1000.0 - model_ms - capture_ms, 0.0),
+        p50_ms=float(bench["p50_ms"]),
+        p99_ms=float(bench["p99_ms"]),
+        offered_per_s=level.asked,
+        capture_ms=capture_ms,
+        concurrency=float(level.concurrency),
+    )
+
+
+def repeat_figures(terms: ServerTerms) -> list[FigureSpread]:
+    """The spread over the passes of each server figure, from the terms' points: the
+    throughput at full batches (checked: the capacity follows from it), and, recorded only,
+    the in-server slowdown and the mean overhead of each kind of level (``repeats.py``)."""
+    figures = []
+    saturated = [p for p in terms.points if p.concurrency > 1]
+    if saturated:
+        clients = int(saturated[0].concurrency)
+        figures.append(
+            figure_of(
+                f"served req/s at concurrency {clients}",
+                [p.rate_per_s for p in saturated],
+                is_checked=True,
             )
         )
-    return points
+    kinds: dict[str, list[CalibrationPoint]] = {}
+    for point in terms.points:
+        if point.is_open_loop:
+            kind = f"{point.offered_per_s:.0f} req/s offered"
+        else:
+            kind = f"concurrency {max(point.concurrency, 1.0):.0f}"
+        kinds.setdefault(kind, []).append(point)
+    for kind, group in kinds.items():
+        figures.append(
+            figure_of(
+                f"in-server slowdown at {kind}",
+                [p.model_ms / p.alone_ms for p in group],
+                is_checked=False,
+            )
+        )
+        figures.append(
+            figure_of(
+                f"overhead mean ms at {kind}", [p.overhead_ms for p in group], is_checked=False
+            )
+        )
+    return figures
 
 
 def _measure_level(
     url: str, target: str, flags: list[str], workdir: Path, env: Mapping[str, str]
 ) -> _Level:
-    before = _scrape(url)
-    result = _bench(target, flags, workdir, env)
-    after = _scrape(url)
+    before = scrape_histograms(url, _HISTOGRAMS)
+    result = run_bench(target, flags, workdir, env)
+    after = scrape_histograms(url, _HISTOGRAMS)
     delta = {
         name: (after[name][0] - before[name][0], after[name][1] - before[name][1])
         for name in _HISTOGRAMS
@@ -401,96 +521,3 @@ def _measure_level(
         bench=result,
         capture_s=capture_sum / num_captured if num_captured > 0 else 0.0,
     )
-
-
-def _scrape(url: str) -> dict[str, tuple[float, float]]:
-    """``(sum, count)`` of each histogram in ``_HISTOGRAMS``, summed over its label sets."""
-    text = httpx.get(url + "/metrics", timeout=10.0).text
-    out = {}
-    for name in _HISTOGRAMS:
-        total = sum(float(v) for v in re.findall(rf"^{name}_sum{{[^}}]*}} (\S+)$", text, re.M))
-        count = sum(float(v) for v in re.findall(rf"^{name}_count{{[^}}]*}} (\S+)$", text, re.M))
-        out[name] = (total, count)
-    return out
-
-
-def _bench(target: str, flags: list[str], workdir: Path, env: Mapping[str, str]) -> dict[str, Any]:
-    command = [sys.executable, "-m", "aiscale.cli", "bench", target, *flags, "--json"]
-    try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=300, cwd=workdir, env=env, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise ModelLoadError(f"calibration load {flags} timed out", field="model") from exc
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ModelLoadError(f"calibration load failed: {detail}", field="model")
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
-
-
-@contextlib.contextmanager
-def _served(
-    model: str,
-    data_dir: str,
-    workdir: Path,
-    env: Mapping[str, str],
-    timeout_s: float,
-    num_threads: int | None = None,
-) -> Iterator[str]:
-    """Run ``aiscale serve MODEL`` until the block ends; yields its base URL once ready."""
-    command = [
-        sys.executable, "-m", "aiscale.cli", "serve", model,
-        "--port", "0", "--replicas", "1", "--data-dir", data_dir,
-        *(["--num-threads", str(num_threads)] if num_threads is not None else []),
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=workdir,
-        env=dict(env),
-    )
-    try:
-        url = _read_url(process, timeout_s)
-        _wait_ready(url, timeout_s)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
-
-
-def _read_url(process: subprocess.Popen[str], timeout_s: float) -> str:
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not selector.select(timeout=max(deadline - time.monotonic(), 0.0)):
-                break
-            line = process.stdout.readline()
-            if not line:
-                break
-            found = re.search(r"aiscale serving on (http://\S+)", line)
-            if found:
-                return found.group(1)
-    raise ModelLoadError("aiscale serve did not start for the calibration", field="model")
-
-
-def _wait_ready(url: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    with httpx.Client(timeout=5.0) as client:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.TransportError):
-                if client.get(url + "/v2/health/ready").status_code == 200:
-                    return
-            time.sleep(0.1)  # a polled health endpoint with a deadline, in a plain process
-    raise ModelLoadError("aiscale serve never became ready for the calibration", field="model")

@@ -118,6 +118,8 @@ def derive_profile(
             overhead_mean_ms=(),
             model_slowdown=1.0,
             model_slowdown_per_rps=0.0,
+            slowdown_rates_per_s=(),
+            slowdown_values=(),
             label="estimated",
         )
     return replace(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aiscale.errors import ConfigError, InvalidInput, NotFound
-from aiscale.plan.calibration import calibrate_server
+from aiscale.plan.calibration import calibrate_server, repeat_figures
 from aiscale.plan.catalog import derive_profile, load_catalog
 from aiscale.plan.planner import (
     POLICY_NAMES,
@@ -29,11 +29,20 @@ from aiscale.plan.planner import (
     traffic_for,
 )
 from aiscale.plan.profile import ModelProfile, load_profile, save_profile
-from aiscale.plan.profiling import DEFAULT_BATCH_SIZES, profile_model
+from aiscale.plan.profiling import (
+    DEFAULT_BATCH_SIZES,
+    alone_figures,
+    median_profile,
+    profile_model,
+)
+from aiscale.plan.repeats import MIN_REPEATS, STEADY_REPEAT_SPREAD, RepeatRecord
 from aiscale.plan.report import write_report
 from aiscale.plan.simulator import simulate
 from aiscale.plan.strategies import REDUNDANCY_FROM_USERS
-from aiscale.plan.traffic import ArrivalCounts, Arrivals, load_trace
+from aiscale.plan.traffic import SCALE_MODES, ArrivalCounts, Arrivals, load_trace
+
+#: Repeats ``aiscale profile`` takes by default (``repeats.py``).
+DEFAULT_REPEATS = 3
 
 
 def profile_command(
@@ -48,34 +57,68 @@ def profile_command(
     is_server_measured: bool = True,
     server_seconds_per_level: float = 5.0,
     num_threads: int | None = None,
+    repeats: int = DEFAULT_REPEATS,
+    server_data_dir: str | Path | None = None,
 ) -> ModelProfile:
     """``aiscale profile MODEL --out PROFILE``: measure and write the profile JSON.
 
-    First the model alone (``profiling.profile_model``); then, unless ``is_server_measured``
-    is false, the server terms through a real ``aiscale serve MODEL`` on this machine
-    (``calibration.calibrate_server``; the bundled minilm only, whose endpoint the load
-    generator knows: other models get ``server: null``). ``hardware`` other than this
-    machine's derives the estimate from the measured profile at the end. ``num_threads`` is
-    what each replica will run with (``aiscale serve --num-threads``); by default the threads
+    ``repeats`` times, interleaved: the model alone (``profiling.profile_model``, a fresh
+    process each time), then, unless ``is_server_measured`` is false, one pass of the server
+    calibration through a real ``aiscale serve MODEL`` on this machine
+    (``calibration.calibrate_server``, one server for all passes; the bundled minilm only,
+    whose endpoint the load generator knows: other models get ``server: null``). Each stored
+    figure is the median of its repeats and ``repeats`` records their spread
+    (``RepeatRecord``). ``server_data_dir`` is where the calibration's server writes its
+    data (its capture log: the disk probed). ``hardware`` other than this machine's
+    derives the estimate from the measured profile at the end. ``num_threads`` is what each
+    replica will run with (``aiscale serve --num-threads``); by default the threads
     ``aiscale serve`` gives its one replica (all cores).
     """
     if server_seconds_per_level <= 0:
         raise InvalidInput("must be > 0", field="server_seconds_per_level")
     if num_threads is not None and num_threads < 1:
         raise InvalidInput(f"--num-threads must be >= 1, got {num_threads}", field="num_threads")
-    profile = profile_model(
-        model,
-        runtime=runtime,
-        config=config,
-        batch_sizes=batch_sizes,
-        min_seconds_per_size=seconds_per_size,
-        num_threads=num_threads,
-    )
+    if repeats < 1:
+        raise InvalidInput(f"--repeats must be >= 1, got {repeats}", field="repeats")
+    if server_data_dir is not None and not Path(server_data_dir).is_dir():
+        raise InvalidInput(
+            f"--server-data-dir {server_data_dir} is not a folder", field="server_data_dir"
+        )
+    runs: list[ModelProfile] = []
+
+    def measure_alone(_: int = 0) -> ModelProfile:
+        runs.append(
+            profile_model(
+                model,
+                runtime=runtime,
+                config=config,
+                batch_sizes=batch_sizes,
+                min_seconds_per_size=seconds_per_size,
+                num_threads=num_threads,
+            )
+        )
+        return runs[-1]
+
+    terms = None
     if is_server_measured and model == "minilm" and runtime in (None, "minilm"):
         terms = calibrate_server(
-            model, profile, seconds_per_level=server_seconds_per_level, num_threads=num_threads
+            model,
+            measure_alone(),
+            seconds_per_level=server_seconds_per_level,
+            num_threads=num_threads,
+            passes=repeats,
+            before_pass=lambda index: runs[0] if index == 0 else measure_alone(),
+            data_parent=server_data_dir,
         )
-        profile = replace(profile, server=terms)
+    else:
+        for _ in range(repeats):
+            measure_alone()
+    figures = alone_figures(runs) + ([] if terms is None else repeat_figures(terms))
+    profile = replace(
+        median_profile(runs),
+        server=terms,
+        repeats=RepeatRecord(count=repeats, figures=tuple(figures)),
+    )
     if hardware is not None and hardware != profile.hardware:
         catalog = load_catalog()
         if hardware not in catalog:
@@ -85,6 +128,62 @@ def profile_command(
     return profile
 
 
+def profile_steadiness(profile: ModelProfile) -> tuple[str | None, str | None]:
+    """``(unsteady, unknown)``: why ``profile`` was measured on an unsteady machine (its
+    repeats spread more than ``STEADY_REPEAT_SPREAD`` on a checked figure, its speed drifted
+    or the hypervisor stole CPU: ``RepeatRecord.unsteadiness``,
+    ``ServerTerms.unsteadiness``), and why its steadiness is unknown (no repeats recorded:
+    written before ``aiscale profile --repeats``, or from one repeat); each None when not
+    so."""
+    reasons = []
+    if profile.repeats is not None and profile.repeats.is_informative:
+        spread = profile.repeats.unsteadiness()
+        if spread is not None:
+            reasons.append(spread)
+    if profile.server is not None:
+        drift = profile.server.unsteadiness()
+        if drift is not None:
+            reasons.append(drift)
+    unknown = None
+    if profile.repeats is None:
+        unknown = "it records no repeats (written before aiscale profile --repeats)"
+    elif not profile.repeats.is_informative:
+        unknown = f"it was measured {profile.repeats.count} time(s), under {MIN_REPEATS}"
+    return ("; ".join(reasons) or None), unknown
+
+
+def checked_profile(
+    path: str | Path, hardware: str | None, *, is_unsteady_accepted: bool
+) -> tuple[ModelProfile, list[str]]:
+    """The profile at ``path`` (derived for ``hardware``) and the warnings to show with
+    results made from it. A profile measured on an unsteady machine (``profile_steadiness``)
+    is refused with ``InvalidInput`` (field ``profile``): results from it can be off by as
+    much, and would look as sure as any other. ``is_unsteady_accepted`` (``--accept-
+    unsteady``) uses it anyway and warns; a profile whose steadiness is unknown is used with
+    a warning."""
+    measured = _load_profile_arg(path, None)
+    unsteady, unknown = profile_steadiness(measured)
+    warnings = []
+    if unsteady is not None:
+        if not is_unsteady_accepted:
+            raise InvalidInput(
+                f"profile {path} was measured on an unsteady machine ({unsteady}; checked "
+                f"figures must agree within {STEADY_REPEAT_SPREAD:.0%}); profile again when "
+                "the machine is quiet, or pass --accept-unsteady",
+                field="profile",
+            )
+        warnings.append(
+            f"the profile was measured on an unsteady machine ({unsteady}); the figures can "
+            "be off by as much"
+        )
+    if unknown is not None:
+        warnings.append(
+            f"the steadiness of profile {path} is unknown: {unknown}; profile again with "
+            f"aiscale profile --repeats {DEFAULT_REPEATS} to know it"
+        )
+    return _derived(measured, hardware), warnings
+
+
 def _load_profile_arg(path: str | Path, hardware: str | None) -> ModelProfile:
     if not Path(path).is_file():
         raise InvalidInput(f"profile {path} does not exist", field="profile")
@@ -92,6 +191,12 @@ def _load_profile_arg(path: str | Path, hardware: str | None) -> ModelProfile:
         profile = load_profile(path)
     except ConfigError as exc:
         raise InvalidInput(f"profile {path}: {exc.message}", field="profile") from exc
+    return _derived(profile, hardware)
+
+
+def _derived(profile: ModelProfile, hardware: str | None) -> ModelProfile:
+    """``profile`` as measured, or estimated for ``hardware`` (``InvalidInput`` naming the
+    hardware when the catalog lacks it)."""
     if hardware is None or hardware == profile.hardware:
         return profile
     catalog = load_catalog()
@@ -129,16 +234,21 @@ def simulate_command(
     decision_interval_s: float = 10.0,
     seed: int = 0,
     max_batch_size: int | None = None,
+    scale_by: str = "poisson",
+    is_unsteady_accepted: bool = False,
 ) -> dict[str, Any]:
     """``aiscale simulate``: one policy over a trace or synthetic users; returns the JSON
     object (``p50_ms``, ``p99_ms``, ``slo_attainment`` 0-1, ``replica_hours``, ``cost_usd``,
-    ``requests``, and more). Traffic is either ``trace`` (scaled by ``rate_scale`` and
-    stretched by ``time_scale``; each extra copy of a request lands within the stretched span
-    of its original second) or ``users`` x ``requests_per_user`` a day with ``shape``.
+    ``requests``, ``warnings``, and more). Traffic is either ``trace`` (stretched by
+    ``time_scale``; with ``rate_scale`` other than 1 scaled as ``scale_by`` says:
+    ``poisson``, a non-homogeneous Poisson process over the trace's per-minute rate, the
+    autoscaling benchmark's model; ``copy``, each request copied or thinned:
+    ``traffic.scale_trace``) or ``users`` x ``requests_per_user`` a day with ``shape``.
     The policy is configured from the profile and the SLO (``planner`` docstring);
     ``replicas`` fixes the static count (default: enough for the peak); ``max_batch_size``
-    fixes the batch (default: the largest that fits the SLO). ``server_terms`` in
-    the result says whether the profile's server terms were applied (``ServerTerms``).
+    fixes the batch (default: ``sizing.size_replica``'s rule). ``server_terms`` in the result
+    says whether the profile's server terms were applied (``ServerTerms``). An unsteady
+    profile is refused unless ``is_unsteady_accepted`` (``checked_profile``).
     """
     if policy not in POLICY_NAMES:
         raise InvalidInput(
@@ -162,7 +272,14 @@ def simulate_command(
         )
     if (trace is None) == (users is None):
         raise InvalidInput("give either --trace or --users (not both)", field="trace")
-    model_profile = _load_profile_arg(profile, hardware)
+    if scale_by not in SCALE_MODES:
+        raise InvalidInput(
+            f"unknown --scale-by {scale_by!r}; expected one of {', '.join(SCALE_MODES)}",
+            field="scale_by",
+        )
+    model_profile, warnings = checked_profile(
+        profile, hardware, is_unsteady_accepted=is_unsteady_accepted
+    )
     sizing = size_replica(
         model_profile, slo_p99_ms, startup_s=startup_s, max_batch_size=max_batch_size
     )
@@ -176,6 +293,7 @@ def simulate_command(
             rate_scale=rate_scale,
             time_scale=time_scale,
             duration_s=duration_s,
+            scale_by=scale_by,
             jitter_s=max(1.0, time_scale),
             seed=seed,
         )
@@ -222,7 +340,9 @@ def simulate_command(
             "server_terms": None if model_profile.server is None else model_profile.server.label,
             "max_batch_size": sizing.max_batch_size,
             "capacity_per_replica_per_s": sizing.capacity_per_s,
+            "full_capacity_per_replica_per_s": sizing.full_capacity_per_s,
             "max_replicas": max((paid for _, paid, _ in result.timeline), default=0),
+            "warnings": warnings,
         }
     )
     return data
@@ -261,11 +381,11 @@ def plan_command(
 ) -> PlanResult:
     """``aiscale plan``: plan every phase and, with ``report``, write the report folder.
 
-    A profile whose server terms were measured on an unsteady machine
-    (``ServerTerms.unsteadiness``: its speed drifted or the hypervisor stole CPU) is refused
-    with ``InvalidInput`` (field ``profile``): a plan from it can be off by as much, and
-    would look as sure as any other. ``is_unsteady_profile_allowed`` plans anyway and puts
-    the reason in the result's ``warnings``.
+    A profile measured on an unsteady machine (``checked_profile``: its repeats disagree,
+    its speed drifted or the hypervisor stole CPU) is refused with ``InvalidInput`` (field
+    ``profile``): a plan from it can be off by as much, and would look as sure as any other.
+    ``is_unsteady_profile_allowed`` (``--accept-unsteady``) plans anyway; the reason, and an
+    unknown steadiness, go into the result's ``warnings``.
     """
     counts = parse_users(users) if isinstance(users, str) else list(users)
     if not counts or any(u <= 0 for u in counts):
@@ -277,20 +397,9 @@ def plan_command(
         redundancy_from_users = REDUNDANCY_FROM_USERS
     if redundancy_from_users < 0:
         raise InvalidInput("--redundancy-from-users must be >= 0", field="redundancy_from_users")
-    model_profile = _load_profile_arg(profile, None)
-    warnings = []
-    unsteady = None if model_profile.server is None else model_profile.server.unsteadiness()
-    if unsteady is not None:
-        if not is_unsteady_profile_allowed:
-            raise InvalidInput(
-                f"profile {profile} was measured on an unsteady machine ({unsteady}); profile "
-                "again when the machine is quiet, or pass --allow-unsteady-profile",
-                field="profile",
-            )
-        warnings.append(
-            f"the profile was measured on an unsteady machine ({unsteady}); the figures can "
-            "be off by as much"
-        )
+    model_profile, warnings = checked_profile(
+        profile, None, is_unsteady_accepted=is_unsteady_profile_allowed
+    )
     result = plan(
         model_profile,
         counts,

@@ -1,16 +1,19 @@
 """The capacity planner: right-size replicas and compare scaling strategies per growth phase.
 
-Sizing (below): one replica's settings follow from its profile and the latency objective:
-the largest batch whose worst ordinary wait (one batch in progress, then its own batch, plus
-the batch delay) fits the SLO, and the throughput such batches give. Every policy is then
-configured from the same numbers, never from the traffic it will meet:
+Sizing (``plan/sizing.py``, re-exported here): one replica's batch limit, full capacity and
+planned capacity follow from its profile as the replica really runs (the batch the live
+batcher reaches at a load, the measured in-server slowdown and per-request overhead) and
+from the latency objective. Every policy is then configured from the same numbers, never
+from the traffic it will meet:
 
-- capacity per replica: ``target_utilization`` (0.7, Knative's and the predictive policy's
-  default) times the full-batch throughput;
+- capacity per replica: the planned capacity (``ReplicaSizing.capacity_per_s``);
 - the ongoing requests one replica holds at that capacity (one replica simulated at that
   rate, then Little's law): the target of the reactive (Ray) and KPA (Knative) rules, so
   that all of them aim at the same utilisation;
-- the start-up time, so the predictive policy and the oracle look far enough ahead.
+- the start-up time, so the predictive policy and the oracle look far enough ahead;
+- the platform's guard (``guard_config``) on ``reactive``, ``kpa`` and ``predictive``, from
+  the same capacity, utilisation and start-up time; ``ray-serve-rule`` and ``knative-rule``
+  are the two rules unguarded (baselines).
 
 The delays and windows stay the products' own defaults (Ray Serve: 30 s up, 600 s down;
 Knative: 60 s stable, 6 s panic). Used by the planner, ``aiscale simulate`` and the
@@ -36,6 +39,10 @@ from aiscale.plan._simcore import SimulationConfig, SimulationResult
 from aiscale.plan.catalog import HardwareSpec, derive_profile, load_catalog
 from aiscale.plan.profile import ModelProfile
 from aiscale.plan.simulator import simulate
+from aiscale.plan.sizing import MAX_BATCH_LIMIT as MAX_BATCH_LIMIT  # re-exported
+from aiscale.plan.sizing import ReplicaSizing as ReplicaSizing
+from aiscale.plan.sizing import served_capacity_per_s as served_capacity_per_s
+from aiscale.plan.sizing import size_replica as size_replica
 from aiscale.plan.strategies import (
     HOURS_PER_MONTH,
     POLICY_OF,
@@ -45,8 +52,10 @@ from aiscale.plan.strategies import (
     StrategyOutcome,
     price_outcome,
 )
-from aiscale.plan.traffic import DAY_S, ArrivalCounts, Arrivals, SyntheticTraffic
+from aiscale.plan.traffic import DAY_S, ArrivalCounts, SyntheticTraffic
 from aiscale.scaling.policies import (
+    GuardConfig,
+    GuardedPolicy,
     KpaConfig,
     KpaPolicy,
     OracleConfig,
@@ -61,137 +70,18 @@ from aiscale.scaling.policies import (
     oracle_schedule,
 )
 
-POLICY_NAMES: tuple[str, ...] = ("static", "reactive", "kpa", "predictive", "oracle")
-#: Largest batch considered (the profile measures 1..128).
-MAX_BATCH_LIMIT = 128
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaSizing:
-    """How one replica of ``profile`` is run to meet ``slo_p99_ms``."""
-
-    profile: ModelProfile
-    slo_p99_ms: float
-    max_batch_size: int
-    max_batch_delay_s: float
-    #: Requests/s with full batches of ``max_batch_size``.
-    full_capacity_per_s: float
-    target_utilization: float
-    startup_s: float
-
-    @property
-    def capacity_per_s(self) -> float:
-        """Requests/s one replica is planned to serve (at the target utilisation)."""
-        return self.full_capacity_per_s * self.target_utilization
-
-    def ongoing_at_target(self, num_requests: int = 20_000, seed: int = 0) -> float:
-        """Requests in one replica (queued plus in a batch) when it serves ``capacity_per_s``.
-
-        A batching replica's concurrency is far from linear in its load (batches stay small,
-        then grow quickly near the knee), so no closed formula is trusted here: one replica is
-        simulated exactly on ``num_requests`` Poisson arrivals at ``capacity_per_s`` (seeded,
-        so the answer is a pure function of the profile) and Little's law gives the mean
-        number in the system: ``rate * mean latency``.
-        """
-        rate = self.capacity_per_s
-        rng = np.random.default_rng(seed)
-        times = np.cumsum(rng.exponential(1.0 / rate, num_requests))
-        duration = float(times[-1]) + 1e-6
-        config = SimulationConfig(
-            profile=self.profile,
-            max_batch_size=self.max_batch_size,
-            max_batch_delay_s=self.max_batch_delay_s,
-            max_queue=num_requests,
-            initial_replicas=1,
-            decision_interval_s=duration,
-            mode="exact",
-        )
-        result = simulate(Arrivals(times, duration), StaticPolicy(StaticConfig(1)), config)
-        mean_s = result.mean_ms / 1000.0
-        server = self.profile.server
-        if server is not None:
-            # The per-request overhead is spent outside the replica (HTTP, gateway): the
-            # ongoing count a policy sees holds only the queued and batched requests.
-            mean_s -= server.mean_overhead_s * float(server.overhead_scale(rate))
-            if server.disk is not None:  # the capture commit comes after the batch, too
-                mean_s -= server.disk.mean_wait_s
-        return max(1.0, rate * mean_s)
-
-
-def served_capacity_per_s(profile: ModelProfile, batch_size: int) -> float:
-    """Requests/s one replica serves with full batches of ``batch_size`` in the server.
-
-    With server terms the batch takes ``latency(b) * (s0 + s1 * c)`` at the rate ``c`` it
-    serves, so ``c`` solves ``s1 * latency * c**2 + s0 * latency * c - b = 0``; without,
-    ``b / latency(b)``.
-    """
-    latency = profile.mean_latency_s(batch_size)
-    server = profile.server
-    if server is None:
-        return batch_size / latency
-    s0, s1 = server.model_slowdown, server.model_slowdown_per_rps
-    if s1 <= 0:
-        return batch_size / (latency * s0)
-    a, b = s1 * latency, s0 * latency
-    return (-b + math.sqrt(b * b + 4 * a * batch_size)) / (2 * a)
-
-
-def size_replica(
-    profile: ModelProfile,
-    slo_p99_ms: float,
-    *,
-    target_utilization: float = 0.7,
-    max_batch_delay_s: float = 0.010,
-    startup_s: float | None = None,
-    max_batch_size: int | None = None,
-) -> ReplicaSizing:
-    """The largest batch ``b <= 128`` with ``2 * latency(b) + delay <= SLO`` and its capacity.
-
-    With server terms (``profile.server``) the latency is the one served at full capacity
-    (``served_capacity_per_s``), and the SLO budget also pays the per-request overhead's
-    99th percentile at that rate. ``max_batch_size`` fixes the batch instead (as ``aiscale
-    serve --max-batch-size`` does; the SLO then only scores the result). Raises
-    ``InvalidInput`` (field ``slo_p99_ms``) when even a batch of one cannot meet it.
-    """
-    if slo_p99_ms <= 0:
-        raise InvalidInput("the SLO must be > 0 ms", field="slo_p99_ms")
-    if not 0 < target_utilization <= 1:
-        raise InvalidInput("must be in (0, 1]", field="target_utilization")
-    budget_s = slo_p99_ms / 1000.0 - max_batch_delay_s
-    server = profile.server
-    capacity = {b: served_capacity_per_s(profile, b) for b in range(1, MAX_BATCH_LIMIT + 1)}
-
-    def cost_s(b: int) -> float:
-        """Two served batches of ``b`` plus the overhead's p99, at full capacity."""
-        if server is None:
-            return 2 * profile.mean_latency_s(b)
-        rate = capacity[b]
-        overhead = float(server.overhead_at(0.99)) * float(server.overhead_scale(rate))
-        return 2 * profile.mean_latency_s(b) * server.slowdown(rate) + overhead
-
-    if max_batch_size is not None:
-        if not 1 <= max_batch_size <= MAX_BATCH_LIMIT:
-            raise InvalidInput(f"must be in 1..{MAX_BATCH_LIMIT}", field="max_batch_size")
-        fitting = [max_batch_size]
-    else:
-        fitting = [b for b in range(1, MAX_BATCH_LIMIT + 1) if cost_s(b) <= budget_s]
-    if not fitting:
-        raise InvalidInput(
-            f"{profile.model} on {profile.hardware} needs {cost_s(1) * 1000:.0f} ms"
-            f" for two batches of one; the SLO of {slo_p99_ms:g} ms cannot be met",
-            field="slo_p99_ms",
-        )
-    # The throughput can peak below the largest fitting batch (a measured dip); take the best.
-    best = max(fitting, key=lambda b: (capacity[b], b))
-    return ReplicaSizing(
-        profile=profile,
-        slo_p99_ms=slo_p99_ms,
-        max_batch_size=best,
-        max_batch_delay_s=max_batch_delay_s,
-        full_capacity_per_s=capacity[best],
-        target_utilization=target_utilization,
-        startup_s=profile.startup_s if startup_s is None else startup_s,
-    )
+#: ``reactive``, ``kpa`` and ``predictive`` run under the platform's guard (demand ceiling,
+#: backlog-aware scale-up, rate-limited steps); ``ray-serve-rule`` and ``knative-rule`` are
+#: the same two rules unguarded, as the products run them (baselines).
+POLICY_NAMES: tuple[str, ...] = (
+    "static",
+    "reactive",
+    "kpa",
+    "predictive",
+    "oracle",
+    "ray-serve-rule",
+    "knative-rule",
+)
 
 
 def interval_rates(counts: ArrivalCounts, interval_s: float) -> tuple[float, ...]:
@@ -229,6 +119,28 @@ def reactive_config(sizing: ReplicaSizing, *, min_replicas: int = 1) -> Reactive
     )
 
 
+def kpa_config(sizing: ReplicaSizing, *, min_replicas: int = 1) -> KpaConfig:
+    return KpaConfig(
+        # The target already holds the utilisation; Knative's 0.7 is not applied twice.
+        target_concurrency=sizing.ongoing_at_target(),
+        target_utilization=1.0,
+        min_replicas=min_replicas,
+        max_replicas=100_000,
+    )
+
+
+def guard_config(sizing: ReplicaSizing, *, min_replicas: int = 1) -> GuardConfig:
+    """The platform's guard for a replica sized by ``sizing``: its planned capacity, target
+    utilisation and start-up time; the guard's own defaults for the rest."""
+    return GuardConfig(
+        capacity_per_replica_per_s=sizing.capacity_per_s,
+        target_utilization=sizing.target_utilization,
+        startup_s=sizing.startup_s,
+        min_replicas=min_replicas,
+        max_replicas=100_000,
+    )
+
+
 def build_policy(
     name: str,
     sizing: ReplicaSizing,
@@ -247,18 +159,13 @@ def build_policy(
     if name == "static":
         count = peak_replicas(sizing, counts, decision_interval_s)
         return StaticPolicy(StaticConfig(count if num_replicas is None else num_replicas))
-    if name == "reactive":
-        return ReactivePolicy(reactive_config(sizing, min_replicas=min_replicas))
-    if name == "kpa":
-        return KpaPolicy(
-            KpaConfig(
-                # The target already holds the utilisation; Knative's 0.7 is not applied twice.
-                target_concurrency=sizing.ongoing_at_target(),
-                target_utilization=1.0,
-                min_replicas=min_replicas,
-                max_replicas=100_000,
-            )
-        )
+    guard = guard_config(sizing, min_replicas=min_replicas)
+    if name in ("reactive", "ray-serve-rule"):
+        ray_rule = ReactivePolicy(reactive_config(sizing, min_replicas=min_replicas))
+        return ray_rule if name == "ray-serve-rule" else GuardedPolicy(ray_rule, guard)
+    if name in ("kpa", "knative-rule"):
+        knative_rule = KpaPolicy(kpa_config(sizing, min_replicas=min_replicas))
+        return knative_rule if name == "knative-rule" else GuardedPolicy(knative_rule, guard)
     if name == "predictive":
         return PredictivePolicy(
             PredictiveConfig(
@@ -266,6 +173,7 @@ def build_policy(
                 capacity_per_replica_per_s=sizing.capacity_per_s,
                 target_utilization=sizing.target_utilization,
                 startup_s=sizing.startup_s,
+                guard=guard,
             )
         )
     if name == "oracle":

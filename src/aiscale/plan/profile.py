@@ -9,8 +9,11 @@ Stored as JSON (format version 2)::
                 "overhead_ms": [1.1, 2.0, 3.1, 6.0, 9.0, 12.0], "overhead_growth_per_rps": 0.002,
                 "model_slowdown": 1.2, "model_slowdown_per_rps": 0.001, "points": [...],
                 "overhead_rates_per_s": [0, 50, 110], "overhead_mean_ms": [1.8, 6.1, 5.9],
+                "slowdown_rates_per_s": [0, 50, 320], "slowdown_values": [1.2, 1.2, 1.05],
                 "speed_drift": 1.03, "cpu_steal_share": 0.0},
      "spread": {"levels": [0.0, 0.5, 1.0], "ratios": [0.75, 1.0, 1.7]},
+     "repeats": {"count": 3, "figures": [{"name": "latency_ms at batch 1", "median": 9.0,
+                 "low": 8.8, "high": 9.3, "checked": true}, ...]},
      "measured_on": "AMD EPYC, 2 cores"}
 
 ``latency_ms[i]`` is the time one batch of ``batch_sizes[i]`` takes in a process of its own
@@ -30,6 +33,11 @@ gateway and the load competing for the same cores). The simulator applies these 
 (``ServerTerms`` docstring). ``speed_drift`` and ``cpu_steal_share`` (optional) record how
 steady the machine was while they were measured (``ServerTerms.unsteadiness``).
 
+``repeats`` (optional, ``RepeatRecord`` in ``plan/repeats.py``) is how far the interleaved
+repeats of one ``aiscale profile`` run agreed, per figure: each stored figure is the median of
+its repeats, and the record keeps their range. Files without it (written before repeats)
+load with ``repeats = None``: their steadiness is unknown.
+
 Older files (version 1: no ``version`` key, no ``server``) still load, with ``server = None``:
 the documented default is the model alone, no server terms (what the simulator did before).
 A version-2 file must carry ``server`` (``null`` allowed); a bad or missing server field is a
@@ -43,7 +51,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from aiscale.errors import ConfigError
+from aiscale.plan.repeats import RepeatRecord
 
 #: The profile file format written by ``save_profile``; 1 (no ``version`` key) still loads.
 PROFILE_VERSION = 2
@@ -89,6 +98,8 @@ _SERVER_FIELDS = (
     "speed_drift",
     "cpu_steal_share",
     "disk",
+    "slowdown_rates_per_s",
+    "slowdown_values",
 )
 #: What a server object must name; the label, the points and the overhead curve may be
 #: absent (files written before them).
@@ -110,7 +121,9 @@ class CalibrationPoint:
     profile's latency at that batch size, ``queue_ms`` the server's mean queue time,
     ``overhead_ms`` the mean client-measured latency minus the server's queue and model time,
     ``p50_ms``/``p99_ms`` the client's latencies, ``offered_per_s`` the open-loop rate
-    asked for (0 for the closed-loop level).
+    asked for (0 for a closed-loop level), ``concurrency`` a closed loop's clients (1: one
+    request at a time; 64: full batches; 0 for an open loop, and for the closed loops of
+    files written before it, which ran at concurrency 1).
     """
 
     rate_per_s: float
@@ -125,6 +138,16 @@ class CalibrationPoint:
     #: The server's mean wait for the capture log's commit per request (0: capture off, or
     #: a file from before it was measured); left out of ``overhead_ms``.
     capture_ms: float = 0.0
+    concurrency: float = 0.0
+
+    @property
+    def is_open_loop(self) -> bool:
+        return self.offered_per_s > 0
+
+    @property
+    def is_one_at_a_time(self) -> bool:
+        """A closed loop of one client: nothing overlaps, every batch holds one request."""
+        return not self.is_open_loop and self.concurrency <= 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,8 +258,13 @@ class ServerTerms:
     its smoothed step rate). A replica's host also runs its share of the gateway and the
     load, as ``aiscale serve`` on one machine does:
 
-    - a batch of ``b`` occupies a replica ``latency(b) * (model_slowdown +
-      model_slowdown_per_rps * r)`` seconds, not ``latency(b)``;
+    - a batch of ``b`` occupies a replica ``latency(b) * slowdown(r)`` seconds, not
+      ``latency(b)``: the measured in-server slowdown (model time in the server over the
+      model alone at the same batch size), linear between the calibration's levels
+      ``slowdown_rates_per_s`` (first 0: concurrency 1; last: the closed loop at full
+      batches, so that the served capacity is the one measured) with values
+      ``slowdown_values``, flat past the last; files without that curve use the line
+      ``model_slowdown + model_slowdown_per_rps * r``;
     - each request's latency gets a per-request overhead that does not occupy the replica:
       a draw from the quantiles ``overhead_ms`` at ``overhead_levels`` (linear between
       them), times ``overhead_scale(r)``: the measured mean overhead at ``r`` over the one
@@ -269,12 +297,26 @@ class ServerTerms:
     #: The capture log's commit on this disk (None: not measured; then the commit's time is
     #: part of the overhead, as in files written before).
     disk: DiskTerms | None = None
+    #: The measured slowdown curve (class docstring); empty in files written before it.
+    slowdown_rates_per_s: tuple[float, ...] = ()
+    slowdown_values: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("speed_drift", "cpu_steal_share"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be finite and >= 0", field=f"server.{name}")
+        rates, values = self.slowdown_rates_per_s, self.slowdown_values
+        if len(rates) != len(values) or (rates and rates[0] != 0.0):
+            raise ConfigError(
+                "slowdown_rates_per_s and slowdown_values need the same length, the first rate 0",
+                field="server.slowdown_rates_per_s",
+            )
+        if list(rates) != sorted(set(rates)) or not all(math.isfinite(v) and v > 0 for v in values):
+            raise ConfigError(
+                "slowdown_rates_per_s must rise strictly; slowdown_values must be > 0",
+                field="server.slowdown_values",
+            )
         rates, means = self.overhead_rates_per_s, self.overhead_mean_ms
         if len(rates) != len(means) or (rates and rates[0] != 0.0):
             raise ConfigError(
@@ -317,9 +359,18 @@ class ServerTerms:
             )
         return "; ".join(reasons) if reasons else None
 
-    def slowdown(self, rate_per_replica_s: float) -> float:
-        """How many times longer a batch takes in the server than alone, at this rate."""
-        return self.model_slowdown + self.model_slowdown_per_rps * max(rate_per_replica_s, 0.0)
+    def slowdown(self, rate_per_replica_s: Any) -> Any:
+        """How many times longer a batch takes in the server than alone, at this rate (a
+        float, or a numpy array of rates): the measured curve, else the line."""
+        if isinstance(rate_per_replica_s, float | int):
+            rate = max(float(rate_per_replica_s), 0.0)
+            if not self.slowdown_rates_per_s:
+                return self.model_slowdown + self.model_slowdown_per_rps * rate
+            return _interp_one(rate, self.slowdown_rates_per_s, self.slowdown_values)
+        rates = np.maximum(rate_per_replica_s, 0.0)
+        if not self.slowdown_rates_per_s:
+            return self.model_slowdown + self.model_slowdown_per_rps * rates
+        return np.interp(rates, self.slowdown_rates_per_s, self.slowdown_values)
 
     def overhead_scale(self, rate_per_replica_s: Any) -> Any:
         """How many times the rate-0 overhead a request gets at this rate (a float or a
@@ -344,13 +395,7 @@ class ServerTerms:
         rates = self.overhead_rates_per_s
         means = [max(mean, _MIN_BASE_OVERHEAD_MS) for mean in self.overhead_mean_ms]
         base = max(self.overhead_mean_ms[0], _MIN_BASE_OVERHEAD_MS)
-        if rate <= rates[0]:
-            return means[0] / base
-        if rate >= rates[-1]:
-            return means[-1] / base
-        right = bisect.bisect_right(rates, rate)
-        x0, x1, y0, y1 = rates[right - 1], rates[right], means[right - 1], means[right]
-        return (y0 + (y1 - y0) * (rate - x0) / (x1 - x0)) / base
+        return _interp_one(rate, rates, means) / base
 
     def overhead_at(self, levels: Any) -> Any:
         """Per-request overhead in seconds at quantile ``levels`` (a float or numpy array),
@@ -376,6 +421,8 @@ class ServerTerms:
             "speed_drift": self.speed_drift,
             "cpu_steal_share": self.cpu_steal_share,
             "disk": None if self.disk is None else self.disk.to_dict(),
+            "slowdown_rates_per_s": list(self.slowdown_rates_per_s),
+            "slowdown_values": list(self.slowdown_values),
         }
 
     @classmethod
@@ -403,7 +450,12 @@ class ServerTerms:
             for name in ("overhead_levels", "overhead_ms"):
                 current = f"server.{name}"
                 values[name] = tuple(float(v) for v in data[name])
-            for name in ("overhead_rates_per_s", "overhead_mean_ms"):
+            for name in (
+                "overhead_rates_per_s",
+                "overhead_mean_ms",
+                "slowdown_rates_per_s",
+                "slowdown_values",
+            ):
                 current = f"server.{name}"
                 values[name] = tuple(float(v) for v in data.get(name, ()))
             for name in ("overhead_growth_per_rps", "model_slowdown", "model_slowdown_per_rps"):
@@ -487,6 +539,18 @@ def _check_quantile_function(
         )
 
 
+def _interp_one(x: float, xs: tuple[float, ...], ys: Sequence[float]) -> float:
+    """``np.interp`` of one value in plain Python (flat outside ``xs``): the exact simulator
+    asks once per batch, where numpy's per-call cost would be most of the work."""
+    if x <= xs[0]:
+        return float(ys[0])
+    if x >= xs[-1]:
+        return float(ys[-1])
+    right = bisect.bisect_right(xs, x)
+    x0, x1, y0, y1 = xs[right - 1], xs[right], ys[right - 1], ys[right]
+    return float(y0 + (y1 - y0) * (x - x0) / (x1 - x0))
+
+
 def _quantile_mean(levels: Any, values: Any) -> float:
     """The mean of a distribution given by its quantile function at ``levels`` (linear)."""
     total = 0.0
@@ -513,6 +577,9 @@ class ModelProfile:
     #: kind can differ (an Intel Xeon and an AMD EPYC with 2 cores each were about 1.3x
     #: apart at batch 64); ``None`` where not recorded.
     measured_on: str | None = None
+    #: How far the interleaved repeats agreed per figure; ``None``: not recorded (older
+    #: files, or profiles not measured here), steadiness unknown.
+    repeats: RepeatRecord | None = None
 
     def __post_init__(self) -> None:
         n = len(self.batch_sizes)
@@ -574,6 +641,7 @@ class ModelProfile:
             "server": None if self.server is None else self.server.to_dict(),
             "spread": None if self.spread is None else self.spread.to_dict(),
             "measured_on": self.measured_on,
+            "repeats": None if self.repeats is None else self.repeats.to_dict(),
         }
 
     @classmethod
@@ -587,7 +655,9 @@ class ModelProfile:
                 field="version",
             )
         known = set(_FIELDS) | (
-            {"version", "server", "spread", "measured_on"} if version == PROFILE_VERSION else set()
+            {"version", "server", "spread", "measured_on", "repeats"}
+            if version == PROFILE_VERSION
+            else set()
         )
         unknown = sorted(set(data) - known)
         if unknown:
@@ -600,6 +670,8 @@ class ModelProfile:
         server = None if raw_server is None else ServerTerms.from_dict(raw_server)
         raw_spread = data.get("spread")
         spread = None if raw_spread is None else ServiceSpread.from_dict(raw_spread)
+        raw_repeats = data.get("repeats")
+        repeats = None if raw_repeats is None else RepeatRecord.from_dict(raw_repeats)
         try:
             return cls(
                 model=str(data["model"]),
@@ -613,6 +685,7 @@ class ModelProfile:
                 server=server,
                 spread=spread,
                 measured_on=None if data.get("measured_on") is None else str(data["measured_on"]),
+                repeats=repeats,
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"bad profile value: {exc}", field="profile") from exc

@@ -35,6 +35,7 @@ from aiscale.bench.sentences import SENTENCES
 from aiscale.errors import InvalidInput, ModelLoadError
 from aiscale.plan.catalog import HardwareSpec, derive_profile, load_catalog
 from aiscale.plan.profile import SPREAD_LEVELS, ModelProfile, ServiceSpread, profile_from_latencies
+from aiscale.plan.repeats import FigureSpread, figure_of
 from aiscale.replicas.environment import replica_environment
 
 #: Batch sizes measured by default: powers of two from 1 to 128.
@@ -140,6 +141,51 @@ def profile_model(
     if hardware is None or hardware == MEASURED_HARDWARE:
         return profile
     return derive_profile(profile, hardware, catalog if catalog is not None else load_catalog())
+
+
+def median_profile(runs: Sequence[ModelProfile]) -> ModelProfile:
+    """One profile from repeated measurements of the same model and sizes: per batch size
+    the median latency, the composition spread's median per quantile, the median memory
+    and start-up time. A single run is returned as it is."""
+    if not runs:
+        raise ValueError("no profile runs to combine")
+    first = runs[0]
+    if len(runs) == 1:
+        return first
+    latencies = np.median([run.latency_ms for run in runs], axis=0)
+    spreads = [run.spread for run in runs if run.spread is not None]
+    spread = first.spread
+    if spread is not None and len(spreads) == len(runs):
+        ratios = np.median([s.ratios for s in spreads], axis=0)
+        rising = np.maximum.accumulate(ratios)
+        spread = ServiceSpread(spread.levels, tuple(float(v) for v in rising))
+    combined = profile_from_latencies(
+        first.model,
+        first.hardware,
+        dict(zip(first.batch_sizes, (float(v) for v in latencies), strict=True)),
+        memory_bytes=int(statistics.median(run.memory_bytes for run in runs)),
+        startup_s=float(statistics.median(run.startup_s for run in runs)),
+        estimated=first.estimated,
+        spread=spread,
+    )
+    return replace(combined, measured_on=first.measured_on)
+
+
+#: A batch faster than this is left unchecked (``alone_figures``).
+CHECKED_LATENCY_MS = 1.0
+
+
+def alone_figures(runs: Sequence[ModelProfile]) -> list[FigureSpread]:
+    """The spread over repeated runs of each batch size's model-alone latency (``repeats.py``):
+    checked, as the capacity follows from it, where a batch takes ``CHECKED_LATENCY_MS`` or
+    more; a faster one is all timer and scheduler jitter in relative terms, and its replica's
+    capacity is set by the server around it, not by the model."""
+    figures = []
+    for index, size in enumerate(runs[0].batch_sizes):
+        values = [run.latency_ms[index] for run in runs]
+        is_checked = statistics.median(values) >= CHECKED_LATENCY_MS
+        figures.append(figure_of(f"latency_ms at batch {size}", values, is_checked=is_checked))
+    return figures
 
 
 def cpu_model() -> str:

@@ -208,7 +208,7 @@ def _plot_costs(result: PlanResult, path: Path) -> None:
         low, high = ax.get_ylim()
         ax.set_ylim(low, high * 2.5)  # room for the labels above the tallest bars
     ax.set_title("Monthly cost per phase and strategy")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")  # "best" warns when slow (an error in tests)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -10,11 +10,13 @@ from aiscale.registry.artifacts import ArtifactStore, FsspecArtifactStore
 from aiscale.registry.leases import SqlLeases
 from aiscale.registry.records import (
     ACTIVE_ROLLOUT_STATUSES,
+    LLM_LIMIT_NAMES,
     ROLLOUT_STATUSES,
     ROLLOUT_VERDICTS,
     SCOPES,
     DeploymentRecord,
     KeyRecord,
+    LlmLimits,
     ModelRecord,
     RolloutDecisionRecord,
     RolloutRecord,
@@ -23,11 +25,19 @@ from aiscale.registry.records import (
 )
 from aiscale.registry.registration import PICKLE_RUNTIMES, RUNTIMES, register_with_artifact
 from aiscale.registry.rollouts import SqlRolloutRecords
-from aiscale.registry.store import KEY_PREFIX, SqlRegistry, hash_key, validate_name
+from aiscale.registry.store import (
+    KEY_PREFIX,
+    SqlRegistry,
+    hash_key,
+    parse_usd,
+    validate_llm_limits,
+    validate_name,
+)
 
 __all__ = [
     "ACTIVE_ROLLOUT_STATUSES",
     "KEY_PREFIX",
+    "LLM_LIMIT_NAMES",
     "ROLLOUT_STATUSES",
     "ROLLOUT_VERDICTS",
     "PICKLE_RUNTIMES",
@@ -37,6 +47,7 @@ __all__ = [
     "DeploymentRecord",
     "FsspecArtifactStore",
     "KeyRecord",
+    "LlmLimits",
     "ModelRecord",
     "RolloutDecisionRecord",
     "RolloutRecord",
@@ -46,6 +57,8 @@ __all__ = [
     "TrafficRecord",
     "VersionRecord",
     "hash_key",
+    "parse_usd",
     "register_with_artifact",
+    "validate_llm_limits",
     "validate_name",
 ]

@@ -7,8 +7,9 @@ recorded by the store; they are never used to measure intervals.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 #: The scopes an API key may carry: ``inference`` (the model APIs and feedback), ``admin``
@@ -63,11 +64,49 @@ class DeploymentRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class LlmLimits:
+    """Token limits and budgets of one API key or team on the LLM endpoints.
+
+    ``None`` is no limit on that measure. Per-minute limits count over a sliding minute;
+    budgets over the UTC calendar day or month (``aiscale.llm.ledger`` enforces them).
+    Money is in US dollars as a ``Decimal`` (at most 6 decimal places where stored); the
+    token prices that turn usage into money are in the server's config (``server.ledger``).
+    """
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    max_concurrent: int | None = None
+    budget_tokens_per_day: int | None = None
+    budget_tokens_per_month: int | None = None
+    budget_usd_per_day: Decimal | None = None
+    budget_usd_per_month: Decimal | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        """True when no measure is limited."""
+        return all(getattr(self, f.name) is None for f in fields(self))
+
+    def as_dict(self) -> dict[str, int | str | None]:
+        """JSON-ready: money as a decimal string (a float would round it), ``None`` kept."""
+        return {
+            f.name: None if (value := getattr(self, f.name)) is None
+            else str(value) if isinstance(value, Decimal) else int(value)
+            for f in fields(self)
+        }
+
+
+#: The names of every ``LlmLimits`` measure, in declaration order.
+LLM_LIMIT_NAMES: tuple[str, ...] = tuple(f.name for f in fields(LlmLimits))
+
+
+@dataclass(frozen=True, slots=True)
 class KeyRecord:
     """An API key as stored: only the sha256 of its plaintext is kept.
 
     ``rate_limit_per_s`` is ``None`` for no per-key limit; ``revoked_at`` is ``None`` while
-    the key is active.
+    the key is active. ``team`` names the team whose LLM limits and budgets (config
+    ``server.ledger.teams``) the key's requests also count against; ``llm_limits`` are the
+    key's own.
     """
 
     key_id: str
@@ -77,6 +116,8 @@ class KeyRecord:
     rate_limit_per_s: float | None
     created_at: datetime
     revoked_at: datetime | None = None
+    team: str | None = None
+    llm_limits: LlmLimits = LlmLimits()
 
     @property
     def is_active(self) -> bool:

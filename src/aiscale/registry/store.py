@@ -16,6 +16,7 @@ import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,6 +30,7 @@ from aiscale.registry.records import (
     SCOPES,
     DeploymentRecord,
     KeyRecord,
+    LlmLimits,
     ModelRecord,
     VersionRecord,
 )
@@ -56,6 +58,65 @@ def validate_name(value: str, field: str) -> str:
             field=field,
         )
     return value
+
+
+#: The largest count a limit may have: the ledger's Redis scripts compute in doubles,
+#: exact up to 2**53.
+MAX_LIMIT_COUNT = 10**15
+#: The largest money budget, in US dollars: 2**53 nano-dollars, rounded down.
+MAX_BUDGET_USD = Decimal(9_000_000)
+_MICROS = Decimal(1_000_000)
+_COUNT_LIMITS = (
+    "requests_per_minute",
+    "tokens_per_minute",
+    "max_concurrent",
+    "budget_tokens_per_day",
+    "budget_tokens_per_month",
+)
+_MONEY_LIMITS = ("budget_usd_per_day", "budget_usd_per_month")
+
+
+def parse_usd(value: object, field: str) -> Decimal:
+    """A money amount in US dollars: > 0, at most 6 decimal places and ``MAX_BUDGET_USD``.
+
+    Accepts a ``Decimal``, an ``int`` or a decimal string (never a float, which would
+    round); anything else is ``InvalidInput`` naming ``field``."""
+    if isinstance(value, bool) or not isinstance(value, Decimal | int | str):
+        raise InvalidInput(f"{field} must be a decimal number of US dollars", field=field)
+    try:
+        amount = Decimal(value.strip() if isinstance(value, str) else value)
+    except InvalidOperation:
+        raise InvalidInput(
+            f"{field} must be a decimal number of US dollars, got {value!r}", field=field
+        ) from None
+    if not amount.is_finite() or not amount > 0 or amount > MAX_BUDGET_USD:
+        raise InvalidInput(
+            f"{field} must be > 0 and at most {MAX_BUDGET_USD} US dollars, got {value}",
+            field=field,
+        )
+    if amount != amount.quantize(Decimal("0.000001")):
+        raise InvalidInput(f"{field} takes at most 6 decimal places, got {value}", field=field)
+    return amount
+
+
+def validate_llm_limits(limits: LlmLimits) -> LlmLimits:
+    """Return ``limits`` if every measure is ``None`` or in range, else ``InvalidInput``
+    naming the measure (counts: whole numbers 1..10**15; money: see ``parse_usd``)."""
+    for name in _COUNT_LIMITS:
+        count = getattr(limits, name)
+        if count is None:
+            continue
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise InvalidInput(f"{name} must be a whole number", field=name)
+        if not 1 <= count <= MAX_LIMIT_COUNT:
+            raise InvalidInput(
+                f"{name} must be between 1 and {MAX_LIMIT_COUNT}, got {count}", field=name
+            )
+    for name in _MONEY_LIMITS:
+        amount = getattr(limits, name)
+        if amount is not None:
+            parse_usd(amount, name)
+    return limits
 
 
 def _utc_now() -> datetime:
@@ -377,12 +438,23 @@ class SqlRegistry:
     # -------------------------------------------------------------------- keys
 
     def create_key(
-        self, name: str, scopes: frozenset[str], rate_limit_per_s: float | None = None
+        self,
+        name: str,
+        scopes: frozenset[str],
+        rate_limit_per_s: float | None = None,
+        *,
+        team: str | None = None,
+        llm_limits: LlmLimits | None = None,
     ) -> tuple[str, KeyRecord]:
         """Create an API key; returns ``(plaintext, record)``. The plaintext is not kept.
 
         ``scopes`` must be a non-empty subset of ``SCOPES``; ``rate_limit_per_s`` > 0 or None.
+        ``team`` (a name like a model's) and ``llm_limits`` are checked as in
+        ``set_key_llm_limits``.
         """
+        if team is not None:
+            validate_name(team, "team")
+        limits = validate_llm_limits(llm_limits or LlmLimits())
         if not name or len(name) > 255:
             raise InvalidInput("key name must be 1-255 characters", field="name")
         unknown = set(scopes) - SCOPES
@@ -401,14 +473,48 @@ class SqlRegistry:
             scopes=frozenset(scopes),
             rate_limit_per_s=rate_limit_per_s,
             created_at=self._clock(),
+            team=team,
+            llm_limits=limits,
         )
         with self._transaction(is_write=True) as conn:
             conn.execute(api_keys.insert().values(
                 key_id=record.key_id, name=name, key_hash=record.key_hash,
                 scopes=",".join(sorted(record.scopes)), rate_limit_per_s=rate_limit_per_s,
                 created_at=record.created_at, revoked_at=None,
+                team=team, **_limit_columns(limits),
             ))
         return plaintext, record
+
+    def set_key_llm_limits(
+        self, key_id: str, *, team: str | None, llm_limits: LlmLimits
+    ) -> KeyRecord:
+        """Replace a key's team and LLM limits (all of them: a measure left ``None`` is
+        unlimited afterwards). Gateways pick the change up with their next key refresh.
+
+        Raises NotFound for an unknown key, InvalidInput for a bad team or limit."""
+        if team is not None:
+            validate_name(team, "team")
+        validate_llm_limits(llm_limits)
+        with self._transaction(is_write=True) as conn:
+            conn.execute(api_keys.update().where(api_keys.c.key_id == key_id).values(
+                team=team, **_limit_columns(llm_limits)
+            ))
+            row = conn.execute(
+                api_keys.select().where(api_keys.c.key_id == key_id)
+            ).one_or_none()
+        if row is None:
+            raise NotFound(f"unknown key id {key_id!r}", field="key_id")
+        return _key_record(row)
+
+    def get_key(self, key_id: str) -> KeyRecord:
+        """The key with id ``key_id`` (revoked or not). Raises NotFound."""
+        with self._transaction() as conn:
+            row = conn.execute(
+                api_keys.select().where(api_keys.c.key_id == key_id)
+            ).one_or_none()
+        if row is None:
+            raise NotFound(f"unknown key id {key_id!r}", field="key_id")
+        return _key_record(row)
 
     def list_keys(self) -> list[KeyRecord]:
         """Every key, revoked ones included, oldest first."""
@@ -486,10 +592,36 @@ def _deployment_record(row: sa.Row[Any]) -> DeploymentRecord:
     )
 
 
+def _limit_columns(limits: LlmLimits) -> dict[str, int | None]:
+    """The ``api_keys`` columns of ``limits``: counts as they are, money in micro-dollars."""
+    columns: dict[str, int | None] = {name: getattr(limits, name) for name in _COUNT_LIMITS}
+    for name in _MONEY_LIMITS:
+        amount: Decimal | None = getattr(limits, name)
+        column = name.replace("budget_usd_", "budget_usd_micros_")
+        columns[column] = None if amount is None else int(amount * _MICROS)
+    return columns
+
+
+def _llm_limits(row: sa.Row[Any]) -> LlmLimits:
+    def usd(micros: int | None) -> Decimal | None:
+        return None if micros is None else Decimal(micros) / _MICROS
+
+    return LlmLimits(
+        requests_per_minute=row.requests_per_minute,
+        tokens_per_minute=row.tokens_per_minute,
+        max_concurrent=row.max_concurrent,
+        budget_tokens_per_day=row.budget_tokens_per_day,
+        budget_tokens_per_month=row.budget_tokens_per_month,
+        budget_usd_per_day=usd(row.budget_usd_micros_per_day),
+        budget_usd_per_month=usd(row.budget_usd_micros_per_month),
+    )
+
+
 def _key_record(row: sa.Row[Any]) -> KeyRecord:
     return KeyRecord(
         key_id=row.key_id, name=row.name, key_hash=row.key_hash,
         scopes=frozenset(s for s in row.scopes.split(",") if s),
         rate_limit_per_s=row.rate_limit_per_s, created_at=_as_utc(row.created_at),
         revoked_at=None if row.revoked_at is None else _as_utc(row.revoked_at),
+        team=row.team, llm_limits=_llm_limits(row),
     )

@@ -77,6 +77,17 @@ api_keys = sa.Table(
     sa.Column("rate_limit_per_s", sa.Float, nullable=True),
     sa.Column("created_at", TIMESTAMP, nullable=False),
     sa.Column("revoked_at", TIMESTAMP, nullable=True),
+    # LLM limits (registry/records.py ``LlmLimits``); NULL: no limit on that measure.
+    sa.Column("team", NAME, nullable=True),
+    sa.Column("requests_per_minute", sa.BigInteger, nullable=True),
+    sa.Column("tokens_per_minute", sa.BigInteger, nullable=True),
+    sa.Column("max_concurrent", sa.BigInteger, nullable=True),
+    sa.Column("budget_tokens_per_day", sa.BigInteger, nullable=True),
+    sa.Column("budget_tokens_per_month", sa.BigInteger, nullable=True),
+    # Money as whole micro-dollars: exact on SQLite and PostgreSQL alike (no float, and no
+    # Numeric, which SQLite would store as a float).
+    sa.Column("budget_usd_micros_per_day", sa.BigInteger, nullable=True),
+    sa.Column("budget_usd_micros_per_month", sa.BigInteger, nullable=True),
 )
 
 #: The rollout statuses in which a rollout holds its deployment (see ``records.py``).

@@ -17,10 +17,17 @@ for the whole rollout, however often the controller looks:
   regressions that barely move the ranks);
 * ``metric:<name>``: Mann-Whitney U on a custom metric, direction set by its ``MetricRule``.
 
+An LLM version's requests carry three more metrics (``LLM_METRIC_RULES``, added to a rollout
+of an LLM deployment by ``with_llm_metrics``): time to first token and mean inter-token
+latency (lower is better), and output tokens of answered requests (higher is better: a
+canary that stops early writes shorter answers), plus the users' feedback score when they
+give one (higher is better). They are ordinary ``metric:<name>`` tests.
+
 A significant test rolls back only when the effect is also material (error rate up by at least
 ``error_rate_min_increase``; p50 or p99 up by at least the configured fraction; a metric's mean
-worse by at least its ``min_effect``), so tiny irrelevant differences never roll back. Promotion
-needs the step's minimum duration and ``min_requests`` per version, with no test saying worse.
+worse by at least its ``min_effect`` and by ``min_relative_effect`` of the baseline's mean), so
+tiny irrelevant differences never roll back. Promotion needs the step's minimum duration and
+``min_requests`` per version, with no test saying worse.
 
 Steps with the canary at 100 % have no baseline to compare against; the controller finishes
 the rollout instead of asking. This module never does I/O, never reads a clock and never uses
@@ -45,6 +52,11 @@ from aiscale.rollout._stats import (
 )
 
 __all__ = [
+    "FEEDBACK_METRIC",
+    "ITL_METRIC",
+    "LLM_METRIC_RULES",
+    "OUTPUT_TOKENS_METRIC",
+    "TTFT_METRIC",
     "AnalysisConfig",
     "AnalysisState",
     "CanaryDecision",
@@ -55,6 +67,7 @@ __all__ = [
     "Verdict",
     "VersionCounts",
     "decide",
+    "with_llm_metrics",
 ]
 
 
@@ -71,12 +84,15 @@ class Verdict(StrEnum):
 class MetricRule:
     """A custom metric to compare: its name, its good direction, the smallest change that matters.
 
-    ``min_effect`` is in the metric's own units, on the mean (e.g. 0.1 points of a 1-5 score).
+    ``min_effect`` is in the metric's own units, on the mean (e.g. 0.1 points of a 1-5 score);
+    ``min_relative_effect`` a share of the baseline's mean (0.1: 10 % worse), for metrics
+    whose scale depends on the model and the machine (time to first token). Both must hold.
     """
 
     name: str
     is_higher_better: bool
     min_effect: float = 0.0
+    min_relative_effect: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +148,11 @@ class AnalysisConfig:
                 )
             if not rule.min_effect >= 0.0:
                 raise ConfigError("min_effect must be >= 0", field=f"metrics.{index}.min_effect")
+            if not rule.min_relative_effect >= 0.0:
+                raise ConfigError(
+                    "min_relative_effect must be >= 0",
+                    field=f"metrics.{index}.min_relative_effect",
+                )
 
     @property
     def test_names(self) -> tuple[str, ...]:
@@ -143,6 +164,31 @@ class AnalysisConfig:
     def alpha_per_test(self) -> float:
         """Each test's share of ``alpha`` (Bonferroni)."""
         return self.alpha / len(self.test_names)
+
+
+#: The metrics an LLM version's requests record (``serving/llm``) and their names here.
+TTFT_METRIC = "ttft_s"
+ITL_METRIC = "itl_s"
+OUTPUT_TOKENS_METRIC = "output_tokens"
+FEEDBACK_METRIC = "feedback_score"
+
+#: What an LLM canary is judged on besides errors and end-to-end latency: slower to first
+#: token or between tokens by 10 %, or answers 10 % shorter (it stops early), or feedback
+#: scores 5 % lower, each significant, roll it back.
+LLM_METRIC_RULES: tuple[MetricRule, ...] = (
+    MetricRule(TTFT_METRIC, is_higher_better=False, min_relative_effect=0.10),
+    MetricRule(ITL_METRIC, is_higher_better=False, min_relative_effect=0.10),
+    MetricRule(OUTPUT_TOKENS_METRIC, is_higher_better=True, min_relative_effect=0.10),
+    MetricRule(FEEDBACK_METRIC, is_higher_better=True, min_relative_effect=0.05),
+)
+
+
+def with_llm_metrics(config: AnalysisConfig) -> AnalysisConfig:
+    """``config`` with the LLM rules it does not name already (its own rule of the same
+    name wins)."""
+    named = {rule.name for rule in config.metrics}
+    extra = tuple(rule for rule in LLM_METRIC_RULES if rule.name not in named)
+    return replace(config, metrics=config.metrics + extra) if extra else config
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,6 +477,9 @@ def _tests(observation: CanaryObservation, config: AnalysisConfig) -> list[_Test
             if rule.is_higher_better:
                 evidence = evidence.flipped()
         worse_by = (mean_b - mean_c) if rule.is_higher_better else (mean_c - mean_b)
+        smallest = rule.min_effect
+        if rule.min_relative_effect > 0 and math.isfinite(mean_b):
+            smallest = max(smallest, rule.min_relative_effect * abs(mean_b))
         tests.append(
             _Test(
                 name,
@@ -444,7 +493,7 @@ def _tests(observation: CanaryObservation, config: AnalysisConfig) -> list[_Test
                     n_c,
                     mean_b,
                     mean_c,
-                    is_material=not skip and worse_by > 0 and worse_by >= rule.min_effect,
+                    is_material=not skip and worse_by > 0 and worse_by >= smallest,
                     effect=f"mean {mean_c:.4g} vs {mean_b:.4g} "
                     f"({'higher' if rule.is_higher_better else 'lower'} is better)",
                     is_skipped=skip,

@@ -6,6 +6,12 @@ canary's replicas (``Fleet.warm``) before it gets any traffic; finishing makes t
 the primary (``Fleet.set_split``) and drains the loser (``Fleet.scale`` to 0); a server
 restarted mid-rollout resumes every active rollout.
 
+A rollout of an LLM deployment (its snapshots carry ``llm`` signals) is judged on the LLM
+metrics too (``analysis.with_llm_metrics``: time to first token, inter-token latency,
+output length, feedback score), so a canary slower to first token or that stops early is
+rolled back on its own. The plan's metric rules are recorded with the rollout, so a resumed
+rollout judges on the same ones.
+
 It never holds the gateway or imports the serving part: everything it sees and changes of
 the serving side goes through the ``Fleet`` it is given, and its time through a ``Clock``.
 """
@@ -24,7 +30,7 @@ from aiscale.contracts.clock import Clock, SystemClock
 from aiscale.contracts.fleet import Fleet, FleetSnapshot
 from aiscale.contracts.split import TrafficSplit
 from aiscale.errors import Conflict, NotFound
-from aiscale.rollout.analysis import AnalysisConfig, VersionCounts
+from aiscale.rollout.analysis import AnalysisConfig, MetricRule, VersionCounts, with_llm_metrics
 from aiscale.rollout.controller import RolloutController, RolloutPlan, RolloutStatus
 
 logger = logging.getLogger(__name__)
@@ -326,6 +332,8 @@ class RolloutManager:
         versions = self.fleet.snapshot(name)
         if not versions:
             raise NotFound(f"no deployment named {name!r}", field="model")
+        if any(s.llm is not None for s in versions):
+            plan = dataclasses.replace(plan, analysis=with_llm_metrics(plan.analysis))
         # An alias names a version only until it moves: the rollout records the number.
         canary = await anyio.to_thread.run_sync(
             records.resolve_version, versions[0].model, plan.canary
@@ -425,6 +433,17 @@ def plan_config(plan: RolloutPlan) -> dict[str, Any]:
         "shadow_fraction": plan.shadow_fraction,
         "alpha": analysis.alpha,
         "min_requests": analysis.min_requests,
+        "min_metric_samples": analysis.min_metric_samples,
+        "rank_tau": analysis.rank_tau,
+        "metrics": [
+            {
+                "name": rule.name,
+                "is_higher_better": rule.is_higher_better,
+                "min_effect": rule.min_effect,
+                "min_relative_effect": rule.min_relative_effect,
+            }
+            for rule in analysis.metrics
+        ],
     }
 
 
@@ -441,5 +460,16 @@ def plan_from_record(record: Any) -> RolloutPlan:
         analysis=AnalysisConfig(
             alpha=float(config.get("alpha", 0.05)),
             min_requests=int(config.get("min_requests", 500)),
+            min_metric_samples=int(config.get("min_metric_samples", 100)),
+            rank_tau=float(config.get("rank_tau", 0.05)),
+            metrics=tuple(
+                MetricRule(
+                    str(rule["name"]),
+                    bool(rule["is_higher_better"]),
+                    float(rule.get("min_effect", 0.0)),
+                    float(rule.get("min_relative_effect", 0.0)),
+                )
+                for rule in config.get("metrics", ())
+            ),
         ),
     )

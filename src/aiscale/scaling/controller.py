@@ -7,6 +7,12 @@ function the simulator uses), asks the pure policy for a target, and asks the fl
 with ``Fleet.scale(..., cause="autoscaler: <the policy's reason>")``. That call reserves GPUs,
 persists and records the cause, so the autoscaler, the monitor and an admin share one path.
 
+A token-aware policy (``llm-*``, ``policies/llm_factory.py``) runs the same loop on an LLM
+version: the observation is then ``observe_llm`` of the snapshot's ``llm`` signals (engine
+queues, KV-cache use, TTFT/ITL p99 over the interval, tokens per second; the function the
+LLM simulator shares, ``llm_observe.py``), and the histories it keeps are of prompt and
+output tokens.
+
 Two rules sit on top of the policy, both about other askers:
 * a count set by someone else (a ``last_scale`` whose source is not ``autoscaler``: the
   monitor's ``scale_up``, an admin) is a floor for ``hold_s`` after it was set (default: the
@@ -32,18 +38,29 @@ from prometheus_client import Counter, Gauge
 from aiscale.contracts.clock import Clock, wait_or_timeout
 from aiscale.contracts.fleet import Fleet, FleetSnapshot
 from aiscale.errors import AiscaleError
-from aiscale.scaling.history import ArrivalHistory
+from aiscale.scaling.history import DEFAULT_MAX_BINS, ArrivalHistory
+from aiscale.scaling.llm_observe import LlmLoadSample, observe_llm
 from aiscale.scaling.observe import LoadSample, observe
 from aiscale.scaling.policies import (
+    GuardedPolicy,
     KpaPolicy,
     PredictivePolicy,
     ReactivePolicy,
     ScalingDecision,
-    ScalingPolicy,
     make_policy,
 )
+from aiscale.scaling.policies.llm_factory import LLM_POLICY_NAMES, make_llm_policy
+from aiscale.scaling.policies.llm_predictive import LlmPredictivePolicy
+from aiscale.scaling.policies.llm_slo import LlmSloPolicy
+from aiscale.scaling.policies.llm_target import LlmTargetPolicy
 
-__all__ = ["AutoscalerMetrics", "VersionAutoscaler", "hold_s_of"]
+__all__ = [
+    "AutoscalerMetrics",
+    "VersionAutoscaler",
+    "hold_s_of",
+    "is_llm_policy",
+    "make_scaling_policy",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +85,29 @@ class AutoscalerMetrics(Protocol):
     autoscaler_decisions: Counter
 
 
-def hold_s_of(policy: ScalingPolicy[Any]) -> float:
+def is_llm_policy(name: str) -> bool:
+    """Whether ``name`` is a token-aware policy (it needs an LLM version's signals)."""
+    return name in LLM_POLICY_NAMES
+
+
+def make_scaling_policy(name: str, knobs: Mapping[str, Any]) -> Any:
+    """The policy ``name``: a request/response one (``make_policy``) or a token-aware one
+    (``make_llm_policy``). Unknown names or knobs raise ``ConfigError``."""
+    if is_llm_policy(name):
+        return make_llm_policy(name, **dict(knobs))
+    return make_policy(name, **dict(knobs))
+
+
+def hold_s_of(policy: Any) -> float:
     """How long another asker's count is a floor: the policy's own wait before scaling down
-    (reactive and predictive: ``downscale_delay_s``; KPA: its stable window)."""
+    (reactive and predictive: ``downscale_delay_s``; KPA: its stable window; token-aware:
+    the scale-down stabilisation window); a guarded policy's is its inner policy's."""
+    if isinstance(policy, GuardedPolicy):
+        return hold_s_of(policy.inner)
+    if isinstance(policy, LlmTargetPolicy | LlmSloPolicy):
+        return policy.config.window.downscale_stabilization_s
+    if isinstance(policy, LlmPredictivePolicy):
+        return policy.config.slo.window.downscale_stabilization_s
     if isinstance(policy, ReactivePolicy):
         return policy.config.downscale_delay_s
     if isinstance(policy, PredictivePolicy):
@@ -113,11 +150,18 @@ class VersionAutoscaler:
         self.version = version
         self.lane_id = lane_id
         self.interval_s = interval_s
-        self.policy: ScalingPolicy[Any] = make_policy(policy, **dict(knobs))
+        #: A ``ScalingPolicy`` or, for an LLM version, an ``LlmScalingPolicy``.
+        self.policy: Any = make_scaling_policy(policy, knobs)
+        self.is_llm = is_llm_policy(policy)
         self.hold_s = hold_s_of(self.policy) if hold_s is None else hold_s
         #: Arrivals in bins of one decision interval, a week at most (``history.py``),
         #: seeded from ``history_source`` when the loop starts (a restart, a redeploy).
         self.history = history if history is not None else ArrivalHistory(interval_s)
+        #: Prompt and output tokens in the same bins (token-aware policies forecast them;
+        #: up to 1 MiB each, so other loops keep two bins only).
+        max_token_bins = DEFAULT_MAX_BINS if self.is_llm else 2
+        self.prompt_token_history = ArrivalHistory(interval_s, max_bins=max_token_bins)
+        self.output_token_history = ArrivalHistory(interval_s, max_bins=max_token_bins)
         self._history_source = history_source
         #: Points the last restore put into the history (0: none, or it failed).
         self.num_restored_points = 0
@@ -126,6 +170,7 @@ class VersionAutoscaler:
         self._metrics = metrics
         self._state: Any = self.policy.initial_state()
         self._previous: LoadSample | None = None
+        self._previous_llm: LlmLoadSample | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._scaling: asyncio.Task[None] | None = None
@@ -135,6 +180,8 @@ class VersionAutoscaler:
         snapshot = self._snapshot()
         if snapshot is not None:
             self._previous = LoadSample.of(snapshot, self.clock.monotonic())
+            if self.is_llm and snapshot.llm is not None:
+                self._previous_llm = LlmLoadSample.of(snapshot, self._previous.at_s)
         self._task = asyncio.create_task(
             self._run(), name=f"autoscaler-{self.deployment}-{self.version}"
         )
@@ -223,8 +270,17 @@ class VersionAutoscaler:
         previous = self._previous
         if previous is not None and previous.lane_id == sample.lane_id:
             self.history.add(previous.at_s, now, sample.num_arrived - previous.num_arrived)
-        observation = observe(sample, previous, self.history)
         self._previous = sample
+        if self.is_llm:
+            if snapshot.llm is None:
+                logger.warning(
+                    "autoscaler %s version %s: a token-aware policy on a version without "
+                    "LLM signals; nothing decided", self.deployment, self.version,
+                )
+                return
+            observation: Any = self._observe_llm(snapshot, now)
+        else:
+            observation = observe(sample, previous, self.history)
         decision, self._state = self.policy.decide(observation, self._state)
         decision = self._with_other_askers(decision, snapshot, now)
         self.last_decision = decision
@@ -248,6 +304,22 @@ class VersionAutoscaler:
         )
         self._scaling = asyncio.create_task(
             self._scale(target, decision.reason), name=f"autoscale-{self.deployment}"
+        )
+
+    def _observe_llm(self, snapshot: FleetSnapshot, now_s: float) -> Any:
+        """The token-aware observation, the token histories brought up to ``now_s``."""
+        sample = LlmLoadSample.of(snapshot, now_s)
+        previous = self._previous_llm
+        if previous is not None and previous.lane_id == sample.lane_id:
+            self.prompt_token_history.add(
+                previous.at_s, now_s, max(0.0, sample.prompt_tokens - previous.prompt_tokens)
+            )
+            self.output_token_history.add(
+                previous.at_s, now_s, max(0.0, sample.output_tokens - previous.output_tokens)
+            )
+        self._previous_llm = sample
+        return observe_llm(
+            sample, previous, self.prompt_token_history, self.output_token_history
         )
 
     def _with_other_askers(

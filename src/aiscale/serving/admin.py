@@ -1,6 +1,6 @@
 """Admin endpoints under ``/admin``: list, deploy, scale and remove deployments; apply a whole
-config file (``apply.py``); refresh keys; the last rolling-window data-quality report of a
-deployment.
+config file (``apply.py``); refresh keys; the LLM token spend of a key or team; the last
+rolling-window data-quality report of a deployment.
 
 Called by ``GatewayApp`` after the caller was checked for the ``admin`` scope. Bodies are
 validated with the same pydantic config models as the config file (the edge of the system).
@@ -17,13 +17,25 @@ from aiscale.config import DeploymentConfig
 from aiscale.contracts.split import TrafficSplit
 from aiscale.data.quality_window import QualityStatus
 from aiscale.errors import Conflict, MethodNotAllowed, NotFound
+from aiscale.llm.ledger_usage import key_usage, team_usage
 from aiscale.monitor.api import MonitorApi
-from aiscale.rollout.analysis import AnalysisConfig
+from aiscale.registry import validate_name
+from aiscale.rollout.analysis import AnalysisConfig, MetricRule
 from aiscale.rollout.controller import RolloutPlan, decision_numbers
 from aiscale.serving.apply import ApplyApi, ApplyBody
 from aiscale.serving.gateway import Gateway
 from aiscale.serving.http import Request, Response, validated_body
 from aiscale.serving.lane import VersionLane
+
+
+class MetricRuleBody(BaseModel):
+    """A custom metric the canary analysis compares (``rollout.analysis.MetricRule``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str = Field(min_length=1, max_length=128)
+    is_higher_better: bool
+    min_effect: float = Field(default=0.0, ge=0)
+    min_relative_effect: float = Field(default=0.0, ge=0)
 
 
 class RolloutBody(BaseModel):
@@ -35,6 +47,13 @@ class RolloutBody(BaseModel):
     min_requests: int = Field(default=500, ge=1)
     alpha: float = Field(default=0.05, gt=0, lt=1)
     shadow_fraction: float = Field(default=0.0, ge=0, le=1)
+    #: Samples per version below which a metric's test is skipped (reported, not counted).
+    min_metric_samples: int = Field(default=100, ge=1)
+    #: The effect (probability of superiority minus 1/2) the rank tests detect fastest.
+    rank_tau: float = Field(default=0.05, gt=0, le=0.5)
+    #: Custom metrics to compare; an LLM deployment adds its own (TTFT, ITL, output
+    #: tokens, feedback score) unless named here.
+    metrics: list[MetricRuleBody] = Field(default_factory=list, max_length=32)
 
 
 class SplitBody(BaseModel):
@@ -86,7 +105,7 @@ def describe_lane(lane: VersionLane) -> dict[str, Any]:
             "pids": [r.pid for r in lane.pool.replicas() if not r.is_dead],
             "nodes": [r.node for r in lane.pool.replicas() if not r.is_dead],
         },
-        "queue_depth": lane.batcher.queue_depth,
+        "queue_depth": lane.queue_depth,
         "max_batch_size": spec.batching.max_batch_size,
         "max_batch_delay_ms": spec.batching.max_batch_delay_s * 1000.0,
         "is_ready": lane.is_ready,
@@ -185,6 +204,10 @@ class AdminApi:
                 raise MethodNotAllowed("use POST", field="method")
             await gateway.refresh_keys()
             return _ok({"refreshed": True})
+        if len(parts) == 3 and parts[0] in ("keys", "teams") and parts[2] == "usage":
+            if method != "GET":
+                raise MethodNotAllowed("use GET", field="method")
+            return _ok(await llm_usage(gateway, parts[0], parts[1]))
         raise NotFound(f"no admin endpoint at /admin/{'/'.join(parts)}", field="path")
 
     async def _release(self, request: Request, method: str, name: str, rest: list[str]) -> Response:
@@ -202,7 +225,21 @@ class AdminApi:
                 interval_s=body.interval_s,
                 min_step_duration_s=body.min_step_duration_s,
                 shadow_fraction=body.shadow_fraction,
-                analysis=AnalysisConfig(alpha=body.alpha, min_requests=body.min_requests),
+                analysis=AnalysisConfig(
+                    alpha=body.alpha,
+                    min_requests=body.min_requests,
+                    min_metric_samples=body.min_metric_samples,
+                    rank_tau=body.rank_tau,
+                    metrics=tuple(
+                        MetricRule(
+                            rule.name,
+                            rule.is_higher_better,
+                            rule.min_effect,
+                            rule.min_relative_effect,
+                        )
+                        for rule in body.metrics
+                    ),
+                ),
             )
             await manager.begin(plan)
             return _ok(rollout_status(gateway, name))
@@ -320,6 +357,24 @@ async def any_rollout_status(gateway: Gateway, name: str) -> dict[str, Any]:
     deployment = gateway.deployment(name)
     view["versions"] = {version: counts_json(lane) for version, lane in deployment.lanes.items()}
     return view
+
+
+async def llm_usage(gateway: Gateway, kind: str, name: str) -> dict[str, Any]:
+    """Token spend of an active key (with its team's) or of a team, from the token ledger
+    that every gateway sharing its Redis sees alike: ``GET /admin/keys/{id}/usage`` and
+    ``GET /admin/teams/{team}/usage``. 404 for a key that is not active on this gateway."""
+    ledger = gateway.llm.ledger
+    if kind == "teams":
+        validate_name(name, "team")
+        return await team_usage(ledger, name)
+    caller = gateway.keyring.caller_of(name)
+    if caller is None:
+        raise NotFound(
+            f"no active API key with id {name!r} (a revoked key's usage: "
+            "aiscale keys usage --redis-url)",
+            field="key_id",
+        )
+    return await key_usage(ledger, name, team=caller.team, limits=caller.llm_limits)
 
 
 def _ok(payload: Any) -> Response:

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from aiscale.serving.feedback import MAX_COMMENT_CHARS, MAX_ID_CHARS, MAX_LABEL_CHARS
+from aiscale.serving.llm.validation import MAX_MESSAGES
 from aiscale.serving.oip_v2 import NUMPY_DTYPES
 from aiscale.serving.oip_v2_extensions import TRITON_TYPES
 from aiscale.serving.openai_api import MAX_INPUTS
@@ -230,6 +231,95 @@ class ModelObject(_Body):
     object: Literal["model"]
     created: int
     owned_by: str
+    #: ``llm`` for an LLM deployment (it serves ``/v1/chat/completions``), else ``model``.
+    aiscale_kind: Literal["llm", "model"] | None = None
+    #: An LLM's context window in tokens (prompt and output of one request), as vLLM says.
+    max_model_len: int | None = None
+
+
+# ----- OpenAI chat and completions (``serving/llm/validation.py`` checks them) ----------------
+class ChatMessage(_Body):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    role: Literal["system", "developer", "user", "assistant"]
+    #: Text, or a list of ``{"type": "text", "text": ...}`` parts.
+    content: str | list[dict[str, str]]
+    name: str | None = None
+
+
+class _SamplingBody(_Body):
+    """The fields both LLM routes take; the engine's sampling extras pass through."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    model: str = Field(min_length=1, description="the LLM deployment")
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    user: str | None = Field(default=None, max_length=256)
+    stream: bool | None = None
+    stream_options: dict[str, bool] | None = Field(
+        default=None, description="``include_usage``: a last chunk with the usage"
+    )
+    n: Literal[1] | None = None
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    ignore_eos: bool | None = None
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=10)
+
+
+class ChatCompletionBody(_SamplingBody):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+
+class CompletionBody(_SamplingBody):
+    prompt: str = Field(min_length=1)
+
+
+class LlmUsage(_Body):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: dict[str, int] | None = None
+
+
+class ChatChoice(_Body):
+    index: int
+    message: dict[str, Any]
+    finish_reason: str | None
+
+
+class ChatCompletion(_Body):
+    """The answer; with ``stream: true``, ``text/event-stream`` of chunks then
+    ``data: [DONE]``."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: LlmUsage | None = None
+
+
+class CompletionChoice(_Body):
+    index: int
+    text: str
+    finish_reason: str | None
+
+
+class Completion(_Body):
+    """The answer; with ``stream: true``, ``text/event-stream`` of chunks then
+    ``data: [DONE]``."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: LlmUsage | None = None
 
 
 class ModelList(_Body):

@@ -44,6 +44,10 @@ from aiscale.serving.gateway import Gateway
 from aiscale.serving.http import Receive, Request, Response, Scope, Send
 from aiscale.serving.lane import VersionLane
 from aiscale.serving.limits import check_item_count
+from aiscale.serving.llm.api import LlmApi
+from aiscale.serving.llm.disconnect import ClientDisconnected, until_disconnect
+from aiscale.serving.llm.lane import LlmLane
+from aiscale.serving.llm.relay import LlmStream
 from aiscale.serving.origin import RequestGuard
 from aiscale.serving.request_ids import RequestIds
 
@@ -79,6 +83,8 @@ class GatewayApp:
         self._request_seconds: dict[tuple[str, str], Any] = {}
         #: Worker threads parsing large bodies at once (``_parse``).
         self._parsing = asyncio.Semaphore(MAX_PARSING_THREADS)
+        #: ``/v1/chat/completions`` and ``/v1/completions`` (``serving/llm/``).
+        self.llm = LlmApi(gateway, parse=self._parse, capture=self._capture, count=self._count)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -118,11 +124,17 @@ class GatewayApp:
         request = Request(scope, receive, settings.max_body_bytes, settings.body_timeout_s)
         try:
             answer = self.guard.check(scope, request.headers)
-            status, body, headers = (
+            routed = (
                 answer
                 if answer is not None
                 else await self._route(request, scope["method"], scope["path"])
             )
+            if isinstance(routed, LlmStream):
+                await self._stream(request, scope, routed, send)
+                return
+            status, body, headers = routed
+        except ClientDisconnected:
+            return  # nobody is left to answer; the request was finished as cancelled
         except AiscaleError as exc:
             status, body, headers = render_error(exc, shape_for_path(scope["path"]))
             headers.append(_JSON)
@@ -140,7 +152,27 @@ class GatewayApp:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _route(self, request: Request, method: str, path: str) -> Response:
+    async def _stream(
+        self, request: Request, scope: Scope, stream: LlmStream, send: Send
+    ) -> None:
+        """Send a streamed answer: the head at once, then the events as the engine makes
+        them, until the end or until the client leaves (then the engine is told)."""
+        headers = stream.headers
+        headers.append((b"x-request-id", request.request_id.encode()))
+        if request.client_request_id is not None:
+            headers.append((b"x-client-request-id", request.client_request_id.encode("latin-1")))
+        headers.extend(self.guard.cors_headers(scope["path"], request.headers))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await until_disconnect(request.receive, stream.pump(send))
+        except ClientDisconnected:
+            pass
+        except Exception:  # the head is out: no error status can follow, only the log
+            logger.exception("streaming failed", extra={"request_id": request.request_id})
+        finally:
+            await stream.aclose()
+
+    async def _route(self, request: Request, method: str, path: str) -> Response | LlmStream:
         parts = path.strip("/").split("/")
         head = parts[0]
         if head == "v2":
@@ -248,6 +280,12 @@ class GatewayApp:
             _expect(method, "POST")
             forced = version or request.header(b"x-aiscale-version")
             lane = deployment.route(request.header(b"x-user-id"), forced)
+            if isinstance(lane, LlmLane):
+                raise InvalidInput(
+                    f"{name!r} is an LLM deployment: use /v1/chat/completions or "
+                    "/v1/completions",
+                    field="model",
+                )
             return await self._infer_v2(request, deployment, lane, caller)
         raise NotFound(f"no endpoint at /v2/{'/'.join(parts)}", field="path")
 
@@ -328,24 +366,34 @@ class GatewayApp:
         return min(self.gateway.settings.max_items_per_request, lane.spec.batching.max_queue)
 
     # ----- OpenAI ------------------------------------------------------------------------
-    async def _v1(self, request: Request, method: str, parts: list[str]) -> Response:
+    async def _v1(self, request: Request, method: str, parts: list[str]) -> Response | LlmStream:
         if parts == ["feedback"]:  # an admin key may label any request (inference scope or not)
             _expect(method, "POST")
             return await self._feedback(request, self._feedback_caller(request))
         caller = self.gateway.keyring.authenticate(request.header(b"authorization"), "inference")
         request.request_id = self.request_ids.issue(caller.key_id)
-        if parts == ["models"]:
+        if parts == ["chat", "completions"]:
+            _expect(method, "POST")
+            return await self.llm.handle(request, caller, "chat")
+        if parts == ["completions"]:
+            _expect(method, "POST")
+            return await self.llm.handle(request, caller, "completion")
+        if parts == ["models"]:  # every deployment: LLMs and the others
             _expect(method, "GET")
             return _json(
                 200,
                 {
                     "object": "list",
-                    "data": [_model_object(name) for name in self.gateway.deployments],
+                    "data": [
+                        openai_api.model_object(d) for d in self.gateway.deployments.values()
+                    ],
                 },
             )
         if len(parts) == 2 and parts[0] == "models":  # OpenAI's Model object; 404 if unknown
             _expect(method, "GET")
-            return _json(200, _model_object(self.gateway.requested_deployment(parts[1]).name))
+            return _json(
+                200, openai_api.model_object(self.gateway.requested_deployment(parts[1]))
+            )
         if parts == ["embeddings"]:
             _expect(method, "POST")
             return await self._embeddings(request, caller)
@@ -376,6 +424,11 @@ class GatewayApp:
                 self.gateway.check_priority(name, request.header(b"x-aiscale-priority"))
             user_key = request.header(b"x-user-id") or parsed.user or caller.key_id
             lane = deployment.route(user_key, request.header(b"x-aiscale-version"))
+            if isinstance(lane, LlmLane):
+                raise InvalidInput(
+                    f"deployment {name!r} is an LLM; it does not produce embeddings",
+                    field="model",
+                )
             check_item_count(len(parsed.texts), self._max_items(lane), "input")
             schema = _schema_of(lane)
             if not _is_text_embedding(schema):
@@ -515,11 +568,6 @@ class GatewayApp:
                     self.gateway.metrics.request_seconds.labels(name, version)
                 )
             histogram.observe(elapsed_s)
-
-
-def _model_object(name: str) -> dict[str, Any]:
-    """A deployment as OpenAI's Model object (``GET /v1/models[/{id}]``)."""
-    return {"id": name, "object": "model", "created": 0, "owned_by": "aiscale"}
 
 
 def _expect(method: str, allowed: str) -> None:

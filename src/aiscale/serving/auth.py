@@ -18,20 +18,32 @@ from dataclasses import dataclass
 
 from aiscale.errors import AuthError, Forbidden
 from aiscale.registry import SCOPES, hash_key
+from aiscale.registry.records import LlmLimits
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """The authenticated caller of one request (``anonymous`` in open mode)."""
+    """The authenticated caller of one request (``anonymous`` in open mode).
+
+    ``team`` and ``llm_limits`` are the key's, as stored in the registry: the LLM path
+    passes them to the token ledger (``aiscale.llm.ledger``), which also applies the team's
+    limits from the config."""
 
     key_id: str
     scopes: frozenset[str]
     rate_limit_per_s: float | None
+    #: The key's team, whose LLM limits and budgets its requests also count against.
+    team: str | None = None
+    #: The key's own LLM limits and budgets (``None``: none), for the token ledger.
+    llm_limits: LlmLimits | None = None
 
 
 ANONYMOUS = Caller("anonymous", SCOPES, None)
+#: One active key as the ring takes it: ``(key_id, key_hash, scopes, rate_limit_per_s,
+#: team, llm_limits)``.
+KeyEntry = tuple[str, str, frozenset[str], float | None, str | None, LlmLimits | None]
 
 
 class KeyRing:
@@ -56,13 +68,15 @@ class KeyRing:
         """True when calls need a key (the opposite of ``is_open``)."""
         return not self._is_open
 
-    def replace(self, keys: Iterable[tuple[str, str, frozenset[str], float | None]]) -> None:
-        """Swap in a fresh set of ``(key_id, key_hash, scopes, rate_limit_per_s)`` at once.
+    def replace(self, keys: Iterable[KeyEntry]) -> None:
+        """Swap in a fresh set of ``(key_id, key_hash, scopes, rate_limit_per_s, team,
+        llm_limits)`` at once.
 
         The first non-empty set ends open mode for good; an empty set later (every key
         revoked) leaves the ring closed, so every call is refused until a key exists."""
         by_hash = {
-            key_hash: Caller(key_id, scopes, rate) for key_id, key_hash, scopes, rate in keys
+            key_hash: Caller(key_id, scopes, rate, team, limits)
+            for key_id, key_hash, scopes, rate, team, limits in keys
         }
         if by_hash and self._is_open:
             self._is_open = False
@@ -90,3 +104,10 @@ class KeyRing:
         if scope not in caller.scopes:
             raise Forbidden(f"this key lacks the {scope!r} scope", field="authorization")
         return caller
+
+    def caller_of(self, key_id: str) -> Caller | None:
+        """The active key with id ``key_id`` (``ANONYMOUS`` for ``anonymous`` while the ring
+        is open), or ``None``; for the admin API's usage reports, not the hot path."""
+        if key_id == ANONYMOUS.key_id and self._is_open:
+            return ANONYMOUS
+        return next((c for c in self._by_hash.values() if c.key_id == key_id), None)

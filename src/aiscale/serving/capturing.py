@@ -36,6 +36,43 @@ class CaptureBackend(Protocol):
     def hash_user_key(self, raw_key: str) -> str: ...
 
 
+def completion_values(
+    *,
+    messages: Any,
+    prompt: str | None,
+    params: dict[str, Any],
+    text: str,
+    finish_reason: str | None,
+    usage: dict[str, int],
+    ttft_s: float | None,
+    itl_s: float | None,
+    is_streamed: bool,
+    outcome: str,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``inputs`` and ``outputs`` of a chat or completion request's record.
+
+    ``inputs``: ``{"messages": [...]}`` (chat) or ``{"prompt": ...}`` with the sampling
+    ``params`` (``max_tokens`` included). ``outputs``: the full assembled ``text`` (of a
+    streamed answer too, and of a cancelled one as far as it got), ``finish_reason``,
+    ``usage`` (``prompt_tokens``, ``cached_tokens``, ``completion_tokens``), ``ttft_ms`` and
+    mean ``itl_ms`` (``None`` where not measured), ``is_streamed`` and ``outcome``
+    (``ok``, ``cancelled`` by the client, or ``failed``). One dict each, so the dataset
+    tools see one example per request (``data/examples.py``); ``aiscale data export
+    --format chat`` turns them into fine-tuning conversations."""
+    inputs: dict[str, Any] = {"messages": messages} if messages is not None else {"prompt": prompt}
+    inputs["params"] = params
+    outputs = {
+        "text": text,
+        "finish_reason": finish_reason,
+        "usage": usage,
+        "ttft_ms": None if ttft_s is None else ttft_s * 1000.0,
+        "itl_ms": None if itl_s is None else itl_s * 1000.0,
+        "is_streamed": is_streamed,
+        "outcome": outcome,
+    }
+    return inputs, outputs
+
+
 class RequestCapture:
     """Builds records from the request path's values and hands them to the backend."""
 

@@ -27,6 +27,7 @@ from aiscale.serving.lane import AutoscalerFactory, DeploymentSpec, VersionLane
 from aiscale.serving.metrics import GatewayMetrics
 
 if TYPE_CHECKING:
+    from aiscale.serving.llm.context import LlmContext
     from aiscale.serving.shared_state import RedisResponseCache
     from aiscale.serving.tracing import RequestTracing
 
@@ -68,9 +69,13 @@ class Deployment:
         shared_cache: RedisResponseCache | None = None,
         autoscalers: AutoscalerFactory | None = None,
         tracing: RequestTracing | None = None,
+        llm: LlmContext | None = None,
     ) -> None:
         self.name = spec.name
         self._metrics = metrics
+        #: What LLM lanes share across the gateway (engine connections, Redis); ``None``:
+        #: made on first use, with no Redis.
+        self._llm = llm
         #: Where the lanes' replicas get GPUs (the gateway's pool).
         self._gpus = gpus
         #: The Redis response cache every lane uses when its cache is on (``None``: in process).
@@ -79,9 +84,7 @@ class Deployment:
         self._autoscalers = autoscalers
         #: Spans of every lane's batches (``None``: tracing off).
         self._tracing = tracing
-        self.lanes: dict[str, VersionLane] = {
-            spec.version: VersionLane(spec, metrics, gpus, shared_cache, autoscalers, tracing)
-        }
+        self.lanes: dict[str, VersionLane] = {spec.version: self._new_lane(spec)}
         self.primary_version = spec.version
         self.split = TrafficSplit.of({spec.version: 100.0})
         #: Alias name → version, for the ``x-aiscale-version`` header.
@@ -89,6 +92,29 @@ class Deployment:
         # An instance of our own, seeded from the OS: never the global random state.
         self._rng = random.Random(os.urandom(16))
         self._shadow_tasks: set[asyncio.Task[None]] = set()
+
+    def _new_lane(self, spec: DeploymentSpec) -> VersionLane:
+        """A model version's lane, or an LLM version's (engine replicas) when it has an engine."""
+        if spec.engine is None:
+            return VersionLane(
+                spec, self._metrics, self._gpus, self._shared_cache, self._autoscalers,
+                self._tracing,
+            )
+        from aiscale.serving.llm.context import LlmContext
+        from aiscale.serving.llm.lane import LlmLane
+
+        if self._llm is None:
+            self._llm = LlmContext()
+        return LlmLane(
+            spec,
+            self._metrics,
+            self._gpus,
+            self._autoscalers,
+            self._tracing,
+            client=self._llm.client,
+            redis_url=self._llm.redis_url,
+            key_prefix=self._llm.key_prefix,
+        )
 
     # ----- the primary lane, for callers that see one version ---------------------------------
     @property
@@ -133,9 +159,7 @@ class Deployment:
             raise Conflict(
                 f"version {spec.version!r} is already deployed in {self.name!r}", field="version"
             )
-        lane = VersionLane(
-            spec, self._metrics, self._gpus, self._shared_cache, self._autoscalers, self._tracing
-        )
+        lane = self._new_lane(spec)
         try:
             await lane.start()
         except BaseException:

@@ -7,6 +7,10 @@ Each family of routes answers errors the way its protocol defines them (``ErrorS
   ``x-aiscale-error-type`` and ``x-aiscale-error-field``, where the spec leaves room.
 - ``openai`` (``/v1/...``): OpenAI's ``{"error": {"message", "type", "param", "code"}}``;
   ``type`` is our error type, ``param`` the field, ``code`` ``null``.
+- ``openai_llm`` (``/v1/chat/completions``, ``/v1/completions``): the same body with
+  OpenAI's own vocabulary of ``type`` by status (``invalid_request_error``,
+  ``authentication_error``, ``rate_limit_exceeded``, ``server_error``, ...), as the LLM
+  clients and gateways that speak to these routes expect; ``code`` is our error type.
 - ``aiscale`` (admin, dashboard, metrics, docs, unknown paths): ``{"error": {"type",
   "message", "field"}}`` (MLServer ``rest/errors.py``).
 
@@ -24,7 +28,24 @@ import orjson
 
 from aiscale import errors
 
-ErrorShape = Literal["aiscale", "oip_v2", "openai"]
+ErrorShape = Literal["aiscale", "oip_v2", "openai", "openai_llm"]
+
+#: The routes that answer errors in OpenAI's own vocabulary (``openai_llm``).
+LLM_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+#: OpenAI's error ``type`` by HTTP status (the LLM routes); 5xx not named: ``server_error``.
+OPENAI_TYPE_BY_STATUS: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    408: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    421: "invalid_request_error",
+    429: "rate_limit_exceeded",
+}
 
 #: Most specific class first: the first ``isinstance`` match wins.
 STATUS_BY_ERROR: tuple[tuple[type[errors.AiscaleError], int], ...] = (
@@ -57,6 +78,15 @@ BODY_BY_SHAPE: dict[ErrorShape, Callable[[str, str, str | None], dict[str, Any]]
     "openai": lambda type_name, message, field: {
         "error": {"message": message, "type": type_name, "param": field, "code": None}
     },
+    # ``type_name`` arrives as ``<openai type>:<our type>`` (``render_error``).
+    "openai_llm": lambda type_name, message, field: {
+        "error": {
+            "message": message,
+            "type": type_name.partition(":")[0],
+            "param": field,
+            "code": type_name.partition(":")[2] or None,
+        }
+    },
 }
 
 #: Header values may carry only visible ASCII; anything else (a client's field name) is dropped.
@@ -67,6 +97,8 @@ def shape_for_path(path: str) -> ErrorShape:
     """Which protocol's error shape the route at ``path`` answers in."""
     if path == "/v2" or path.startswith("/v2/"):
         return "oip_v2"
+    if path in LLM_PATHS:
+        return "openai_llm"
     if path == "/v1" or path.startswith("/v1/"):
         return "openai"
     return "aiscale"
@@ -108,6 +140,8 @@ def render_error(
     status = status_for(error)
     type_name = error.type_name if isinstance(error, errors.ReplicaError) else type(error).__name__
     headers = error_headers(type_name, error.field, shape)
+    if shape == "openai_llm":
+        type_name = f"{openai_type(status)}:{type_name}"
     if isinstance(error, errors.Overloaded):
         headers.append((b"retry-after", str(max(1, math.ceil(error.retry_after_s))).encode()))
     elif isinstance(error, errors.AuthError) and not isinstance(error, errors.Forbidden):
@@ -115,7 +149,15 @@ def render_error(
     return status, error_body(type_name, error.message, error.field, shape), headers
 
 
+def openai_type(status: int) -> str:
+    """OpenAI's error ``type`` for an HTTP status."""
+    fallback = "server_error" if status >= 500 else "invalid_request_error"
+    return OPENAI_TYPE_BY_STATUS.get(status, fallback)
+
+
 def render_internal_error(shape: ErrorShape) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """The 500 for an unexpected exception: no detail leaves the server (it is logged)."""
     type_name, message = "InternalError", "internal server error"
+    if shape == "openai_llm":
+        type_name = f"server_error:{type_name}"
     return 500, error_body(type_name, message, None, shape), error_headers(type_name, None, shape)

@@ -25,6 +25,8 @@ from aiscale.contracts.split import TrafficSplit
 from aiscale.data.quality_window import QualitySettings, QualityWindows
 from aiscale.errors import Conflict, InvalidInput, NotFound, Overloaded, RateLimited
 from aiscale.gpus import GpuPool, GpuPoolConfig, Reservation
+from aiscale.llm.ledger import TokenLedger, make_ledger
+from aiscale.llm.ledger_config import LedgerConfig
 from aiscale.monitor.config import MonitorConfig
 from aiscale.monitor.live import LiveMonitor
 from aiscale.replicas.pool import ReplicaRuntime
@@ -36,8 +38,9 @@ from aiscale.serving.capturing import CaptureBackend, RequestCapture
 from aiscale.serving.deployment import Deployment
 from aiscale.serving.lane import DeploymentSpec, VersionLane
 from aiscale.serving.limits import RateLimiter
+from aiscale.serving.llm.context import LlmContext
 from aiscale.serving.metrics import GatewayMetrics
-from aiscale.serving.specs import spec_from_config
+from aiscale.serving.specs import engine_of_version, spec_from_config
 
 if TYPE_CHECKING:
     from aiscale.serving.shared_state import SharedState
@@ -112,6 +115,7 @@ class Gateway:
         shared: SharedState | None = None,
         clock: Clock | None = None,
         tracing: RequestTracing | None = None,
+        ledger: TokenLedger | None = None,
     ) -> None:
         self.settings = settings
         #: OpenTelemetry spans of requests and batches; ``None`` (the default): tracing off.
@@ -128,6 +132,20 @@ class Gateway:
             clock=self.clock,
         )
         self.metrics = GatewayMetrics(self.metrics_registry)
+        #: What the LLM lanes share: engine connections, the routers' Redis, and the token
+        #: ledger (in process unless one is given, so every request's usage is booked).
+        self.llm = LlmContext(
+            redis_url=shared.settings.url if shared is not None else None,
+            key_prefix=shared.settings.key_prefix if shared is not None else "aiscale:",
+            ledger=ledger
+            if ledger is not None
+            else make_ledger(
+                LedgerConfig(),
+                redis_url=None,
+                key_prefix="aiscale:",
+                metrics_registry=self.metrics_registry,
+            ),
+        )
         self.keyring = KeyRing(is_open_allowed=settings.is_open_allowed)
         self.limiter = RateLimiter()
         self.control = control
@@ -222,6 +240,7 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.capture is not None:
             await self.capture.backend.stop(self.settings.drain_timeout_s)
+        await self.llm.aclose()
         if self.shared is not None:
             await self.shared.aclose()
         if self.tracing is not None:  # last: the spans of the drain are exported too
@@ -235,6 +254,7 @@ class Gateway:
             self.shared.cache if self.shared is not None else None,
             self._autoscaler_for,
             self.tracing,
+            self.llm,
         )
 
     def _autoscaler_for(self, spec: DeploymentSpec, lane_id: int) -> VersionAutoscaler:
@@ -402,11 +422,11 @@ class Gateway:
             num_starting=pool.num_starting,
             num_wanted=pool.num_wanted,
             num_inflight_items=pool.num_inflight_items,
-            num_queued_items=lane.batcher.queue_depth,
+            num_queued_items=lane.queue_depth,
             max_queue=spec.batching.max_queue,
             max_batch_size=spec.batching.max_batch_size,
             max_inflight_batches=spec.max_inflight_batches,
-            num_arrived=lane.batcher.num_submitted,
+            num_arrived=lane.num_arrived,
             num_requests=counts.num_requests,
             num_errors=counts.num_errors,
             latency_s=counts.latency_s,
@@ -416,6 +436,7 @@ class Gateway:
             custom_metrics=counts.metrics,
             model=spec.model,
             last_scale=self._last_scale.get((deployment.name, lane.version)),
+            llm=lane.llm_signals(),
         )
 
     async def scale(
@@ -499,6 +520,7 @@ class Gateway:
             runtime=str(record.runtime),
             uri=str(record.uri),
             model_config=dict(record.config or {}),
+            engine=engine_of_version(target.spec.engine, record),
         )
         await target.add_lane(spec)
         await self.refresh_aliases(deployment)
@@ -542,7 +564,15 @@ class Gateway:
             return
         records = await anyio.to_thread.run_sync(self.control.active_keys)
         self.keyring.replace(
-            (r.key_id, r.key_hash, frozenset(r.scopes), r.rate_limit_per_s) for r in records
+            (
+                r.key_id,
+                r.key_hash,
+                frozenset(r.scopes),
+                r.rate_limit_per_s,
+                getattr(r, "team", None),
+                getattr(r, "llm_limits", None),
+            )
+            for r in records
         )
 
     async def _refresh_keys_forever(self) -> None:

@@ -18,8 +18,10 @@ import orjson
 from prometheus_client.metrics import Counter, Gauge
 from prometheus_client.metrics import Histogram as PromHistogram
 
+from aiscale.contracts.fleet import LlmSignals
 from aiscale.contracts.histogram import Histogram, latency_histogram
 from aiscale.data.quality_window import QualitySettings
+from aiscale.engines.spec import EngineSpec
 from aiscale.errors import InvalidInput
 from aiscale.gpus import GpuDemand, GpuPool
 from aiscale.model import Schema
@@ -27,8 +29,7 @@ from aiscale.replicas.backend import ReplicaBackend, ReplicaResources, ReplicaSp
 from aiscale.replicas.local import LocalProcessBackend
 from aiscale.replicas.pool import ReplicaPool
 from aiscale.replicas.ray_pool import RayActorBackend, RayPlacement
-from aiscale.scaling.controller import VersionAutoscaler
-from aiscale.scaling.policies import make_policy
+from aiscale.scaling.controller import VersionAutoscaler, make_scaling_policy
 from aiscale.serving.batcher import Batcher, BatchingSettings, BatchObservation
 from aiscale.serving.cache import ResponseCache, cache_key, decode_output, encode_output
 from aiscale.serving.metrics import GatewayMetrics
@@ -46,6 +47,14 @@ class AutoscalingSettings:
 
     policy: str
     decision_interval_s: float = 5.0
+    knobs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LlmRouting:
+    """An LLM deployment's routing policy (``aiscale.llm.routing.POLICIES``) and its knobs."""
+
+    policy: str = "least_loaded"
     knobs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -74,6 +83,11 @@ class DeploymentSpec:
     placement: RayPlacement | None = None
     #: The rolling-window data-quality check of its traffic; ``None``: none.
     quality: QualitySettings | None = None
+    #: An LLM deployment's engine (its replicas are engine processes and it serves
+    #: ``/v1/chat/completions``, ``serving/llm/``); ``None``: a model runtime.
+    engine: EngineSpec | None = None
+    #: How an LLM deployment picks an engine replica per request (``aiscale.llm.routing``).
+    routing: LlmRouting = LlmRouting()
 
     @property
     def num_gpus(self) -> float:
@@ -156,7 +170,13 @@ class VersionLane:
         shared_cache: RedisResponseCache | None = None,
         autoscalers: AutoscalerFactory | None = None,
         tracing: RequestTracing | None = None,
+        *,
+        backend: ReplicaBackend[Any] | None = None,
+        replica_spec: ReplicaSpec | None = None,
     ) -> None:
+        """``backend`` and ``replica_spec`` replace the model-runtime replicas by another
+        kind (an LLM lane's engine processes, ``serving/llm/lane.py``); the pool, its GPU
+        leases, scaling and replacement stay the same."""
         self.spec = spec
         #: Names this lane in ``FleetSnapshot.lane_id``: cumulative counts restart with it.
         self.lane_id = next(_LANE_IDS)
@@ -170,16 +190,18 @@ class VersionLane:
         self._replica_start_seconds: PromHistogram = metrics.replica_start_seconds.labels(*labels)
         self._cache_hits: Counter = metrics.cache_lookups.labels(spec.name, "hit")
         self._cache_misses: Counter = metrics.cache_lookups.labels(spec.name, "miss")
-        replica_spec = ReplicaSpec(
-            spec.runtime,
-            spec.uri,
-            dict(spec.model_config),
-            max_inflight_batches=spec.max_inflight_batches,
-            num_threads=spec.num_threads,
-            tracing=tracing.export if tracing is not None else None,
-        )
-        backend: ReplicaBackend[Any]
-        if spec.placement is None:
+        if replica_spec is None:
+            replica_spec = ReplicaSpec(
+                spec.runtime,
+                spec.uri,
+                dict(spec.model_config),
+                max_inflight_batches=spec.max_inflight_batches,
+                num_threads=spec.num_threads,
+                tracing=tracing.export if tracing is not None else None,
+            )
+        if backend is not None:
+            resources = _gpu_resources(spec, gpus)
+        elif spec.placement is None:
             backend = LocalProcessBackend(replica_spec)
             resources = _gpu_resources(spec, gpus)
         else:
@@ -209,7 +231,7 @@ class VersionLane:
         )
         if spec.autoscaling is not None and autoscalers is None:
             # No Fleet runs it here (a lane built outside a gateway); bad knobs still fail.
-            make_policy(spec.autoscaling.policy, **spec.autoscaling.knobs)
+            make_scaling_policy(spec.autoscaling.policy, spec.autoscaling.knobs)
         #: With Redis configured, a cache-enabled lane uses the shared cache instead.
         self.shared_cache = shared_cache if spec.cache_max_bytes > 0 else None
         self.cache = (
@@ -237,6 +259,16 @@ class VersionLane:
     def version(self) -> str:
         return self.spec.version
 
+    @property
+    def queue_depth(self) -> int:
+        """Requests' items waiting in the gateway for a replica (the batcher's queue)."""
+        return self.batcher.queue_depth
+
+    @property
+    def num_arrived(self) -> int:
+        """Items that arrived since the lane started (cumulative; the Fleet's ``num_arrived``)."""
+        return self.batcher.num_submitted
+
     def observe(self, status: int, latency_s: float) -> None:
         """Count one answered request: 5xx are errors (the client's 4xx are not the model's)."""
         self._num_requests += 1
@@ -248,14 +280,20 @@ class VersionLane:
         else:
             self._failed_s_total += latency_s
 
-    def observe_metric(self, name: str, value: float) -> None:
-        """Record a custom metric sample in [0, 2] (e.g. cosine distance to the primary answer)."""
+    def observe_metric(self, name: str, value: float, template: Histogram | None = None) -> None:
+        """Record a custom metric sample for the rollout analysis. ``template`` gives the
+        metric's buckets the first time it is seen (default: [0, 2] in steps of 0.01, for
+        example a cosine distance to the primary answer); a metric keeps its first buckets."""
         recorder = self._custom_metrics.get(name)
         if recorder is None:
             recorder = self._custom_metrics[name] = HistogramRecorder(
-                Histogram.linear(0.0, 2.0, 201)
+                template if template is not None else Histogram.linear(0.0, 2.0, 201)
             )
         recorder.record(value)
+
+    def llm_signals(self) -> LlmSignals | None:
+        """Token-level signals for the Fleet's snapshot; ``None``: not an LLM version."""
+        return None
 
     def batch_totals(self) -> tuple[int, int, float]:
         """(batches run, items in them, model seconds of the successful ones) so far."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -19,12 +19,13 @@ from aiscale.data.capture import CaptureLayout, CaptureSink, load_or_create_salt
 from aiscale.data.capture_nats import NatsCaptureSink
 from aiscale.data.capture_record import CaptureConfig
 from aiscale.errors import ConfigError, InvalidInput, NotFound
+from aiscale.llm.ledger import make_ledger
 from aiscale.registry import FsspecArtifactStore, SqlRegistry, register_with_artifact
 from aiscale.registry.front import RegistryControl
 from aiscale.replicas.pool import ReplicaRuntime
 from aiscale.serving.capturing import CaptureBackend
 from aiscale.serving.gateway import Gateway, GatewaySettings
-from aiscale.serving.specs import spec_from_config
+from aiscale.serving.specs import llm_version_of, spec_from_config
 
 if TYPE_CHECKING:
     from aiscale.serving.shared_state import SharedState
@@ -168,6 +169,34 @@ def build_tracing(server: ServerConfig) -> RequestTracing | None:
     )
 
 
+def _version_of(control: RegistryControl, deployment: DeploymentConfig) -> Any:
+    """The registry's version record of ``deployment``. An LLM deployment whose model the
+    registry does not hold yet (``serve smollm2``, a GGUF file in the config) is registered
+    first, as a version of its engine kind whose ``uri`` is the engine's model (the file is
+    not copied: weights stay where they are), so that it is saved, restarted and rolled out
+    like any deployment."""
+    try:
+        return control.resolve_version(deployment.model, deployment.version)
+    except NotFound:
+        if deployment.engine is None or deployment.version is not None:
+            raise
+    fallback = llm_version_of(deployment)
+    engine = deployment.engine.to_spec(deployment.name)
+    try:
+        versions = control.registry.list_versions(deployment.model)
+    except NotFound:
+        versions = []
+    for record in reversed(versions):
+        if record.runtime == engine.kind and record.uri == engine.model:
+            return record
+    return control.registry.register_version(
+        deployment.model,
+        runtime=fallback.runtime,
+        uri=engine.model,
+        metadata={"source": deployment.engine.model, "registered_by": "serve"},
+    )
+
+
 def build_gateway(
     config: AiscaleConfig,
     registry: SqlRegistry,
@@ -195,8 +224,7 @@ def build_gateway(
     runtime = ReplicaRuntime(server.runtime, server.ray_address)
     specs = []
     for deployment in by_name.values():
-        version = control.resolve_version(deployment.model, deployment.version)
-        specs.append(spec_from_config(deployment, version, runtime))
+        specs.append(spec_from_config(deployment, _version_of(control, deployment), runtime))
     metrics_registry = CollectorRegistry()
     gateway = Gateway(
         GatewaySettings(
@@ -221,6 +249,13 @@ def build_gateway(
         gpus=server.gpus,
         shared=build_shared_state(server, metrics_registry),
         tracing=build_tracing(server),
+        ledger=make_ledger(
+            server.ledger,
+            redis_url=server.redis_url,
+            key_prefix=server.redis_key_prefix,
+            timeout_s=server.redis_timeout_s,
+            metrics_registry=metrics_registry,
+        ),
         monitor=server.monitor
         if server.monitor.audit_path is not None
         else server.monitor.model_copy(

@@ -137,3 +137,120 @@ class GatewayMetrics:
             "Requests naming a model no deployment serves (answered 404).",
             registry=registry,
         )
+        self.llm = LlmMetrics(registry)
+
+
+#: Time to first token: from the gateway receiving the request to the first output text.
+_TTFT_BUCKETS_S = (
+    0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,
+    7.5, 10.0, 20.0, 40.0, 80.0,
+)  # fmt: skip
+#: Inter-token latency: the gap between two chunks of output text.
+_ITL_BUCKETS_S = (
+    0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2,
+    0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+)  # fmt: skip
+_E2E_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class LlmMetrics:
+    """The LLM path's metrics, per deployment, version and engine replica.
+
+    Latencies are measured at the gateway (what a client sees), after vLLM's names
+    (``time_to_first_token``, ``inter_token_latency``, ``e2e_request_latency``); token counts
+    come from each request's usage. The engine gauges are scraped from the engines' own
+    ``/metrics`` (``aiscale.engines.metrics``), named after the Gateway API Inference
+    Extension's model-server protocol (queued and running requests, KV-cache use)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ("deployment", "version", "replica")
+        self.ttft_seconds = Histogram(
+            "aiscale_llm_time_to_first_token_seconds",
+            "Time from a request's arrival at the gateway to its first output token.",
+            labels,
+            buckets=_TTFT_BUCKETS_S,
+            registry=registry,
+        )
+        self.itl_seconds = Histogram(
+            "aiscale_llm_inter_token_latency_seconds",
+            "Time between two output tokens of one streamed request, as relayed.",
+            labels,
+            buckets=_ITL_BUCKETS_S,
+            registry=registry,
+        )
+        self.e2e_seconds = Histogram(
+            "aiscale_llm_e2e_request_latency_seconds",
+            "Time from a request's arrival to its last output token (answered requests).",
+            labels,
+            buckets=_E2E_BUCKETS_S,
+            registry=registry,
+        )
+        self.prompt_tokens = Counter(
+            "aiscale_llm_prompt_tokens_total",
+            "Prompt tokens of answered, cancelled and failed requests (cached ones included).",
+            labels,
+            registry=registry,
+        )
+        self.cached_prompt_tokens = Counter(
+            "aiscale_llm_cached_prompt_tokens_total",
+            "Prompt tokens the engine served from its prefix cache.",
+            labels,
+            registry=registry,
+        )
+        self.generation_tokens = Counter(
+            "aiscale_llm_generation_tokens_total",
+            "Output tokens generated (streamed before a cancel included).",
+            labels,
+            registry=registry,
+        )
+        self.requests = Counter(
+            "aiscale_llm_requests_total",
+            "LLM requests by outcome (ok, cancelled, failed) and whether they streamed.",
+            ("deployment", "version", "outcome", "stream"),
+            registry=registry,
+        )
+        self.engine_waiting = Gauge(
+            "aiscale_llm_engine_requests_waiting",
+            "Requests queued in the engine (model-server protocol TotalQueuedRequests).",
+            labels,
+            registry=registry,
+        )
+        self.engine_running = Gauge(
+            "aiscale_llm_engine_requests_running",
+            "Requests decoding in the engine (model-server protocol TotalRunningRequests).",
+            labels,
+            registry=registry,
+        )
+        self.engine_kv_cache_usage = Gauge(
+            "aiscale_llm_engine_kv_cache_usage_ratio",
+            "Share of the engine's KV cache in use, 0..1 (KVCacheUtilization), when it says.",
+            labels,
+            registry=registry,
+        )
+        self.engine_prefix_cache_hit_ratio = Gauge(
+            "aiscale_llm_engine_prefix_cache_hit_ratio",
+            "Prompt tokens served from the engine's prefix cache over those looked up, "
+            "since the engine started, when it says.",
+            labels,
+            registry=registry,
+        )
+        self.gateway_inflight = Gauge(
+            "aiscale_llm_gateway_requests_inflight",
+            "Requests this gateway has sent to the engine replica and not had answered.",
+            labels,
+            registry=registry,
+        )
+        self.cold_start_seconds = Histogram(
+            "aiscale_llm_cold_start_seconds",
+            "Time a request was held at the gateway while an engine loaded (no engine of "
+            "its version was ready: scaled to zero, or every engine being replaced).",
+            ("deployment", "version"),
+            buckets=_E2E_BUCKETS_S,
+            registry=registry,
+        )
+        self.held_requests = Gauge(
+            "aiscale_llm_held_requests",
+            "Requests held at the gateway now, waiting for an engine to load.",
+            ("deployment", "version"),
+            registry=registry,
+        )

@@ -92,7 +92,8 @@ def model_config(deployment: Deployment, lane: VersionLane) -> dict[str, Any]:
 
 
 def _state(lane: VersionLane) -> str:
-    if lane.schema is None:
+    # An LLM lane has no tensor schema: it is loaded once an engine is ready.
+    if lane.schema is None and not lane.is_ready:
         return "LOADING"
     return "READY" if lane.is_ready else "UNAVAILABLE"
 

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible embeddings body, both ways (``POST /v1/embeddings``).
+"""The OpenAI-compatible embeddings body, both ways (``POST /v1/embeddings``), and the
+Model objects of ``GET /v1/models``.
 
 The request's ``model`` names the deployment. ``encoding_format`` ``float`` (default) or
 ``base64`` (what the official client asks for) are supported. Pure functions: no I/O.
@@ -63,6 +64,25 @@ def parse_embeddings_request(body: bytes, *, max_items: int = MAX_INPUTS) -> Emb
     return EmbeddingsRequest(
         model, texts, encoding == "base64", dimensions, user if isinstance(user, str) else None
     )
+
+
+def model_object(deployment: Any) -> dict[str, Any]:
+    """A deployment as OpenAI's Model object (``GET /v1/models[/{id}]``). An LLM deployment
+    also says its context window as vLLM does (``max_model_len``) and its kind, so a client
+    can tell the chat models from the others in one list."""
+    found: dict[str, Any] = {
+        "id": deployment.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "aiscale",
+    }
+    engine = getattr(deployment.spec, "engine", None)
+    if engine is not None:
+        found["max_model_len"] = engine.context_window
+        found["aiscale_kind"] = "llm"
+    else:
+        found["aiscale_kind"] = "model"
+    return found
 
 
 def count_tokens(texts: list[str]) -> int:

@@ -34,6 +34,7 @@ _REF = "#/components/schemas/{model}"
 _ERROR_MODELS: dict[ErrorShape, type[BaseModel]] = {
     "oip_v2": s.OipV2Error,
     "openai": s.OpenAIError,
+    "openai_llm": s.OpenAIError,
     "aiscale": s.AiscaleError,
 }
 _ERROR_DESCRIPTIONS = {
@@ -88,6 +89,7 @@ class Operation:
 
 _AUTH = (401, 403)
 _INFER_ERRORS = (400, *_AUTH, 404, 413, 429, 500, 503, 504)
+_LLM_ERRORS = (400, *_AUTH, 404, 413, 429, 500, 502, 503)
 _MODEL = "/v2/models/{model}"
 _VERSION = "/v2/models/{model}/versions/{version}"
 _DEPLOYMENT = "/admin/deployments/{name}"
@@ -140,6 +142,14 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("post", "/v1/embeddings", "Embeddings", "OpenAI", s.EmbeddingsResponse,
               _INFER_ERRORS, body=s.EmbeddingsBody, scope="inference",
               description="``model`` names a deployment that turns text into one vector."),
+    Operation("post", "/v1/chat/completions", "Chat completion (LLM)", "OpenAI",
+              s.ChatCompletion, _LLM_ERRORS, body=s.ChatCompletionBody, scope="inference",
+              description="``model`` names an LLM deployment. ``stream: true`` answers "
+              "text/event-stream (OpenAI's chunks, then ``data: [DONE]``). Errors use "
+              "OpenAI's types (``invalid_request_error``, ``rate_limit_exceeded``...)."),
+    Operation("post", "/v1/completions", "Text completion (LLM)", "OpenAI", s.Completion,
+              _LLM_ERRORS, body=s.CompletionBody, scope="inference",
+              description="``model`` names an LLM deployment; ``stream: true`` as for chat."),
     Operation("post", "/v1/feedback", "Feedback on an earlier answer", "aiscale",
               s.FeedbackReceipt, (400, *_AUTH, 409, 413, 429), body=s.FeedbackBody,
               scope="inference", description="Needs capture on (409 otherwise)."),
@@ -263,6 +273,8 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
     if op.path.endswith("/infer"):
         content["application/octet-stream"] = {
             "schema": {"type": "string", "contentMediaType": "application/octet-stream"}}
+    if op.body in (s.ChatCompletionBody, s.CompletionBody):
+        content["text/event-stream"] = {"schema": {"type": "string"}}
     responses: dict[str, Any] = {"200": {"description": "OK", "content": content}}
     for status in op.also_ok:
         responses[str(status)] = {"description": "not ready", "content": content}

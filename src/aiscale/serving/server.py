@@ -35,7 +35,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise OSError(exc.errno, f"cannot bind {host}:{port}: {exc.strerror}") from None
     sock.listen(2048)
-    sock.set_inheritable(True)
+    # Not inheritable (PEP 446 default): replica and engine processes must never hold the
+    # gateway's listening socket (a child that outlives the gateway would keep its port).
+    sock.set_inheritable(False)
     return sock
 
 

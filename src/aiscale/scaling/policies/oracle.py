@@ -1,14 +1,25 @@
-"""The offline oracle: the fewest replicas per time step, knowing every future arrival.
+"""Offline schedules: the fixed-utilisation oracle and the replay of a searched schedule.
+
+``SchedulePolicy`` replays a fixed number of replicas per decision interval: the true
+minimum found by search in the simulator (``aiscale.plan.oracle_search``) is such a schedule,
+and replaying it through the same simulator as every other policy is how its SLO
+attainment is measured.
+
+``OraclePolicy`` (below, ``oracle-70`` in the benchmarks) is the older, simpler bound:
+the fewest replicas per time step, knowing every future arrival, at a fixed planned
+utilisation. It is not a lower bound (a policy that runs replicas hotter can go below it);
+it is kept for comparison and for the planner.
 
 Given the arrival rate of every step and the capacity of a replica (requests/s at the
 utilisation that meets the SLO), step ``t`` needs ``r(t) = ceil(rate(t) / capacity)`` ready
 replicas. A replica needed at ``t`` must have been started at ``t - startup_s``, and it is paid
 for from its start, so the cheapest fleet at ``t`` is ``max r(tau)`` over
 ``tau in [t, t + startup_s]``; no schedule can pay for fewer replicas at ``t`` and still have
-``r`` ready everywhere. Its replica-hours are the lower bound the planner compares real
-policies against. It is not a live policy: it needs the future.
+``r`` ready everywhere: minimal *for that capacity*, which fixes the utilisation instead of
+finding the fewest replicas that meet the SLO.
 
-Pure: the schedule is computed once from the config; ``decide`` only looks it up.
+Pure: each schedule is computed once from its config; ``decide`` only looks it up. Neither
+is a live policy: both need the future.
 """
 
 from __future__ import annotations
@@ -111,3 +122,43 @@ class OraclePolicy:
 
     def decide(self, observation: ScalingObservation, state: None) -> tuple[ScalingDecision, None]:
         return ScalingDecision(self.target_at(observation.now_s), "oracle schedule"), None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleConfig:
+    """``replicas[i]``: replicas to pay for from ``start_s + i * interval_s`` until the next
+    decision. ``replicas[0]`` is the fleet the run starts with (the simulator's
+    ``initial_replicas``; its first decision comes one interval in); after the last entry
+    the last value holds."""
+
+    replicas: tuple[int, ...]
+    interval_s: float
+    start_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.replicas:
+            raise ConfigError("a schedule needs at least one entry", field="replicas")
+        if any(count < 0 for count in self.replicas):
+            raise ConfigError("replica counts must be >= 0", field="replicas")
+        if self.interval_s <= 0:
+            raise ConfigError("must be > 0", field="interval_s")
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulePolicy:
+    """Replays ``config.replicas``, one entry per decision interval; state ``None``."""
+
+    config: ScheduleConfig
+
+    def initial_state(self) -> None:
+        return None
+
+    def target_at(self, now_s: float) -> int:
+        """The entry for the interval that starts at or just before ``now_s`` (decisions
+        come at whole multiples of the interval; the slack absorbs float sums of them)."""
+        cfg = self.config
+        index = math.floor((now_s - cfg.start_s) / cfg.interval_s + 1e-6)
+        return cfg.replicas[min(max(index, 0), len(cfg.replicas) - 1)]
+
+    def decide(self, observation: ScalingObservation, state: None) -> tuple[ScalingDecision, None]:
+        return ScalingDecision(self.target_at(observation.now_s), "replayed schedule"), None

@@ -1,0 +1,235 @@
+"""Measure an LLM profile from a real llama.cpp engine here (``aiscale profile smollm2``).
+
+Starts one engine replica through the engines' own backend (``LlamaCppBackend``: the same
+process, threads and settings a deployment runs), then asks llama.cpp's native
+``/completion`` for exact prompt tokens (ids from its ``/tokenize``) with the prompt cache
+off and end-of-sequence ignored, and reads the engine's own ``timings`` (``prompt_ms``,
+``predicted_ms``): the prefill time of each prompt length alone, and the per-token decode
+time at each number of sequences running together, with short and long contexts. Least
+squares fit the profile's coefficients (``LlmProfile.step_s``):
+
+* prefill: ``prompt_s = per_token * L + per_token_context * L * (L - 1) / 2``;
+* decode: ``step_s = base + per_seq * n + per_context_token * n * context``.
+
+Start-up is split as the engine reports it: ``load_s`` (weights read and mapped) is the
+weight load; the first request's extra time over the same request repeated is the warm-up.
+The KV cache is the engine's configured size (``context_window * parallel`` tokens: every
+slot holds a whole window). What the gateway adds is not measured here (the gateway is not
+started); it is an argument (default 1 ms, the target of issue 15 being +5 ms at most).
+
+Never downloads anything; the model is found by ``aiscale.engines.models.locate_model``.
+Timings on a shared or loaded machine are not results: profile on a quiet one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+
+from aiscale.engines.llamacpp import LlamaCppBackend
+from aiscale.engines.models import locate_model
+from aiscale.engines.spec import EngineSpec
+from aiscale.errors import ModelLoadError
+from aiscale.plan.llm.profile import LlmProfile, Provenance
+
+__all__ = ["EngineTimings", "fit_profile", "measure_llamacpp", "profile_llamacpp"]
+
+_TIMEOUT = httpx.Timeout(300.0, connect=10.0)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineTimings:
+    """What was measured: ``(prompt tokens, prefill s)`` and ``(sequences, context tokens,
+    decode s per token)`` points, and the start-up parts."""
+
+    prefill: tuple[tuple[int, float], ...]
+    decode: tuple[tuple[int, float, float], ...]
+    weight_load_s: float
+    warmup_s: float
+
+
+async def _tokens(client: httpx.AsyncClient, count: int) -> list[int]:
+    reply = await client.post("/tokenize", json={"content": "the quick brown fox " * count})
+    reply.raise_for_status()
+    tokens = [int(t) for t in reply.json()["tokens"]]
+    if len(tokens) < count:
+        raise ModelLoadError(f"could not build a prompt of {count} tokens")
+    return tokens[:count]
+
+
+async def _complete(
+    client: httpx.AsyncClient, prompt: list[int], n_predict: int
+) -> dict[str, float]:
+    body = {
+        "prompt": prompt,
+        "n_predict": n_predict,
+        "ignore_eos": True,
+        "cache_prompt": False,
+        "temperature": 0.0,
+    }
+    reply = await client.post("/completion", json=body)
+    reply.raise_for_status()
+    timings: dict[str, float] = reply.json()["timings"]
+    return timings
+
+
+async def measure_llamacpp(
+    url: str,
+    *,
+    prompt_lengths: Sequence[int] = (64, 256, 1024),
+    concurrencies: Sequence[int] = (1, 2, 4),
+    decode_tokens: int = 32,
+    long_context: int = 1024,
+    repeats: int = 2,
+) -> tuple[list[tuple[int, float]], list[tuple[int, float, float]], float]:
+    """Prefill and decode points from a running engine at ``url``, and the first request's
+    extra time over its repeats (the warm-up)."""
+    async with httpx.AsyncClient(base_url=url, timeout=_TIMEOUT) as client:
+        short = await _tokens(client, 32)
+        first = await _complete(client, short, 2)
+        again = [await _complete(client, short, 2) for _ in range(2)]
+        total = [t["prompt_ms"] + t["predicted_ms"] for t in again]
+        warmup_s = max(0.0, (first["prompt_ms"] + first["predicted_ms"] - min(total)) / 1000)
+        prefill = []
+        for length in prompt_lengths:
+            prompt = await _tokens(client, length)
+            times = [(await _complete(client, prompt, 1))["prompt_ms"] for _ in range(repeats)]
+            prefill.append((length, statistics.median(times) / 1000))
+        decode = []
+        for context in sorted({32, long_context}):
+            prompt = await _tokens(client, context)
+            for n in concurrencies:
+                per_token = []
+                for _ in range(repeats):
+                    runs = await asyncio.gather(
+                        *(_complete(client, prompt, decode_tokens) for _ in range(n))
+                    )
+                    per_token += [t["predicted_ms"] / max(t["predicted_n"], 1) for t in runs]
+                mean_context = context + decode_tokens / 2
+                decode.append((n, float(mean_context), statistics.median(per_token) / 1000))
+    return prefill, decode, warmup_s
+
+
+def _nonnegative_lstsq(design: np.ndarray[Any, Any], target: np.ndarray[Any, Any]) -> list[float]:
+    """Least squares, then any negative coefficient dropped and the rest refitted (a
+    negative cost per token is noise, not physics)."""
+    keep = list(range(design.shape[1]))
+    coefs = np.zeros(design.shape[1])
+    while keep:
+        solution, *_ = np.linalg.lstsq(design[:, keep], target, rcond=None)
+        if (solution >= 0).all():
+            coefs[keep] = solution
+            break
+        keep = [k for k, c in zip(keep, solution, strict=True) if c >= 0]
+    return [float(c) for c in coefs]
+
+
+def fit_profile(
+    timings: EngineTimings,
+    *,
+    model: str,
+    hardware: str,
+    kv_capacity_tokens: int,
+    max_num_seqs: int,
+    max_batched_tokens: int,
+    max_context_tokens: int,
+    gateway_overhead_s: float,
+    measured_on: str,
+) -> LlmProfile:
+    """The profile whose step times best fit ``timings`` (module docstring)."""
+    lengths = np.array([p[0] for p in timings.prefill], dtype=np.float64)
+    prompt_s = np.array([p[1] for p in timings.prefill])
+    per_token, per_token_context = _nonnegative_lstsq(
+        np.column_stack([lengths, lengths * (lengths - 1) / 2]), prompt_s
+    )
+    n = np.array([d[0] for d in timings.decode], dtype=np.float64)
+    context = np.array([d[1] for d in timings.decode])
+    step = np.array([d[2] for d in timings.decode])
+    base, per_seq, per_context = _nonnegative_lstsq(
+        np.column_stack([np.ones_like(n), n, n * context]), step
+    )
+    if base + per_seq <= 0:  # noise left only the context term: a step still costs its floor
+        base = float(step.min())
+    return LlmProfile(
+        model=model,
+        hardware=hardware,
+        step_base_s=base,
+        decode_per_seq_s=per_seq,
+        decode_per_context_token_s=per_context,
+        prefill_per_token_s=max(per_token, 1e-9),
+        prefill_per_token_context_s=per_token_context,
+        kv_capacity_tokens=kv_capacity_tokens,
+        max_num_seqs=max_num_seqs,
+        max_batched_tokens=max_batched_tokens,
+        max_context_tokens=max_context_tokens,
+        weight_load_s=timings.weight_load_s,
+        warmup_s=timings.warmup_s,
+        gateway_overhead_s=gateway_overhead_s,
+        provenance=Provenance(
+            source=f"aiscale profile (llama.cpp timings) on {measured_on}",
+            date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+            is_estimate=False,
+            notes=f"prefill points {list(timings.prefill)}; decode points "
+            f"{list(timings.decode)}; gateway overhead given, not measured",
+        ),
+    )
+
+
+async def profile_llamacpp(
+    model: str = "smollm2",
+    *,
+    parallel: int = 4,
+    threads: int | None = None,
+    context_window: int = 2048,
+    hardware: str = "CPU",
+    prompt_lengths: Sequence[int] = (64, 256, 1024),
+    concurrencies: Sequence[int] = (1, 2, 4),
+    decode_tokens: int = 32,
+    repeats: int = 2,
+    gateway_overhead_s: float = 0.001,
+    measured_on: str = "this machine",
+) -> LlmProfile:
+    """Start one engine of ``model``, measure it, stop it, and fit its profile."""
+    spec = EngineSpec(
+        kind="llamacpp",
+        model=str(locate_model(model)),
+        served_model_name=model,
+        context_window=context_window,
+        parallel=parallel,
+        threads=threads,
+        max_output_tokens=min(max(decode_tokens + 1, 2), context_window - 1),
+    )
+    backend = LlamaCppBackend(spec)
+    handle, info = await backend.spawn(0, num_replicas=1, lease=None)
+    try:
+        longest = max(c for c in prompt_lengths if c + decode_tokens < context_window)
+        prefill, decode, warmup_s = await measure_llamacpp(
+            handle.url,
+            prompt_lengths=[c for c in prompt_lengths if c < context_window],
+            concurrencies=[c for c in concurrencies if c <= parallel],
+            decode_tokens=decode_tokens,
+            long_context=longest,
+            repeats=repeats,
+        )
+    finally:
+        await backend.stop(handle, 30.0)
+        await backend.wait_dead(handle)
+    timings = EngineTimings(tuple(prefill), tuple(decode), info.load_s, warmup_s)
+    return fit_profile(
+        timings,
+        model=model,
+        hardware=hardware,
+        kv_capacity_tokens=spec.total_context_tokens,
+        max_num_seqs=parallel,
+        max_batched_tokens=2048,
+        max_context_tokens=context_window,
+        gateway_overhead_s=gateway_overhead_s,
+        measured_on=measured_on,
+    )
