@@ -204,7 +204,10 @@ def compare_case(profile: LlmProfile, args: argparse.Namespace) -> dict[str, Any
 
 
 def _figures(result: Any) -> dict[str, float]:
-    names = ("ttft_p50_s", "ttft_p99_s", "itl_p50_s", "itl_p99_s", "tpot_p50_s", "tpot_p99_s")
+    names = (
+        "ttft_p50_s", "ttft_p99_s", "itl_p50_s", "itl_p99_s", "tpot_p50_s", "tpot_p99_s",
+        "output_tokens_per_s",
+    )  # fmt: skip
     return {
         **{n: getattr(result, n) for n in names},
         "slo_attainment": result.slo_attainment,
@@ -292,8 +295,10 @@ def write_markdown(store: dict[str, Any], path: Path) -> None:
         ]
         for name, case in comparison["policies"].items():
             for figure, error in case["errors"].items():
-                exact = case["exact"].get(figure, float("nan"))
-                agg = case["aggregated"].get(figure, float("nan"))
+                if figure not in case["exact"]:
+                    continue
+                exact = case["exact"][figure]
+                agg = case["aggregated"][figure]
                 lines.append(f"| {name} | {figure} | {exact:.4g} | {agg:.4g} | {error:.3f} |")
         lines.append("")
     speed = store.get("speed")

@@ -45,9 +45,6 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-import redis
-import redis.asyncio as aioredis
-
 from aiscale.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -200,6 +197,10 @@ class RedisPrefixIndex:
         if capacity_blocks < 1 or ttl_s <= 0 or timeout_s <= 0 or retry_s < 0:
             raise ValueError("capacity_blocks >= 1, ttl_s > 0, timeout_s > 0, retry_s >= 0")
         try:
+            # Imported here: the redis package loads OpenTelemetry when it is installed, and a
+            # gateway without a shared index (or with tracing off) must not pay for either.
+            import redis.asyncio as aioredis
+
             self._client: aioredis.Redis = aioredis.Redis.from_url(
                 redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
             )
@@ -279,7 +280,7 @@ class RedisPrefixIndex:
         try:
             async with asyncio.timeout(self._timeout_s):
                 result = await operation
-        except (redis.RedisError, OSError, TimeoutError) as exc:
+        except (_redis_error(), OSError, TimeoutError) as exc:
             self._down_until_s = time.monotonic() + self._retry_s
             if not self._is_down:
                 self._is_down = True
@@ -314,3 +315,10 @@ def _close_unawaited(operation: Awaitable[Any]) -> None:
     close = getattr(operation, "close", None)
     if callable(close):
         close()  # a coroutine never awaited would warn (and warnings are errors in tests)
+
+
+def _redis_error() -> type[Exception]:
+    """``redis.RedisError``, imported only where a Redis index is in use."""
+    import redis
+
+    return redis.RedisError

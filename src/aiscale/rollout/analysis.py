@@ -21,7 +21,9 @@ An LLM version's requests carry three more metrics (``LLM_METRIC_RULES``, added 
 of an LLM deployment by ``with_llm_metrics``): time to first token and mean inter-token
 latency (lower is better), and output tokens of answered requests (higher is better: a
 canary that stops early writes shorter answers), plus the users' feedback score when they
-give one (higher is better). They are ordinary ``metric:<name>`` tests.
+give one (higher is better). They are ordinary ``metric:<name>`` tests, and they replace the
+two request-latency tests there: a whole answer's latency grows with its length, so a
+canary that writes longer answers would fail them without being slower.
 
 A significant test rolls back only when the effect is also material (error rate up by at least
 ``error_rate_min_increase``; p50 or p99 up by at least the configured fraction; a metric's mean
@@ -118,6 +120,10 @@ class AnalysisConfig:
     rank_tau: float = 0.05
     relative_risks: tuple[float, ...] = (1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
     metrics: tuple[MetricRule, ...] = ()
+    #: Whether the request latency is judged (``latency_rank``, ``latency_tail``). An LLM's
+    #: whole-answer latency grows with the answer's length, so an LLM rollout judges time
+    #: to first token and inter-token latency instead (``with_llm_metrics``).
+    is_latency_judged: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0:
@@ -157,7 +163,9 @@ class AnalysisConfig:
     @property
     def test_names(self) -> tuple[str, ...]:
         """The tests this configuration runs; ``alpha`` is split evenly over them."""
-        fixed = ("error_rate", "latency_rank", "latency_tail")
+        fixed: tuple[str, ...] = ("error_rate",)
+        if self.is_latency_judged:
+            fixed += ("latency_rank", "latency_tail")
         return fixed + tuple(f"metric:{rule.name}" for rule in self.metrics)
 
     @property
@@ -184,11 +192,15 @@ LLM_METRIC_RULES: tuple[MetricRule, ...] = (
 
 
 def with_llm_metrics(config: AnalysisConfig) -> AnalysisConfig:
-    """``config`` with the LLM rules it does not name already (its own rule of the same
-    name wins)."""
+    """``config`` for an LLM rollout: with the LLM rules it does not name already (its own
+    rule of the same name wins), and with time to first token and inter-token latency in
+    place of the whole request's latency, which a canary writing longer answers would fail
+    without being slower."""
     named = {rule.name for rule in config.metrics}
     extra = tuple(rule for rule in LLM_METRIC_RULES if rule.name not in named)
-    return replace(config, metrics=config.metrics + extra) if extra else config
+    if not extra and not config.is_latency_judged:
+        return config
+    return replace(config, metrics=config.metrics + extra, is_latency_judged=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,6 +411,59 @@ def _tests(observation: CanaryObservation, config: AnalysisConfig) -> list[_Test
         )
     )
 
+    if config.is_latency_judged:
+        tests.extend(_latency_tests(base, can, config, alpha))
+
+    for rule in config.metrics:
+        name = f"metric:{rule.name}"
+        hist_b, hist_c = base.metrics.get(rule.name), can.metrics.get(rule.name)
+        if hist_b is not None and hist_c is not None and hist_b.upper_bounds != hist_c.upper_bounds:
+            raise InvalidInput(
+                f"histograms of {rule.name!r} must share bounds",
+                field=f"canary.metrics.{rule.name}",
+            )
+        n_b = hist_b.num_samples if hist_b is not None else 0
+        n_c = hist_c.num_samples if hist_c is not None else 0
+        mean_b = hist_b.mean() if hist_b is not None else math.nan
+        mean_c = hist_c.mean() if hist_c is not None else math.nan
+        skip = min(n_b, n_c) < config.min_metric_samples
+        evidence = Evidence()
+        if not skip and hist_b is not None and hist_c is not None:
+            evidence = rank_evidence(hist_b.counts, hist_c.counts)
+            if rule.is_higher_better:
+                evidence = evidence.flipped()
+        worse_by = (mean_b - mean_c) if rule.is_higher_better else (mean_c - mean_b)
+        smallest = rule.min_effect
+        if rule.min_relative_effect > 0 and math.isfinite(mean_b):
+            smallest = max(smallest, rule.min_relative_effect * abs(mean_b))
+        tests.append(
+            _Test(
+                name,
+                evidence,
+                _Judge(
+                    name,
+                    "Mann-Whitney U, one-sided mSPRT",
+                    config.rank_tau,
+                    alpha,
+                    n_b,
+                    n_c,
+                    mean_b,
+                    mean_c,
+                    is_material=not skip and worse_by > 0 and worse_by >= smallest,
+                    effect=f"mean {mean_c:.4g} vs {mean_b:.4g} "
+                    f"({'higher' if rule.is_higher_better else 'lower'} is better)",
+                    is_skipped=skip,
+                ),
+            )
+        )
+    return tests
+
+
+def _latency_tests(
+    base: VersionCounts, can: VersionCounts, config: AnalysisConfig, alpha: float
+) -> list[_Test]:
+    """``latency_rank`` and ``latency_tail`` on the request latency histograms."""
+    tests: list[_Test] = []
     # Latency: ranks (overall shift) and tail share above the pooled p99.
     lat_b, lat_c = base.latency_s, can.latency_s
     n_lat_b, n_lat_c = lat_b.num_samples, can.latency_s.num_samples
@@ -457,49 +522,6 @@ def _tests(observation: CanaryObservation, config: AnalysisConfig) -> list[_Test
             ),
         )
     )
-
-    for rule in config.metrics:
-        name = f"metric:{rule.name}"
-        hist_b, hist_c = base.metrics.get(rule.name), can.metrics.get(rule.name)
-        if hist_b is not None and hist_c is not None and hist_b.upper_bounds != hist_c.upper_bounds:
-            raise InvalidInput(
-                f"histograms of {rule.name!r} must share bounds",
-                field=f"canary.metrics.{rule.name}",
-            )
-        n_b = hist_b.num_samples if hist_b is not None else 0
-        n_c = hist_c.num_samples if hist_c is not None else 0
-        mean_b = hist_b.mean() if hist_b is not None else math.nan
-        mean_c = hist_c.mean() if hist_c is not None else math.nan
-        skip = min(n_b, n_c) < config.min_metric_samples
-        evidence = Evidence()
-        if not skip and hist_b is not None and hist_c is not None:
-            evidence = rank_evidence(hist_b.counts, hist_c.counts)
-            if rule.is_higher_better:
-                evidence = evidence.flipped()
-        worse_by = (mean_b - mean_c) if rule.is_higher_better else (mean_c - mean_b)
-        smallest = rule.min_effect
-        if rule.min_relative_effect > 0 and math.isfinite(mean_b):
-            smallest = max(smallest, rule.min_relative_effect * abs(mean_b))
-        tests.append(
-            _Test(
-                name,
-                evidence,
-                _Judge(
-                    name,
-                    "Mann-Whitney U, one-sided mSPRT",
-                    config.rank_tau,
-                    alpha,
-                    n_b,
-                    n_c,
-                    mean_b,
-                    mean_c,
-                    is_material=not skip and worse_by > 0 and worse_by >= smallest,
-                    effect=f"mean {mean_c:.4g} vs {mean_b:.4g} "
-                    f"({'higher' if rule.is_higher_better else 'lower'} is better)",
-                    is_skipped=skip,
-                ),
-            )
-        )
     return tests
 
 

@@ -332,8 +332,7 @@ class RolloutManager:
         versions = self.fleet.snapshot(name)
         if not versions:
             raise NotFound(f"no deployment named {name!r}", field="model")
-        if any(s.llm is not None for s in versions):
-            plan = dataclasses.replace(plan, analysis=with_llm_metrics(plan.analysis))
+        plan = self._judged_as_served(plan)
         # An alias names a version only until it moves: the rollout records the number.
         canary = await anyio.to_thread.run_sync(
             records.resolve_version, versions[0].model, plan.canary
@@ -386,7 +385,7 @@ class RolloutManager:
             self.leases.try_lease, record.deployment
         ):
             return
-        plan = plan_from_record(record)
+        plan = self._judged_as_served(plan_from_record(record))
         await self.fleet.warm(plan.deployment, plan.canary)  # kept as it is when already warm
         logger.info("resuming the rollout of %s at step %d", record.deployment, record.step_index)
         self.start(
@@ -419,6 +418,12 @@ class RolloutManager:
         )
         return previous
 
+    def _judged_as_served(self, plan: RolloutPlan) -> RolloutPlan:
+        """``plan`` with the LLM metrics when its deployment serves an LLM."""
+        if any(s.llm is not None for s in self.fleet.snapshot(plan.deployment)):
+            return dataclasses.replace(plan, analysis=with_llm_metrics(plan.analysis))
+        return plan
+
     def _records(self) -> RolloutRecords:
         if self.records is None:
             raise Conflict("rollouts need a registry", field="deployment")
@@ -435,6 +440,7 @@ def plan_config(plan: RolloutPlan) -> dict[str, Any]:
         "min_requests": analysis.min_requests,
         "min_metric_samples": analysis.min_metric_samples,
         "rank_tau": analysis.rank_tau,
+        "is_latency_judged": analysis.is_latency_judged,
         "metrics": [
             {
                 "name": rule.name,
@@ -462,6 +468,7 @@ def plan_from_record(record: Any) -> RolloutPlan:
             min_requests=int(config.get("min_requests", 500)),
             min_metric_samples=int(config.get("min_metric_samples", 100)),
             rank_tau=float(config.get("rank_tau", 0.05)),
+            is_latency_judged=bool(config.get("is_latency_judged", True)),
             metrics=tuple(
                 MetricRule(
                     str(rule["name"]),

@@ -491,6 +491,13 @@ class GatewayApp:
                 field="request_id",
             )
         await capture.backend.append_feedback(record)
+        if record.score is not None:  # the canary analysis compares versions on it too
+            for deployment in self.gateway.deployments.values():
+                if any(
+                    lane.record_feedback(record.request_id, record.score)
+                    for lane in deployment.lanes.values()
+                ):
+                    break
         return _json(
             200,
             {"feedback_id": record.feedback_id, "request_id": record.request_id, "recorded": True},

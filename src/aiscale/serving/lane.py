@@ -295,6 +295,11 @@ class VersionLane:
         """Token-level signals for the Fleet's snapshot; ``None``: not an LLM version."""
         return None
 
+    def record_feedback(self, request_id: str, score: float) -> bool:
+        """Count a user's feedback score for the rollout analysis if this lane answered
+        ``request_id`` lately; True if it did. Only LLM lanes keep the ids (``serving/llm``)."""
+        return False
+
     def batch_totals(self) -> tuple[int, int, float]:
         """(batches run, items in them, model seconds of the successful ones) so far."""
         return self._num_batches, self._num_batch_items, self._model_s_total

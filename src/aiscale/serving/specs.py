@@ -131,6 +131,8 @@ def _with_version_settings(engine: EngineSpec, config: Any) -> EngineSpec:
         if not isinstance(extra, dict):
             raise InvalidInput("must be a mapping", field="config.engine.extra_args")
         changes["extra_args"] = {**engine.extra_args, **extra}
+    if not changes:
+        return engine
     try:
         return dataclasses.replace(engine, **changes)
     except ValueError as exc:

@@ -199,4 +199,4 @@ def test_long_prompts_leave_less_room_for_prefill() -> None:
         prompt_tokens=[500, 2000, 6000] * 10,
     )  # fmt: skip
     assert long.max_prefill_share < short.max_prefill_share <= 1.0
-    assert 0.05 <= long.max_prefill_share
+    assert long.max_prefill_share >= 0.2  # below that the bound is dropped (out of reach)

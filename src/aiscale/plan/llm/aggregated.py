@@ -338,7 +338,13 @@ class _AggregatedRun:
         chunk = max(prof.max_batched_tokens - d, 1.0)
         x_max = chunk * dt / (tau0 + c * chunk)
         queued_requests, queued_tokens = self._queued()
-        slots = max(ready * prof.max_num_seqs - decoding, 0.0)
+        # Free sequence slots now, plus the turnover of a full engine during the step: with
+        # answers shorter than a step, a slot serves several sequences in it.
+        held_s = max(inp.mean_output * self.last_tau, 1e-9)
+        now_decoding, _ = self._decoding()
+        slots = max(ready * prof.max_num_seqs - now_decoding, 0.0) + (
+            ready * prof.max_num_seqs * dt / held_s
+        )
         kv_free = max(ready * prof.kv_capacity_tokens * (1 - self.cfg.watermark) - context, 0.0)
         x = min(queued_tokens / ready, x_max)
         completed = self._serve(x * ready, now + dt / 2, slots, kv_free)

@@ -45,6 +45,8 @@ ITL_SHARE = 0.7
 #: Share of requests the prefill queue model may put over the TTFT target (half of a 99%
 #: SLO's allowance: the rest is for ITL misses and the first seconds of bursts).
 MISS_SHARE = 0.005
+#: A prefill share below which meeting the TTFT target is not worth a fleet for.
+MIN_USEFUL_SHARE = 0.2
 #: The target utilisation of the capacity at the SLO (the SLO policy's default, the static
 #: fleet's and the KEDA thresholds'). Chosen on synthetic days only (the daily cycle with and
 #: without bursts, an assumed chat mix; never the Azure traces): 0.85, 0.9 and 0.95 all held
@@ -71,8 +73,10 @@ def max_prefill_share(
       half a step, plus a wait that is zero with probability ``1 - share`` and otherwise
       exponential with mean ``E[S^2] / (2 E[S] (1 - share))``. The share of requests over
       the TTFT target, over the workload's prompt lengths, must stay within ``miss_share``
-      (half the 1% a 99% SLO allows: the rest is for ITL and bursts). Bisection; at least
-      0.05 (a workload whose long prompts alone miss the target cannot be helped by it);
+      (half the 1% a 99% SLO allows: the rest is for ITL and bursts) beyond the prompts
+      too long to meet it on an idle engine (the hardware's limit: no share helps them).
+      Bisection; below ``MIN_USEFUL_SHARE`` the target is out of the hardware's reach and
+      the bound is dropped (the ITL one stays);
     * ITL: chunked prefill stretches the steps decode rides in, so a request's mean
       inter-token time is about ``step / (1 - share)``: ``share <= 1 - step / target``
       with the one-sequence decode step.
@@ -95,18 +99,26 @@ def max_prefill_share(
         over = np.where(slack < 0, 1.0, share * np.exp(-np.maximum(slack, 0) / tail_mean))
         return float(over.mean())
 
+    # Prompts too long to meet the target even on an idle engine miss whatever the share:
+    # they are the hardware's limit (the plan shows the SLO missed), not the queue's.
+    allowed = float((slack < 0).mean()) + miss_share
     low, high = 0.0, 0.98
-    if missed(high) <= miss_share:
+    if missed(high) <= allowed:
         low = high
     else:
         for _ in range(40):
             middle = (low + high) / 2
-            if missed(middle) <= miss_share:
+            if missed(middle) <= allowed:
                 low = middle
             else:
                 high = middle
     by_itl = 1.0 - step / itl_slo_s
-    return max(0.05, min(low, by_itl, 1.0))
+    if low < MIN_USEFUL_SHARE:
+        # Only an all but idle engine would meet the TTFT target for these prompts: the SLO
+        # is out of this hardware's reach, and a fleet twenty times the load's would not
+        # bring it back. Size for the load (the plan shows the SLO missed).
+        return max(MIN_USEFUL_SHARE, min(by_itl, 1.0))
+    return min(low, by_itl, 1.0)
 
 
 def capacity_at_slo(

@@ -7,8 +7,10 @@ utilisation because the capacity is already the SLO's. Two more terms keep it ho
 
 * **feedback**: the observed p99s against their targets move a correction factor on the
   model's answer. A p99 over its target raises the factor by the overshoot, at most
-  ``max_step`` per decision and ``max_correction`` in all; p99s well under target (below
-  ``low_water`` of it) let it decay by ``decay`` per decision toward ``min_correction``
+  ``max_step`` per decision and ``max_correction`` in all; p99s under target (below
+  ``low_water`` of it: 0.9, so that a workload whose p99 sits near its target, long prompts'
+  TTFT for one, still lets a correction come back down) let it decay by ``decay`` per
+  decision toward ``min_correction``
   (1: never below the model, because an LLM's latency is flat until the engine saturates
   and then explodes, so low latency says nothing about how much capacity is spare). A
   profile measured on a quieter machine, or prompts longer than the profile assumed, are
@@ -52,7 +54,7 @@ class LlmSloConfig:
     ttft_target_s: float = 1.0
     itl_target_s: float = 0.1
     target_utilization: float = 0.9
-    low_water: float = 0.5
+    low_water: float = 0.9
     decay: float = 0.05
     min_correction: float = 1.0
     max_correction: float = 2.0

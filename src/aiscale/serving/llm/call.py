@@ -217,6 +217,8 @@ class LlmCall:
             metrics.e2e_seconds.labels(*labels).observe(elapsed_s)
             self.lane.completed(elapsed_s)
         self.lane.ended(outcome, usage, self.ttft_s, self.itl_s)
+        if outcome == "ok":
+            self.lane.answered(self.request.request_id)
 
     def labels_of_view(self) -> tuple[str, str, str]:
         """Metric labels of the replica that served (the last one tried)."""

@@ -25,6 +25,7 @@ import asyncio
 import importlib
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,12 @@ from aiscale.llm.kv_store import KvStore
 from aiscale.llm.ledger import TokenUsage
 from aiscale.llm.routing import EngineView, Router, make_router
 from aiscale.replicas.pool import Replica
-from aiscale.rollout.analysis import ITL_METRIC, OUTPUT_TOKENS_METRIC, TTFT_METRIC
+from aiscale.rollout.analysis import (
+    FEEDBACK_METRIC,
+    ITL_METRIC,
+    OUTPUT_TOKENS_METRIC,
+    TTFT_METRIC,
+)
 from aiscale.serving.lane import (
     AutoscalerFactory,
     DeploymentSpec,
@@ -67,6 +73,12 @@ ENGINE_WAIT_POLL_S = 0.05
 #: Buckets of the output-token counts the rollout analysis compares: every count up to 20
 #: in its own bucket, then 5 % apart up to 131,072 tokens.
 OUTPUT_TOKENS_HISTOGRAM = Histogram.log_spaced(1.0, 131_072.0, 1.05)
+#: Buckets of feedback scores: 0 to 10 in steps of 0.1 (1-5 stars, thumbs as 0/1); a score
+#: outside lands in an end bucket (the rank test keeps its order, the mean is exact).
+FEEDBACK_HISTOGRAM = Histogram.linear(0.0, 10.0, 101)
+#: Answered requests a lane remembers, newest kept, so a feedback score given later reaches
+#: the analysis of the version that answered (about 100 bytes each).
+MAX_REMEMBERED_ANSWERS = 16_384
 #: Backends by engine kind: module and class (imported when a lane of that kind is made).
 _BACKENDS = {
     "llamacpp": ("aiscale.engines.llamacpp", "LlamaCppBackend"),
@@ -174,6 +186,8 @@ class LlmLane(VersionLane):
         #: the current one has held requests (``None``: none is going on).
         self._num_held = 0
         self._num_cold_starts = 0
+        #: Request ids answered lately (insertion order: the oldest is forgotten first).
+        self._answered_ids: OrderedDict[str, None] = OrderedDict()
         self._cold_since_s: float | None = None
         self._held_in_cold_start = 0
 
@@ -229,6 +243,23 @@ class LlmLane(VersionLane):
         self.observe_metric(
             OUTPUT_TOKENS_METRIC, float(usage.completion_tokens), OUTPUT_TOKENS_HISTOGRAM
         )
+
+    def answered(self, request_id: str) -> None:
+        """``request_id`` was answered here: a feedback score for it counts for this
+        version (``record_feedback``), while it is among the last ``MAX_REMEMBERED_ANSWERS``."""
+        self._answered_ids[request_id] = None
+        if len(self._answered_ids) > MAX_REMEMBERED_ANSWERS:
+            self._answered_ids.popitem(last=False)
+
+    def record_feedback(self, request_id: str, score: float) -> bool:
+        """A user's score for a request this lane answered: one sample of the rollout
+        analysis's feedback metric (the first score per request counts; later ones for the
+        same request are captured but not counted again)."""
+        if request_id not in self._answered_ids:
+            return False
+        del self._answered_ids[request_id]
+        self.observe_metric(FEEDBACK_METRIC, score, FEEDBACK_HISTOGRAM)
+        return True
 
     def llm_signals(self) -> LlmSignals:
         """The Fleet's token-level view of this version (``contracts.fleet.LlmSignals``):
