@@ -128,7 +128,7 @@ def run_day(
             }
         else:
             policy = build_policy(
-                "oracle" if name == "oracle-70" else name,
+                name,
                 sizing,
                 counts,
                 decision_interval_s=args.interval_s,

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.llm.common import (  # noqa: E402
     MODEL,
     RESULTS,
+    announce_duration,
     chat_bench,
     command_line,
     engine_children,
@@ -75,7 +76,14 @@ def engine_round() -> dict[str, Any]:
     return {"first_token_s": first_s, "load_s": load_s, "rss_mb": memory}
 
 
+def expected_duration_s(args: argparse.Namespace) -> float:
+    """Seconds a run takes: per round, ``aiscale serve`` to its first token (~10 s), the load
+    (its seconds and ~4 s of bench process), the stop (~3 s), and the engine alone (~5 s)."""
+    return float(args.rounds * (10 + args.load_seconds + 4 + 3 + 5))
+
+
 def run(args: argparse.Namespace) -> None:
+    announce_duration(expected_duration_s(args))
     info = machine()
     gateway: list[dict[str, Any]] = []
     engine: list[dict[str, Any]] = []

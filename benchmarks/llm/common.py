@@ -1,7 +1,8 @@
 """Shared pieces of the LLM benchmarks: servers, engines, the chat bench client, results.
 
-Each script (``gateway_overhead.py``, ``routing.py``, ``token_limits.py``, ``cold_start.py``)
-starts what it measures itself, drives it with ``aiscale bench URL --chat --json`` in its own
+Each script (``gateway_overhead.py``, ``routing.py``, ``token_limits.py``, ``cold_start.py``,
+``weights_cold_start.py``, ``kv_restore.py``; ``run_quiet.sh`` runs them in a row) starts what
+it measures itself, drives the servers with ``aiscale bench URL --chat --json`` in its own
 process (so the client's CPU is not the server's Python), and writes its own section of
 ``benchmarks/llm/RESULTS.md`` (between ``<!-- BEGIN name -->`` and ``<!-- END name -->``)
 with the machine, versions, command, numbers and their spread over interleaved rounds.
@@ -85,6 +86,13 @@ def spread(values: Sequence[float], fmt: str = "{:.1f}") -> str:
     if len(values) == 1:
         return f"{middle} (n=1)"
     return f"{middle} ({fmt.format(min(values))}-{fmt.format(max(values))}, n={len(values)})"
+
+
+def announce_duration(seconds: float) -> None:
+    """Print how long the run should take with these settings on the quiet 2-core machine
+    (an estimate from the script's own model of its steps; a loaded machine takes longer)."""
+    print(f"expected duration: ~{seconds / 60:.1f} min ({seconds:.0f} s) on a quiet machine",
+          flush=True)
 
 
 def command_line() -> str:
@@ -223,6 +231,16 @@ def serve(
         time.sleep(0.1)  # polling readiness with a deadline
     served.stop()
     raise RuntimeError(f"aiscale serve not ready within {timeout_s} s: {served.log_tail()}")
+
+
+def empty_kv_slots_env() -> dict[str, str]:
+    """Environment for ``serve`` that gives the gateway's llama.cpp engines an empty KV slot
+    folder of their own (``TMPDIR``: the node's folder is ``$TMPDIR/aiscale-kv-slots-UID``).
+    Otherwise the gateway loads the prefixes that earlier runs saved when their engines
+    drained, and restores them into a server meant to start cold (and, while any are
+    there, renders each long chat prompt at the engine to look them up). Remove the folder
+    (``shutil.rmtree(env["TMPDIR"])``) once the server has stopped."""
+    return {"TMPDIR": tempfile.mkdtemp(prefix="aiscale-llm-bench-tmp-")}
 
 
 def _drain_in_background(process: subprocess.Popen[str]) -> None:

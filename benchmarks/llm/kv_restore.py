@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.llm.common import (  # noqa: E402
     MODEL,
     RESULTS,
+    announce_duration,
     command_line,
     machine,
     machine_lines,
@@ -191,7 +192,20 @@ def render(info: dict[str, Any], args: argparse.Namespace, rows: dict[str, list[
     ])  # fmt: skip
 
 
+#: Prompt tokens per second one engine prefills on 2 threads of the quiet machine (a rough
+#: figure for the duration estimate only; the smoke run on a loaded machine saw ~70).
+PREFILL_TOKENS_PER_S = 400
+
+
+def expected_duration_s(args: argparse.Namespace) -> float:
+    """Seconds a run takes: two engines started (~6 s), then per round the conversation
+    prefilled twice (A's first turn, B's recompute), the save and restore (~2 s), and the
+    short answers (~2 s)."""
+    return float(6 + args.rounds * (2 * args.tokens / PREFILL_TOKENS_PER_S + 4))
+
+
 def run(args: argparse.Namespace) -> None:
+    announce_duration(expected_duration_s(args))
     info = machine()
     rows = asyncio.run(run_rounds(args))
     write_section("kv_restore", render(info, args, rows), args.out)

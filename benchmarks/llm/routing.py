@@ -19,13 +19,17 @@ Rounds interleave the policies (ABBA...). Target: TTFT p50 of round_robin over p
     .venv/bin/python benchmarks/llm/routing.py [--rounds 3] [--seconds 60]
     # smoke test at tiny size: --rounds 1 --seconds 3 --users 2 --out /tmp/x.md
 
-Duration: rounds x 2 policies x (start ~10 s + multi-turn seconds + unique seconds + warm-ups),
-about 10 min with the defaults.
+Each server gets an empty KV slot folder of its own: otherwise it would load, and restore,
+the same conversations that the other policy's server saved when its engines drained.
+
+Duration (printed at start): rounds x 2 policies x (start and stop ~20 s + multi-turn seconds
++ unique seconds + warm-up + ~8 s of bench processes), about 11 min with the defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -36,10 +40,12 @@ from benchmarks.llm.common import (  # noqa: E402
     MODEL,
     RESULTS,
     Missing,
+    announce_duration,
     by_label,
     chat_bench,
     command_line,
     delta,
+    empty_kv_slots_env,
     llm_deployment,
     machine,
     machine_lines,
@@ -58,7 +64,14 @@ _ANSWERED = "aiscale_llm_e2e_request_latency_seconds_count"
 
 def measure(policy: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     config = {"deployments": [llm_deployment(replicas=2, threads=1, routing=policy)]}
-    served = serve([], config=config)
+    # An empty KV slot folder: the other policy's server saved the same conversations (same
+    # seed) when it stopped, and restoring them here would warm a cache meant to be cold.
+    env = empty_kv_slots_env()
+    try:
+        served = serve([], config=config, env=env)
+    except BaseException:
+        shutil.rmtree(env["TMPDIR"], ignore_errors=True)
+        raise
     try:
         if not _has_family(served.url):
             raise Missing(f"the gateway's /metrics has no {_PROMPT} (LLM metrics missing)")
@@ -78,6 +91,7 @@ def measure(policy: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
         after = scrape(served.url)
     finally:
         served.stop()
+        shutil.rmtree(env["TMPDIR"], ignore_errors=True)
     prompt = delta(by_label(middle, _PROMPT, "replica"), by_label(before, _PROMPT, "replica"))
     cached = delta(by_label(middle, _CACHED, "replica"), by_label(before, _CACHED, "replica"))
     answered = delta(by_label(after, _ANSWERED, "replica"), by_label(middle, _ANSWERED, "replica"))
@@ -98,7 +112,15 @@ def _has_family(url: str) -> bool:
     return "aiscale_llm_prompt_tokens" in httpx.get(f"{url}/metrics", timeout=10).text
 
 
+def expected_duration_s(args: argparse.Namespace) -> float:
+    """Seconds a run takes: per policy and round, a server with 2 engines started and
+    stopped (~20 s) and two ``aiscale bench`` runs (~4 s each beyond their own seconds)."""
+    per_server = 20 + 2 * 4 + args.warmup + args.seconds + args.unique_seconds
+    return float(args.rounds * len(POLICIES) * per_server)
+
+
 def run(args: argparse.Namespace) -> None:
+    announce_duration(expected_duration_s(args))
     info = machine()
     results: dict[str, list[dict[str, Any]]] = {p: [] for p in POLICIES}
     for round_index in range(args.rounds):
@@ -122,7 +144,7 @@ def render(info: dict[str, Any], args: argparse.Namespace,
         *machine_lines(info),
         f"- command: `{command_line()}`",
         f"- deployment: `{MODEL}`, 2 llama.cpp replicas (4 slots, 1 thread each), a fresh "
-        "server per policy and round (cold caches)",
+        "server with an empty KV slot folder per policy and round (cold caches)",
         f"- multi-turn: {args.users} users, {args.turns} turns each, {args.prompt_tokens}-token "
         f"user messages, {args.max_tokens}-token answers, think time {args.think_time:g} s "
         f"(mean), {args.seconds:g} s after {args.warmup:g} s warm-up",

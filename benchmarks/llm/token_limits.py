@@ -42,6 +42,7 @@ from benchmarks.llm.common import (  # noqa: E402
     RESULTS,
     ROOT,
     Missing,
+    announce_duration,
     chat_bench_parallel,
     command_line,
     llm_deployment,
@@ -158,8 +159,16 @@ def one_round(args: argparse.Namespace, round_index: int, engine_url: str | None
             f"keys usage failed: {ledger.stderr.strip()[-200:]}"}  # fmt: skip
 
 
+def expected_duration_s(args: argparse.Namespace) -> float:
+    """Seconds a run takes: the shared engine's start (~5 s), then per round a key, three
+    gateways started and stopped (~35 s; ~50 s on a loaded machine), the streams' seconds,
+    the bench processes and the ledger query (~8 s)."""
+    return float(5 + args.rounds * (35 + args.seconds + 8))
+
+
 def run(args: argparse.Namespace) -> None:
     check_redis(args.redis_url)
+    announce_duration(expected_duration_s(args))
     info = machine()
     bound = reservation_bound(args.prompt_tokens, args.max_tokens)
     engine = None

@@ -18,7 +18,7 @@ store is on loopback in this process: the cold fetch is a floor; a real store ad
     .venv/bin/python benchmarks/llm/weights_cold_start.py [--rounds 5]
     # smoke test at tiny size: --rounds 1 --out /tmp/x.md
 
-Duration: about 10 s per round.
+Duration (printed at start): about 15 s per round, ~1.5 min with the defaults.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from benchmarks.llm.common import (  # noqa: E402
     MODEL,
     RESULTS,
     Missing,
+    announce_duration,
     command_line,
     machine,
     machine_lines,
@@ -124,9 +125,16 @@ def fetch_s(uri: str, spec: Any) -> tuple[float, bool]:
     return result.duration_s, result.was_fetched
 
 
+def expected_duration_s(args: argparse.Namespace) -> float:
+    """Seconds a run takes: the store's start and upload (~5 s), then per round three replica
+    starts to the first token (~3-6 s each) and two fetches (~2 s)."""
+    return float(5 + args.rounds * 14)
+
+
 def run(args: argparse.Namespace) -> None:
     import os
 
+    announce_duration(expected_duration_s(args))
     from aiscale.engines.models import locate_model
 
     info = machine()

@@ -23,6 +23,12 @@ fails. Never run by the tests; timings are results only on a quiet machine.
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \\
         .venv/bin/python benchmarks/simulator/sizing_check.py            # about 4 minutes
     ... sizing_check.py --quick                                          # about 1.5 minutes
+    ... sizing_check.py --sim-only      # the simulated side again, against the recorded run
+
+``--sim-only`` serves nothing and measures nothing: it reads the served figures, the profile
+and the machine from a recorded result (``--from``, default ``sizing_check.json``; or
+``--profile``), runs steps 3 again (seconds, deterministic) and prints the Markdown; it writes
+files only where ``--json`` or ``--md`` is given.
 """
 
 from __future__ import annotations
@@ -207,6 +213,40 @@ def render(result: dict[str, Any], machine: dict[str, Any], command: str) -> lis
     return lines
 
 
+def sim_only(args: argparse.Namespace, out_dir: Path) -> None:
+    """``--sim-only``: the check's simulated side against a recorded served run."""
+    recorded_path = args.recorded or out_dir / "sizing_check.json"
+    try:
+        recorded = json.loads(recorded_path.read_text())
+        served_run = recorded["served"]
+        concurrency = int(recorded["concurrency"])
+        seconds = float(recorded["seconds"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        sys.exit(f"--sim-only needs a recorded result with its served run: {recorded_path}: {exc}")
+    profile_path = args.profile or Path(recorded["profile"])
+    if not profile_path.is_file():  # recorded on another checkout: the file beside the result
+        profile_path = recorded_path.with_name(profile_path.name)
+    result = check(profile_path, served_run, concurrency=concurrency, seconds=seconds)
+    command = " ".join(["python", *sys.argv])
+    result.update(
+        concurrency=concurrency,
+        seconds=seconds,
+        profile_seconds=float(recorded.get("profile_seconds", 0.0)),
+        machine=recorded["machine"],
+        command=f"{recorded.get('command', '?')} (served); {command} (simulated again)",
+        quick=bool(recorded.get("quick", False)),
+        sim_only_from=str(recorded_path),
+    )
+    lines = render(result, result["machine"], result["command"])
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    if args.md is not None:
+        args.md.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if not result["is_pass"]:
+        sys.exit(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", type=Path, default=None, help="a profile measured just now")
@@ -217,6 +257,14 @@ def main() -> None:
     parser.add_argument("--data-parent", default=None, help="where the server writes its data")
     parser.add_argument("--quick", action="store_true", help="a smoke test: short everything")
     parser.add_argument(
+        "--sim-only", action="store_true",
+        help="serve nothing: the simulated side against the served run recorded in --from",
+    )  # fmt: skip
+    parser.add_argument(
+        "--from", dest="recorded", type=Path, default=None,
+        help="the recorded result --sim-only reads [benchmarks/simulator/sizing_check.json]",
+    )  # fmt: skip
+    parser.add_argument(
         "--json", type=Path, default=None,
         help="results [benchmarks/simulator/sizing_check.json; --quick: a temporary folder]",
     )  # fmt: skip
@@ -226,6 +274,9 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
     out_dir = ROOT / "benchmarks" / "simulator"
+    if args.sim_only:
+        sim_only(args, out_dir)
+        return
     if args.quick:
         args.seconds, args.warmup = min(args.seconds, 5.0), 1.0
         args.repeats = min(args.repeats, 2)

@@ -172,6 +172,10 @@ class EngineConfig(_Frozen):
     #: Engine settings beyond these, from an allow-list per kind (``engines.spec.EXTRA_ARGS``).
     extra_args: dict[str, ExtraArg] = Field(default_factory=dict)
     startup_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    #: ``llamacpp``: run the engine's threads as batch work (Linux ``SCHED_BATCH``), so the
+    #: gateway and other latency-bound processes on the node preempt them at once
+    #: (``engines.llamacpp_process``); ``false`` keeps the default policy.
+    batch_scheduling: bool = True
     #: An object-store ``model``'s sha256 (hex): a pin, checked on every fetch, and a warm
     #: node cache then starts replicas without the network [default: ``<model>.sha256``].
     model_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
@@ -260,6 +264,7 @@ class EngineConfig(_Frozen):
             extra_args=self.extra_args,
             slot_save_dir=slot_save_dir,
             startup_timeout_s=self.startup_timeout_s,
+            batch_scheduling=self.batch_scheduling,
             model_sha256=self.model_sha256,
             model_cache_dir=(
                 str(self.model_cache_dir.expanduser())

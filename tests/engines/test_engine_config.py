@@ -30,6 +30,10 @@ def test_the_defaults_give_each_of_four_slots_a_2048_token_window() -> None:
     assert (spec.context_window, spec.parallel, spec.total_context_tokens) == (2048, 4, 8192)
     assert spec.threads == 2 and spec.max_output_tokens == 512
     assert spec.served_model_name == "chat" and spec.replica_spec().max_inflight_batches == 4
+    assert spec.batch_scheduling is True
+    off = parse_config(_deployment({"model": "smollm2", "batch_scheduling": False}))
+    assert off.deployments[0].engine is not None
+    assert off.deployments[0].engine.to_spec("chat").batch_scheduling is False
 
 
 def test_a_deployment_without_engine_is_not_an_llm() -> None:

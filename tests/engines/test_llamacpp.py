@@ -106,6 +106,34 @@ def test_the_engine_runs_with_the_chosen_slots_cache_and_metrics(
     assert after.num_running == 0 and after.num_waiting == 0
 
 
+def test_the_engines_threads_yield_the_cpu_to_the_gateway(
+    pool: ReplicaPool[EngineHandle],
+) -> None:
+    """Every thread of the engine runs as batch work (``SCHED_BATCH``, the default
+    ``batch_scheduling``), so the gateway's wake-ups preempt its decode threads."""
+    engine = _only_engine(pool)
+    threads = [int(t) for t in os.listdir(f"/proc/{engine.pid}/task")]
+    assert len(threads) > 2  # the engine's compute and HTTP threads, not only the main one
+    assert {os.sched_getscheduler(t) for t in threads} == {os.SCHED_BATCH}
+
+
+def test_batch_scheduling_can_be_turned_off() -> None:
+    """``batch_scheduling: false`` leaves the engine process under the default policy
+    (the setting reaches the process; the pure call is tested in its own process)."""
+    spec = smollm2_spec(batch_scheduling=False)
+    assert LlamaCppBackend(spec).settings(1)["batch_scheduling"] is False
+    assert LlamaCppBackend(smollm2_spec()).settings(1)["batch_scheduling"] is True
+    script = (
+        "import os; from aiscale.engines.llamacpp_process import "
+        "yield_cpu_to_latency_bound_work as y; "
+        "before = os.sched_getscheduler(0); ok = y(); "
+        "print(before == os.SCHED_OTHER, ok, os.sched_getscheduler(0) == os.SCHED_BATCH)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout.split()  # fmt: skip
+    assert out == ["True", "True", "True"]
+
+
 def test_a_slot_kv_cache_is_saved_to_the_slot_folder_and_restored(
     pool: ReplicaPool[EngineHandle], slot_dir: Path
 ) -> None:

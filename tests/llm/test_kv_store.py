@@ -85,15 +85,19 @@ def test_a_drained_engines_conversation_is_restored_where_it_continues(
     assert saved.num_tokens >= num_prompt
     path = engines.kv.folder / saved.file_name
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert json.loads(path.with_suffix(".json").read_text())["num_tokens"] == saved.num_tokens
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["num_tokens"] == saved.num_tokens
+    assert NOTES[:200] in meta["head"]  # the opening text, for the local check
 
     follow_up = [
         *CONVERSATION,
         {"role": "assistant", "content": first["choices"][0]["message"]["content"]},
         {"role": "user", "content": "And the lightest?"},
     ]
+    lookups = engines.kv.num_engine_lookups
     restored = engines.loop.run(engines.kv.restore(engines.b, messages=follow_up))
     assert restored is not None
+    assert engines.kv.num_engine_lookups == lookups + 1  # passed the local check
     assert restored.num_tokens == saved.num_tokens
     assert restored.matched_chars >= 4 * 128
     assert engines.kv.num_entries == 0 and not path.exists()  # handed over
@@ -116,7 +120,11 @@ def test_a_restore_that_would_not_help_does_nothing(engines: Engines) -> None:
     short = [{"role": "user", "content": "Hi"}]
     assert engines.loop.run(engines.kv.restore(b, messages=short)) is None
     unrelated = [{"role": "user", "content": "Tell me about the sea. " * 60}]
+    lookups = engines.kv.num_engine_lookups
     assert engines.loop.run(engines.kv.restore(b, messages=unrelated)) is None
+    # Told apart by the saved text's opening, without a round trip to the engine: the
+    # saved conversation does not contain this chat's first message.
+    assert engines.kv.num_engine_lookups == lookups
     assert engines.kv.entries() == [saved]
 
     assert engines.loop.run(engines.kv.restore(b, prompt=_slot_texts(b)[0] + " more")) is None

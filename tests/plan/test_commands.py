@@ -29,7 +29,9 @@ def profile_path(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("policy", ["static", "reactive", "kpa", "predictive", "oracle"])
+@pytest.mark.parametrize(
+    "policy", ["static", "reactive", "kpa", "predictive", "oracle", "oracle-70"]
+)
 def test_simulate_gives_the_documented_fields(profile_path: Path, policy: str) -> None:
     """Every policy name runs on synthetic users and returns the documented JSON fields with
     consistent values (cost = replica-hours x the catalog's CPU price)."""
@@ -49,6 +51,29 @@ def test_simulate_gives_the_documented_fields(profile_path: Path, policy: str) -
     assert data["requests"] > 0 and data["mode"] == "aggregated"
     assert data["cost_usd"] == pytest.approx(data["replica_hours"] * 0.17)
     assert data["p50_ms"] <= data["p99_ms"]
+
+
+def test_the_oracle_is_searched_and_the_old_one_kept_by_name(profile_path: Path) -> None:
+    """``--policy oracle`` is the searched oracle: it meets the 99% target in the very
+    simulation it reports, with no more replica-hours than ``oracle-70`` (the old
+    fixed-70%-capacity bound) where that one meets it too, and says how it was found."""
+    common: dict[str, Any] = {
+        "profile": profile_path,
+        "slo_p99_ms": 500.0,
+        "users": 20_000,
+        "requests_per_user": 50.0,
+        "shape": "bursty",
+        "duration_s": 3600.0,
+        "mode": "aggregated",
+    }
+    searched = simulate_command(policy="oracle", **common)
+    old = simulate_command(policy="oracle-70", **common)
+    assert searched["slo_attainment"] >= 0.99
+    assert searched["oracle_found_by"] in ("greedy", "priced", "unlowered", "uniform")
+    assert searched["oracle_optimality_gap"] >= 1.0 - 1e-9
+    if old["slo_attainment"] >= 0.99:
+        assert searched["replica_hours"] <= old["replica_hours"] + 1e-9
+    assert "oracle_found_by" not in old
 
 
 def test_trace_scaling_and_exact_mode(profile_path: Path, trace: Path) -> None:

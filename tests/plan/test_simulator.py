@@ -19,6 +19,7 @@ from aiscale.plan import (
     scale_times,
     simulate,
 )
+from aiscale.plan.oracle_search import search_oracle
 from aiscale.scaling.policies import (
     KpaConfig,
     KpaPolicy,
@@ -197,13 +198,15 @@ def test_result_serialises_to_json() -> None:
 
 
 def test_oracle_is_a_lower_bound_at_equal_slo() -> None:
-    """On bursty traffic (shaped like the Azure code trace) the oracle meets a 99% SLO with
-    no more replica-hours than any policy that meets the same SLO."""
+    """On bursty traffic (shaped like the Azure code trace) the searched oracle meets a 99%
+    SLO with no more replica-hours than any policy that meets the same SLO, the old
+    fixed-70%-capacity oracle (``oracle-70``) included, and no fewer than its own lower
+    bound on capacity (the fluid bound)."""
     code = synthetic_trace_times(8_819, 3_438.0, burstiness=0.9, seed=3)
     arrivals = scale_times(code, rate_scale=10.0, duration_s=1200.0, seed=7)
     config = replace(CONFIG, startup_s=20.0, initial_replicas=2)
     rates = tuple(float(c) for c in arrivals.counts(1.0).counts)
-    oracle = OraclePolicy(
+    oracle_70 = OraclePolicy(
         OracleConfig(
             rates_per_s=rates,
             step_s=1.0,
@@ -220,9 +223,12 @@ def test_oracle_is_a_lower_bound_at_equal_slo() -> None:
         reactive(),
         KpaPolicy(KpaConfig(target_concurrency=16.0, target_utilization=1.0)),
         KpaPolicy(KpaConfig(target_concurrency=4.0, target_utilization=1.0, max_replicas=10)),
+        oracle_70,
     ]
-    bound = simulate(arrivals, oracle, config)
+    found = search_oracle(arrivals, config, slo_target=0.99, bisections=5)
+    bound = found.result
     assert bound.slo_attainment >= 0.99
+    assert found.fluid_bound_replica_hours <= bound.replica_hours + 1e-9
     meeting = 0
     for policy in policies:
         result = simulate(arrivals, policy, config)

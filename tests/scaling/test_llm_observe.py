@@ -110,6 +110,36 @@ def test_the_simulator_observes_through_the_same_function() -> None:
     assert shared == simulated
 
 
+def test_live_and_simulated_paths_make_the_same_observation_of_the_same_requests() -> None:
+    """The same interval (arrivals, tokens, first-token times, gauges) seen live, as two
+    cumulative readings diffed by ``observe_llm``, and in the simulator, as ``IntervalStats``,
+    gives the same observation; the p99 differs only by the live histogram's bin width."""
+    observing = pytest.importorskip("aiscale.plan.llm.observing")
+    ttfts = tuple(0.05 * (1 + i % 20) for i in range(200))
+    before = sample(30.0, ttfts=(0.1,) * 40, num_arrived=40, prompt_tokens=4000,
+                    output_tokens=800)
+    after = sample(40.0, ttfts=(0.1,) * 40 + ttfts, num_arrived=240, prompt_tokens=64000,
+                   output_tokens=12800)
+    live = observe_llm(after, before)
+    stats = observing.IntervalStats()
+    stats.reset(30.0)
+    for _ in range(200):
+        stats.add_arrival(300.0, 60.0)
+    for ttft in ttfts:
+        stats.add_ttft(ttft)
+    simulated = stats.observation(
+        40.0, num_replicas=3, num_ready=2, num_waiting=4, num_running=4, kv_cache_usage=None,
+        num_held=1, prompt_history=(), output_history=(),
+    )
+    # The simulator passes no slot count: its engines report KV use (here none known).
+    assert simulated.kv_cache_usage is None and live.kv_cache_usage == 0.5
+    assert live.ttft_p99_s == pytest.approx(1.0, rel=0.06)
+    assert simulated.ttft_p99_s == pytest.approx(1.0)
+    assert dataclasses.replace(
+        simulated, kv_cache_usage=live.kv_cache_usage, ttft_p99_s=live.ttft_p99_s
+    ) == live
+
+
 def llm_signals(*, waiting: int = 0, running: int = 0, held: int = 0) -> LlmSignals:
     return LlmSignals(
         num_waiting=waiting, num_running=running, num_held=held, kv_cache_usage=None,

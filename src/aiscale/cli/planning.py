@@ -58,6 +58,15 @@ def profile(
             "e.g. a tmpfs [default: the system's temporary folder]."
         ),
     ] = None,
+    context_window: Annotated[
+        int,
+        typer.Option(
+            min=64, help="An LLM: the engine's tokens per request, as the deployment's engine."
+        ),
+    ] = 2048,
+    parallel: Annotated[
+        int, typer.Option(min=1, help="An LLM: the engine's slots, as the deployment's engine.")
+    ] = 4,
 ) -> None:
     """Measure latency and throughput against batch size, memory per replica, and what a real
     server adds (per-request overhead, in-server slowdown under load, throughput at full
@@ -68,7 +77,7 @@ def profile(
     from aiscale.plan.commands import profile_command, profile_steadiness
 
     if is_llm_model_arg(model):
-        _profile_llm(model, out, num_threads)
+        _profile_llm(model, out, num_threads, repeats, context_window, parallel)
         return
 
     with reported_errors():
@@ -164,7 +173,12 @@ def simulate(
         Path, typer.Option("--profile", help="Model profile JSON (aiscale profile).")
     ],
     policy: Annotated[
-        str, typer.Option(help="static, reactive, kpa, predictive or oracle.")
+        str,
+        typer.Option(
+            help="static, reactive, kpa, predictive, oracle (searched: the fewest "
+            "replica-hours meeting 99% of requests within the SLO) or oracle-70 (the old "
+            "fixed-70%-capacity bound)."
+        ),
     ] = "predictive",
     slo_p99_ms: Annotated[float, typer.Option(help="Latency SLO: p99 under this many ms.")] = 500.0,
     trace: Annotated[Path | None, typer.Option(help="CSV trace with a TIMESTAMP column.")] = None,
@@ -469,17 +483,38 @@ def _plan_llm(
         out.print(f"report: {', '.join(result.files)}", highlight=False, soft_wrap=True)
 
 
-def _profile_llm(model: str, out: Path, num_threads: int | None) -> None:
-    """``aiscale profile smollm2``: measure one llama.cpp engine and write its LLM profile."""
+def _profile_llm(
+    model: str,
+    out: Path,
+    num_threads: int | None,
+    repeats: int,
+    context_window: int,
+    parallel: int,
+) -> None:
+    """``aiscale profile smollm2``: measure one llama.cpp engine (``parallel`` slots of
+    ``context_window`` tokens) and write its LLM profile; each point repeated ``repeats``
+    times (the median is kept)."""
     import asyncio
 
     from aiscale.engines.models import served_name_of
+    from aiscale.errors import InvalidInput
     from aiscale.plan.llm.profile import save_llm_profile
     from aiscale.plan.llm.profiling import profile_llamacpp
     from aiscale.plan.profiling import cpu_model
 
     with reported_errors():
-        result = asyncio.run(profile_llamacpp(model, threads=num_threads, measured_on=cpu_model()))
+        if repeats < 1:
+            raise InvalidInput(f"--repeats must be >= 1, got {repeats}", field="repeats")
+        result = asyncio.run(
+            profile_llamacpp(
+                model,
+                threads=num_threads,
+                parallel=parallel,
+                context_window=context_window,
+                repeats=repeats,
+                measured_on=cpu_model(),
+            )
+        )
         result = replace(result, model=served_name_of(model))
         save_llm_profile(result, out)
     table = Table("figure", "value")

@@ -99,6 +99,7 @@ class LlamaCppBackend:
             # llama.cpp appends the file name to this path as it is: it must end in "/".
             "slot_save_path": os.path.join(self._slot_dir(), ""),
             "extra": dict(spec.extra_args),
+            "batch_scheduling": spec.batch_scheduling,
         }
 
     async def spawn(

@@ -64,6 +64,27 @@ def build_params(settings: Mapping[str, Any]) -> Any:
     return params
 
 
+def yield_cpu_to_latency_bound_work() -> bool:
+    """Mark this process (and the threads it starts after this call) as batch work:
+    Linux's ``SCHED_BATCH``, the policy the kernel documents for CPU-bound, non-interactive
+    work. A waking gateway (or a client, or another replica's event loop) then preempts
+    the engine's decode threads at once instead of waiting out their time slice. On a node
+    whose cores the engine's threads fill, that wait sat on every hop a token takes through
+    the gateway: on the 2-core machine TTFT p50 through the gateway was +4.5 to +7.6 ms over
+    the engine called directly with the default policy and +1.3 to +1.6 ms with this one
+    (40 sequential requests each, interleaved, a quiet machine; ``benchmarks/llm``). The
+    engine's throughput is unchanged: the gateway's share of the CPU is the same, only when
+    it gets it changes. ``False`` where the platform has no such policy."""
+    policy = getattr(os, "SCHED_BATCH", None)
+    if policy is None:
+        return False
+    try:
+        os.sched_setscheduler(0, policy, os.sched_param(0))
+    except OSError:
+        return False
+    return True
+
+
 def _exit_on_term(_signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(0)
 
@@ -81,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # code or a library) goes to stderr, the log, so it cannot corrupt the report.
     report = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
+    if settings.get("batch_scheduling", True):
+        yield_cpu_to_latency_bound_work()  # before xllamacpp starts its threads: they inherit it
     started = time.monotonic()
     try:
         import xllamacpp

@@ -117,6 +117,8 @@ class EngineSpec:
     #: ``None``: a private folder per model file under the temporary folder.
     slot_save_dir: str | None = None
     startup_timeout_s: float = 120.0
+    #: llama.cpp: the engine's threads run as ``SCHED_BATCH`` (``llamacpp_process``).
+    batch_scheduling: bool = True
     #: An object-store ``model``'s expected sha256 (hex), from the config or the registry's
     #: ``artifact_digest``; ``None``: read from the ``<model>.sha256`` object beside it.
     model_sha256: str | None = None

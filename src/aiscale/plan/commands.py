@@ -16,6 +16,7 @@ from typing import Any
 from aiscale.errors import ConfigError, InvalidInput, NotFound
 from aiscale.plan.calibration import calibrate_server, repeat_figures
 from aiscale.plan.catalog import derive_profile, load_catalog
+from aiscale.plan.oracle_search import search_oracle
 from aiscale.plan.planner import (
     POLICY_NAMES,
     SHAPES,
@@ -313,9 +314,6 @@ def simulate_command(
     run_mode = choose_mode(mode, counts.num_requests)
     spec = load_catalog().get(model_profile.hardware)
     price = spec.price_per_hour("on_demand") if spec is not None else 0.0
-    chosen = build_policy(
-        policy, sizing, counts, decision_interval_s=decision_interval_s, num_replicas=replicas
-    )
     config = simulation_config(
         sizing,
         counts,
@@ -324,10 +322,21 @@ def simulate_command(
         price_per_replica_hour=price,
         initial_replicas=replicas if policy == "static" else None,
     )
-    if run_mode == "exact":
-        result = simulate(exact_input or counts.to_arrivals(seed), chosen, config)
+    runs_on = (exact_input or counts.to_arrivals(seed)) if run_mode == "exact" else counts
+    oracle_extra: dict[str, Any] = {}
+    if policy == "oracle":  # searched in this very simulation; its replay is the answer
+        found = search_oracle(runs_on, config)
+        result = found.result
+        oracle_extra = {
+            "oracle_model_bound_replica_hours": found.model_bound_replica_hours,
+            "oracle_optimality_gap": found.optimality_gap,
+            "oracle_found_by": found.how,
+        }
     else:
-        result = simulate(counts, chosen, config)
+        chosen = build_policy(
+            policy, sizing, counts, decision_interval_s=decision_interval_s, num_replicas=replicas
+        )
+        result = simulate(runs_on, chosen, config)
     data = result.to_dict()
     del data["timeline"]
     data.update(
@@ -343,6 +352,7 @@ def simulate_command(
             "full_capacity_per_replica_per_s": sizing.full_capacity_per_s,
             "max_replicas": max((paid for _, paid, _ in result.timeline), default=0),
             "warnings": warnings,
+            **oracle_extra,
         }
     )
     return data

@@ -10,7 +10,14 @@ from the traffic it will meet:
 - the ongoing requests one replica holds at that capacity (one replica simulated at that
   rate, then Little's law): the target of the reactive (Ray) and KPA (Knative) rules, so
   that all of them aim at the same utilisation;
-- the start-up time, so the predictive policy and the oracle look far enough ahead;
+- the start-up time, so the predictive policy and the oracles look far enough ahead;
+- ``oracle``: the true minimum, searched in the simulator (``oracle_search.search_oracle``:
+  the fewest replica-hours meeting the SLO target, knowing every arrival); ``oracle-70``: the
+  old bound, the fewest replicas at the planned 70% capacity (``needed_replicas``), kept by
+  that name for comparison. The per-phase plan below does not run either: its strategies are
+  the policies a user would deploy. It uses the ``oracle-70`` schedule only to size
+  static-at-peak and the starting fleet, where one pass over the day's rates is enough; a
+  search costs about twenty simulations of the day per phase and hardware;
 - the platform's guard (``guard_config``) on ``reactive``, ``kpa`` and ``predictive``, from
   the same capacity, utilisation and start-up time; ``ray-serve-rule`` and ``knative-rule``
   are the two rules unguarded (baselines).
@@ -37,6 +44,7 @@ import numpy as np
 from aiscale.errors import InvalidInput
 from aiscale.plan._simcore import SimulationConfig, SimulationResult
 from aiscale.plan.catalog import HardwareSpec, derive_profile, load_catalog
+from aiscale.plan.oracle_search import search_oracle
 from aiscale.plan.profile import ModelProfile
 from aiscale.plan.simulator import simulate
 from aiscale.plan.sizing import MAX_BATCH_LIMIT as MAX_BATCH_LIMIT  # re-exported
@@ -52,7 +60,7 @@ from aiscale.plan.strategies import (
     StrategyOutcome,
     price_outcome,
 )
-from aiscale.plan.traffic import DAY_S, ArrivalCounts, SyntheticTraffic
+from aiscale.plan.traffic import DAY_S, ArrivalCounts, Arrivals, SyntheticTraffic
 from aiscale.scaling.policies import (
     GuardConfig,
     GuardedPolicy,
@@ -79,6 +87,7 @@ POLICY_NAMES: tuple[str, ...] = (
     "kpa",
     "predictive",
     "oracle",
+    "oracle-70",
     "ray-serve-rule",
     "knative-rule",
 )
@@ -149,12 +158,19 @@ def build_policy(
     decision_interval_s: float = 10.0,
     min_replicas: int = 1,
     num_replicas: int | None = None,
+    config: SimulationConfig | None = None,
+    arrivals: Arrivals | None = None,
+    slo_target: float = 0.99,
 ) -> ScalingPolicy[Any]:
     """The policy ``name`` with the defaults of the module docstring.
 
-    ``counts`` is what the oracle knows (all arrivals) and what ``static`` is sized for when
-    ``num_replicas`` is not given (its peak). Raises ``InvalidInput`` (field ``policy``) for
-    an unknown name.
+    ``counts`` is what the oracles know (all arrivals) and what ``static`` is sized for when
+    ``num_replicas`` is not given (its peak). ``oracle`` is searched in the simulation it
+    will be judged by: ``config`` (default: ``simulation_config`` in the aggregated mode)
+    on ``arrivals`` in the exact mode, else on ``counts``, for ``slo_target``; its schedule
+    starts from its own fleet, so run it with ``initial_replicas`` set to
+    ``policy.config.replicas[0]`` (or take ``search_oracle``'s replay directly, as ``aiscale
+    simulate`` does). Raises ``InvalidInput`` (field ``policy``) for an unknown name.
     """
     if name == "static":
         count = peak_replicas(sizing, counts, decision_interval_s)
@@ -177,6 +193,14 @@ def build_policy(
             )
         )
     if name == "oracle":
+        if config is None:
+            config = simulation_config(sizing, counts, decision_interval_s=decision_interval_s)
+        source: Arrivals | ArrivalCounts = counts
+        if config.mode == "exact":
+            source = arrivals if arrivals is not None else counts.to_arrivals(config.seed)
+        found = search_oracle(source, config, slo_target=slo_target, min_replicas=min_replicas)
+        return found.policy()
+    if name == "oracle-70":
         return OraclePolicy(
             OracleConfig(
                 rates_per_s=interval_rates(counts, decision_interval_s),

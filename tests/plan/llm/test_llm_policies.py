@@ -104,6 +104,31 @@ def test_predictive_starts_replicas_ahead_of_a_ramp() -> None:
     assert flat.target_replicas == floor.target_replicas
 
 
+def _headroom(prompt_per_min: list[float], **knobs: object) -> float:
+    from aiscale.scaling.policies.llm_predictive import LlmPredictivePolicy, measured_headroom
+
+    policy = make_llm_policy("llm-predictive", capacity=CAPACITY, **knobs)
+    assert isinstance(policy, LlmPredictivePolicy)
+    history_p = [(60.0 * i, tokens) for i, tokens in enumerate(prompt_per_min)]
+    history_o = [(60.0 * i, tokens / 10) for i, tokens in enumerate(prompt_per_min)]
+    obs = _obs(60.0 * len(prompt_per_min), 5, prompt_token_history=history_p,
+               output_token_history=history_o)  # fmt: skip
+    return measured_headroom(policy.config, obs)
+
+
+def test_predictive_headroom_is_measured_from_how_much_the_load_moves() -> None:
+    """Steady load gets no headroom, a load that moves gets twice its RMS bin-to-bin change
+    relative to the mean, bounded; a fixed ``headroom`` knob is used as given."""
+    steady = [600_000.0] * 20
+    wobbly = [600_000.0 * (1.05 if i % 2 else 0.95) for i in range(20)]
+    wild = [600_000.0 * (3.0 if i % 2 else 0.2) for i in range(20)]
+    assert _headroom(steady) == 0.0
+    assert _headroom(wobbly) == pytest.approx(2 * 0.1, rel=1e-6)
+    assert _headroom(wild) == 0.5
+    assert _headroom(wobbly, headroom=0.1) == 0.1
+    assert _headroom(steady[:2]) == 0.0  # too little history to measure
+
+
 def test_activation_from_zero_and_back_to_zero() -> None:
     """At zero, one held request asks for a replica at once; an idle replica goes to zero only
     after the cooldown."""

@@ -198,7 +198,6 @@ class _AggregatedRun:
         self.q_requests = 0.0
         self.q_tokens = 0.0
         quantiles = inputs.prompt_quantiles
-        self._q_last = float(quantiles[-1])
         self._q_mean = float(quantiles.mean())
         self._q2_mean = float((quantiles**2).mean())
         self.tpot_now = self.last_tau
@@ -384,8 +383,6 @@ class _AggregatedRun:
         blend = min(dt / RATE_WINDOW_S, 1.0)
         self.rate_per_replica += (arrivals / (ready * dt) - self.rate_per_replica) * blend
         lam = self.rate_per_replica
-        longest = self._q_last
-        longest_service = math.ceil(longest / chunk) * tau0 + c * longest
         # Work a prompt puts before later ones: its tokens at the backlogged rate (a queue
         # of prompts fills each step's chunk budget, so the step's own time is shared).
         per_token = c + tau0 / chunk
@@ -398,13 +395,12 @@ class _AggregatedRun:
         if completed > 0:
             self.interval.add_itl(self.tpot_now, completed)
         head_age = max(now - self.queue[0][0] * dt - dt, 0.0) if self.queue else 0.0
-        self.interval.add_ttft(self._ttft_p99_now(head_age, i, longest_service), arrivals)
-
-    def _ttft_p99_now(self, head_age: float, i: int, longest_service: float) -> float:
-        rho, mean = float(self.rho[i]), float(self.wait_mean[i])
-        tail = mean / rho * math.log(rho / 0.01) if rho > 0.01 else 0.0
-        half_step = float(self.tau_mean[i]) / 2
-        return head_age + half_step + longest_service + tail + self.prof.gateway_overhead_s
+        # What the policy reads as TTFT: this step's arrivals under the in-step model, each
+        # prompt quantile's service plus the M/G/1 wait (the interval's p99 is the mixture's).
+        service = np.ceil(self.inp.prompt_quantiles / chunk) * tau0 + c * self.inp.prompt_quantiles
+        base = service + (head_age + tau_mean / 2 + self.prof.gateway_overhead_s)
+        tail_mean = self.wait_mean[i] / rho if rho > 0 else 0.0
+        self.interval.add_ttft_model(base, rho, tail_mean, arrivals)
 
     def _preempt_over_capacity(self, ready: int, i: int) -> None:
         capacity = ready * self.prof.kv_capacity_tokens

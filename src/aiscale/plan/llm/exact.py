@@ -93,6 +93,7 @@ class _ExactRun:
         self.cold_starts = 0
         self.max_cold_wait = 0.0
         self.is_cold = False
+        self.last_token_s = math.nan
         self.interval = IntervalStats()
         self.prompt_history, self.output_history = token_histories(requests, config)
         self.session = requests.session
@@ -182,6 +183,7 @@ class _ExactRun:
             self.interval.add_ttft(ttft)
         for seq in events.finished:
             self.status[seq.rid] = 1
+            self.last_token_s = t
             if seq.output > 1 and seq.first_token_s is not None:
                 tpot = (t - seq.first_token_s) / (seq.output - 1)
                 self.tpot[seq.rid] = tpot
@@ -343,6 +345,7 @@ class _ExactRun:
                 "cached_prompt_tokens": self.cached_tokens,
                 "cold_starts": self.cold_starts,
                 "max_cold_start_wait_s": self.max_cold_wait,
+                "last_token_s": self.last_token_s,
             },
             timeline=self.timeline,
         )
@@ -403,6 +406,7 @@ def summarize(
         num_events=num_events,
         duration_s=duration_s,
         timeline=tuple(timeline),
+        last_token_s=float(extras.get("last_token_s", math.nan)),
     )
 
 

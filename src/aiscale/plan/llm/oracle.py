@@ -21,7 +21,11 @@ start-up: ``sum_j interval * (P_j / prefill + O_j / decode)``. It ignores the 1 
 share of requests allowed to miss, which could in principle be served slower.
 ``optimality_gap = oracle replica-hours / bound``; a one-parameter family leaves room
 between them (per-interval slack is not searched), so the gap states how far the oracle
-may be from the true minimum, not that it is that far.
+may be from the true minimum, not that it is that far. The oracle is therefore not a true
+minimum, and the bound is loosest where prompts queue for prefill: with long prompts the
+TTFT target caps the share of time a replica may prefill (``sizing.max_prefill_share``),
+which the bound ignores, so most of a prefill-heavy day's gap is the bound's, not the
+oracle's.
 
 Pure computation: no clock, no I/O; progress goes to an injected callback.
 """

@@ -4,11 +4,14 @@ Starts one engine replica through the engines' own backend (``LlamaCppBackend``:
 process, threads and settings a deployment runs), then asks llama.cpp's native
 ``/completion`` for exact prompt tokens (ids from its ``/tokenize``) with the prompt cache
 off and end-of-sequence ignored, and reads the engine's own ``timings`` (``prompt_ms``,
-``predicted_ms``): the prefill time of each prompt length alone, and the per-token decode
-time at each number of sequences running together, with short and long contexts. Least
-squares fit the profile's coefficients (``LlmProfile.step_s``):
+``predicted_ms``): the prefill time of each prompt length alone and of ``n`` prompts sent
+together (which llama.cpp prefills in one batch: the slowest one's ``prompt_ms`` is the
+batch's time), and the per-token decode time at each number of sequences running together,
+with short and long contexts. Least squares fit the profile's coefficients
+(``LlmProfile.step_s``):
 
-* prefill: ``prompt_s = per_token * L + per_token_context * L * (L - 1) / 2``;
+* prefill of ``n`` prompts of ``L`` tokens:
+  ``prompt_s = per_token * n * L + per_token_context * n * L * (L - 1) / 2``;
 * decode: ``step_s = base + per_seq * n + per_context_token * n * context``.
 
 Start-up is split as the engine reports it: ``load_s`` (weights read and mapped) is the
@@ -36,7 +39,7 @@ import numpy as np
 from aiscale.engines.llamacpp import LlamaCppBackend
 from aiscale.engines.models import locate_model
 from aiscale.engines.spec import EngineSpec
-from aiscale.errors import ModelLoadError
+from aiscale.errors import ConfigError, ModelLoadError
 from aiscale.plan.llm.profile import LlmProfile, Provenance
 
 __all__ = ["EngineTimings", "fit_profile", "measure_llamacpp", "profile_llamacpp"]
@@ -46,10 +49,10 @@ _TIMEOUT = httpx.Timeout(300.0, connect=10.0)
 
 @dataclass(frozen=True, slots=True)
 class EngineTimings:
-    """What was measured: ``(prompt tokens, prefill s)`` and ``(sequences, context tokens,
-    decode s per token)`` points, and the start-up parts."""
+    """What was measured: ``(sequences, prompt tokens each, prefill s)`` and ``(sequences,
+    context tokens, decode s per token)`` points, and the start-up parts."""
 
-    prefill: tuple[tuple[int, float], ...]
+    prefill: tuple[tuple[int, int, float], ...]
     decode: tuple[tuple[int, float, float], ...]
     weight_load_s: float
     warmup_s: float
@@ -88,9 +91,10 @@ async def measure_llamacpp(
     decode_tokens: int = 32,
     long_context: int = 1024,
     repeats: int = 2,
-) -> tuple[list[tuple[int, float]], list[tuple[int, float, float]], float]:
-    """Prefill and decode points from a running engine at ``url``, and the first request's
-    extra time over its repeats (the warm-up)."""
+) -> tuple[list[tuple[int, int, float]], list[tuple[int, float, float]], float]:
+    """Prefill points (every prompt length alone; the shortest at each concurrency, as one
+    batch) and decode points from a running engine at ``url``, and the first request's extra
+    time over its repeats (the warm-up)."""
     async with httpx.AsyncClient(base_url=url, timeout=_TIMEOUT) as client:
         short = await _tokens(client, 32)
         first = await _complete(client, short, 2)
@@ -101,7 +105,14 @@ async def measure_llamacpp(
         for length in prompt_lengths:
             prompt = await _tokens(client, length)
             times = [(await _complete(client, prompt, 1))["prompt_ms"] for _ in range(repeats)]
-            prefill.append((length, statistics.median(times) / 1000))
+            prefill.append((1, length, statistics.median(times) / 1000))
+        shortest = await _tokens(client, min(prompt_lengths))
+        for n in (c for c in concurrencies if c > 1):
+            batch_ms = []
+            for _ in range(repeats):
+                runs = await asyncio.gather(*(_complete(client, shortest, 1) for _ in range(n)))
+                batch_ms.append(max(t["prompt_ms"] for t in runs))
+            prefill.append((n, len(shortest), statistics.median(batch_ms) / 1000))
         decode = []
         for context in sorted({32, long_context}):
             prompt = await _tokens(client, context)
@@ -144,10 +155,11 @@ def fit_profile(
     measured_on: str,
 ) -> LlmProfile:
     """The profile whose step times best fit ``timings`` (module docstring)."""
-    lengths = np.array([p[0] for p in timings.prefill], dtype=np.float64)
-    prompt_s = np.array([p[1] for p in timings.prefill])
+    sequences = np.array([p[0] for p in timings.prefill], dtype=np.float64)
+    lengths = np.array([p[1] for p in timings.prefill], dtype=np.float64)
+    prompt_s = np.array([p[2] for p in timings.prefill])
     per_token, per_token_context = _nonnegative_lstsq(
-        np.column_stack([lengths, lengths * (lengths - 1) / 2]), prompt_s
+        np.column_stack([sequences * lengths, sequences * lengths * (lengths - 1) / 2]), prompt_s
     )
     n = np.array([d[0] for d in timings.decode], dtype=np.float64)
     context = np.array([d[1] for d in timings.decode])
@@ -206,16 +218,22 @@ async def profile_llamacpp(
         threads=threads,
         max_output_tokens=min(max(decode_tokens + 1, 2), context_window - 1),
     )
+    fitting = [c for c in prompt_lengths if c + decode_tokens < context_window]
+    if not fitting:
+        raise ConfigError(
+            f"a context window of {context_window} tokens holds none of the prompt lengths "
+            f"{list(prompt_lengths)} plus {decode_tokens} output tokens",
+            field="context_window",
+        )
     backend = LlamaCppBackend(spec)
     handle, info = await backend.spawn(0, num_replicas=1, lease=None)
     try:
-        longest = max(c for c in prompt_lengths if c + decode_tokens < context_window)
         prefill, decode, warmup_s = await measure_llamacpp(
             handle.url,
             prompt_lengths=[c for c in prompt_lengths if c < context_window],
             concurrencies=[c for c in concurrencies if c <= parallel],
             decode_tokens=decode_tokens,
-            long_context=longest,
+            long_context=max(fitting),
             repeats=repeats,
         )
     finally:

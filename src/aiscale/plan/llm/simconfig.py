@@ -114,6 +114,10 @@ class LlmSimResult:
     duration_s: float
     #: ``(t_s, replicas paid for, replicas ready)`` at each decision.
     timeline: tuple[tuple[float, int, int], ...] = field(default=())
+    #: When the last request finished (its last token; s from the start): the run's real
+    #: end, past ``duration_s`` when a queue drains after the arrivals stop. ``nan`` when
+    #: no request finished or the mode does not follow requests (aggregated).
+    last_token_s: float = math.nan
 
     @property
     def prefix_hit_rate(self) -> float:

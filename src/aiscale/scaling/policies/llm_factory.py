@@ -12,7 +12,7 @@ Names (``LLM_POLICY_NAMES``):
   ``max_step``, ``max_kv_cache_usage``, ``backlog_drain_s``);
 - ``llm-predictive``: forecast prompt and output tokens/s (``llm_predictive.py``; the
   ``llm-slo`` knobs plus ``startup_s``, ``lookahead_s``, ``level_window_s``, ``season_s``,
-  ``headroom``).
+  ``headroom``, ``burst_sigmas``, ``max_headroom``).
 
 Every policy but ``llm-static`` also takes the damping knobs of ``WindowConfig``
 (``min_replicas``, ``max_replicas``, ``upscale_stabilization_s``,

@@ -6,8 +6,9 @@ full each engine's KV cache is, time to first token and inter-token latency agai
 and tokens per second, prompt and output apart (a prompt token costs a fraction of an
 output token's engine time, and the two move independently: a code assistant sends long
 prompts and reads short answers). ``LlmScalingObservation`` carries them; the live
-controller builds it from the engines' metrics and the gateway's histograms, the simulator
-(``aiscale.plan.llm``) from its own state. Decisions are the same ``ScalingDecision``.
+controller (from the engines' metrics and the gateway's histograms) and the simulator
+(``aiscale.plan.llm``, from its own state) both build it with one function,
+``aiscale.scaling.llm_observe.llm_observation``. Decisions are the same ``ScalingDecision``.
 
 Pure values and a protocol: the standard library only (a test loads this package in a
 fresh interpreter); no clock, no I/O.
