@@ -18,6 +18,12 @@ tokens/s (target >= 0.95 of direct) and the TTFT p50 delta (target <= +5 ms); th
 shows their medians and ranges over the rounds (4 rounds by default: 2 were too few, their
 tok/s ratios ranged from 0.72 to 1.38). A bench run that fails is a gap in its cell, counted.
 
+Every bench run draws its own prompts (a seed of its own). The three targets share one engine,
+and llama.cpp keeps recent prompts' KV in its host-memory prompt cache: a target sent the
+prompts another target had just sent skipped their prefill. With one seed per round (how this
+script first ran) the first target of each round saw TTFT p50 565-700 ms at concurrency 1
+and the next two 19-43 ms, whichever they were: the order decided the TTFT, not the gateway.
+
     python3 -m venv /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install 'litellm[proxy]'
     .venv/bin/python benchmarks/llm/gateway_overhead.py --litellm /tmp/litellm-venv/bin/litellm
     # or AISCALE_BENCH_LITELLM=/tmp/litellm-venv/bin/litellm, or `litellm` on PATH
@@ -222,11 +228,13 @@ def run(args: argparse.Namespace) -> None:
                 del urls[target]
             print(f"stream check {target}: {checks[target]}", flush=True)
         results: dict[str, dict[int, list[dict[str, Any] | None]]] = {t: {} for t in urls}
+        run_number = 0
         for round_index in range(args.rounds):
             for concurrency in args.concurrency:
                 shift = round_index % len(urls)
                 order = list(urls)[shift:] + list(urls)[:shift]
                 for target in order:
+                    run_number += 1  # fresh prompts: no target reuses another's prefill
                     auth = [f"--header={k}: {v}" for k, v in _headers(target).items()]
                     started = time.monotonic()
                     try:
@@ -234,7 +242,7 @@ def run(args: argparse.Namespace) -> None:
                             urls[target], "--model", MODEL, "--concurrency", str(concurrency),
                             "--prompt-tokens", "128", "--max-tokens", str(args.max_tokens),
                             "--duration", str(args.seconds), "--warmup", str(args.warmup),
-                            "--seed", str(round_index), *auth,
+                            "--seed", str(run_number), *auth,
                         )  # fmt: skip
                     except RuntimeError as exc:  # one failed run is a gap, not a lost hour
                         report = None

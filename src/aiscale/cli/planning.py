@@ -526,6 +526,7 @@ def _profile_llm(
         ("KV cache", float(result.kv_capacity_tokens), "tokens"),
         ("weight load", result.weight_load_s, "s"),
         ("warm-up", result.warmup_s, "s"),
+        ("gateway adds (per request)", result.gateway_overhead_s * 1000, "ms"),
     ):
         table.add_row(name, f"{value:.4g} {unit}")
     _stdout().print(table)

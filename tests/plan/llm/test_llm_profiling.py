@@ -50,7 +50,7 @@ def test_a_tiny_real_measurement_gives_a_measured_profile() -> None:
     profile = asyncio.run(
         profile_llamacpp(
             "smollm2", parallel=2, threads=1, context_window=256, prompt_lengths=(16, 64),
-            concurrencies=(1, 2), decode_tokens=4, repeats=1,
+            concurrencies=(1, 2), decode_tokens=4, repeats=1, gateway_overhead_s=0.002,
         )
     )  # fmt: skip
     assert profile.model == "smollm2" and profile.kv_capacity_tokens == 512
@@ -58,14 +58,16 @@ def test_a_tiny_real_measurement_gives_a_measured_profile() -> None:
     assert profile.step_s(1, 100) > 0
     assert profile.weight_load_s > 0
     assert not profile.provenance.is_estimate
+    assert profile.gateway_overhead_s == 0.002 and "given, not measured" in profile.provenance.notes
 
 
 @needs_engine
 def test_the_profile_command_writes_a_measured_llm_profile(tmp_path: Path) -> None:
     """`aiscale profile smollm2` end to end, in its own process, on the real engine with its
     smallest settings: the file it writes loads as an LLM profile of that engine (KV cache =
-    window x slots, measured start-up), and its notes keep the points it was fitted to,
-    prefill at one and at two sequences included."""
+    window x slots, measured start-up), its notes keep the points it was fitted to,
+    prefill at one and at two sequences included, and what a real ``aiscale serve`` added
+    outside the engine's own timings was measured."""
     out = tmp_path / "smollm2.json"
     done = subprocess.run(
         [sys.executable, "-m", "aiscale.cli", "profile", "smollm2", "--out", str(out),
@@ -80,6 +82,8 @@ def test_the_profile_command_writes_a_measured_llm_profile(tmp_path: Path) -> No
     assert profile.weight_load_s > 0 and profile.warmup_s >= 0
     assert not profile.provenance.is_estimate
     assert "(1, 64," in profile.provenance.notes and "(2, 64," in profile.provenance.notes
+    assert "gateway overhead measured" in profile.provenance.notes
+    assert 0 <= profile.gateway_overhead_s < 1.0
     assert "written:" in done.stdout and out.name in done.stdout
 
 

@@ -17,8 +17,15 @@ with short and long contexts. Least squares fit the profile's coefficients
 Start-up is split as the engine reports it: ``load_s`` (weights read and mapped) is the
 weight load; the first request's extra time over the same request repeated is the warm-up.
 The KV cache is the engine's configured size (``context_window * parallel`` tokens: every
-slot holds a whole window). What the gateway adds is not measured here (the gateway is not
-started); it is an argument (default 1 ms, the target of issue 15 being +5 ms at most).
+slot holds a whole window).
+
+What the gateway adds (``gateway_overhead_s``) is measured against the engine's own clock:
+the same short chat (one output token) is sent ``GATEWAY_SAMPLES`` times to the profiled
+engine directly, then to a real ``aiscale serve MODEL`` (a child process, its own engine of
+the same settings, data in a temporary folder); each answer's latency at the client minus
+the engine's ``timings`` (prefill and decode) is the time spent outside the engine. The
+overhead is the median through the gateway minus the median direct (HTTP on loopback is in
+both), at least 0. An explicit ``gateway_overhead_s`` skips that step.
 
 Never downloads anything; the model is found by ``aiscale.engines.models.locate_model``.
 Timings on a shared or loaded machine are not results: profile on a quiet one.
@@ -28,9 +35,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import os
 import statistics
+import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,11 +51,14 @@ from aiscale.engines.llamacpp import LlamaCppBackend
 from aiscale.engines.models import locate_model
 from aiscale.engines.spec import EngineSpec
 from aiscale.errors import ConfigError, ModelLoadError
+from aiscale.plan.live_server import served
 from aiscale.plan.llm.profile import LlmProfile, Provenance
 
 __all__ = ["EngineTimings", "fit_profile", "measure_llamacpp", "profile_llamacpp"]
 
 _TIMEOUT = httpx.Timeout(300.0, connect=10.0)
+#: Requests sent each way (direct, through the gateway) to measure what the gateway adds.
+GATEWAY_SAMPLES = 25
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +167,7 @@ def fit_profile(
     max_context_tokens: int,
     gateway_overhead_s: float,
     measured_on: str,
+    gateway_note: str = "gateway overhead given, not measured",
 ) -> LlmProfile:
     """The profile whose step times best fit ``timings`` (module docstring)."""
     sequences = np.array([p[0] for p in timings.prefill], dtype=np.float64)
@@ -189,7 +204,7 @@ def fit_profile(
             date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
             is_estimate=False,
             notes=f"prefill points {list(timings.prefill)}; decode points "
-            f"{list(timings.decode)}; gateway overhead given, not measured",
+            f"{list(timings.decode)}; {gateway_note}",
         ),
     )
 
@@ -205,10 +220,11 @@ async def profile_llamacpp(
     concurrencies: Sequence[int] = (1, 2, 4),
     decode_tokens: int = 32,
     repeats: int = 2,
-    gateway_overhead_s: float = 0.001,
+    gateway_overhead_s: float | None = None,
     measured_on: str = "this machine",
 ) -> LlmProfile:
-    """Start one engine of ``model``, measure it, stop it, and fit its profile."""
+    """Start one engine of ``model``, measure it, stop it, and fit its profile; then, unless
+    ``gateway_overhead_s`` is given, measure what ``aiscale serve`` adds (module docstring)."""
     spec = EngineSpec(
         kind="llamacpp",
         model=str(locate_model(model)),
@@ -236,9 +252,22 @@ async def profile_llamacpp(
             long_context=max(fitting),
             repeats=repeats,
         )
+        direct = (
+            await asyncio.to_thread(_outside_engine_s, handle.url, spec.served_model_name)
+            if gateway_overhead_s is None else []
+        )  # fmt: skip
     finally:
         await backend.stop(handle, 30.0)
         await backend.wait_dead(handle)
+    gateway_note = "gateway overhead given, not measured"
+    if gateway_overhead_s is None:
+        through = await asyncio.to_thread(_outside_gateway_s, model, threads)
+        gateway_overhead_s = max(0.0, statistics.median(through) - statistics.median(direct))
+        gateway_note = (
+            f"gateway overhead measured: outside the engine {statistics.median(through) * 1e3:.2f}"
+            f" ms through aiscale serve, {statistics.median(direct) * 1e3:.2f} ms direct "
+            f"(medians of {len(through)} and {len(direct)} requests)"
+        )
     timings = EngineTimings(tuple(prefill), tuple(decode), info.load_s, warmup_s)
     return fit_profile(
         timings,
@@ -250,4 +279,40 @@ async def profile_llamacpp(
         max_context_tokens=context_window,
         gateway_overhead_s=gateway_overhead_s,
         measured_on=measured_on,
+        gateway_note=gateway_note,
     )
+
+
+def _outside_engine_s(url: str, model: str, samples: int = GATEWAY_SAMPLES) -> list[float]:
+    """Per request: seconds at the client minus the engine's own prefill and decode time,
+    for a short chat with one output token (each one different, so nothing is cached)."""
+    spent = []
+    with httpx.Client(base_url=url, timeout=_TIMEOUT) as client:
+        for index in range(samples + 1):
+            body = {
+                "model": model,
+                "messages": [{"role": "user", "content": f"Request {index}: say yes."}],
+                "max_tokens": 1,
+            }
+            started = time.perf_counter()
+            answer = client.post("/v1/chat/completions", json=body)
+            elapsed = time.perf_counter() - started
+            answer.raise_for_status()
+            timings = answer.json().get("timings") or {}
+            engine_s = (timings.get("prompt_ms", 0.0) + timings.get("predicted_ms", 0.0)) / 1e3
+            if index:  # the first one warms connections and the engine up
+                spent.append(elapsed - engine_s)
+    return spent
+
+
+def _outside_gateway_s(model: str, threads: int | None) -> list[float]:
+    """``_outside_engine_s`` through a real ``aiscale serve MODEL`` in a child process."""
+    with (
+        tempfile.TemporaryDirectory(prefix="aiscale-llm-profile-") as folder,
+        served(model, folder, Path(folder), os.environ, 120.0, num_threads=threads) as url,
+    ):
+        listed = httpx.get(f"{url}/v1/models", timeout=10.0).json()["data"]
+        names = [m["id"] for m in listed]
+        if not names:
+            raise ModelLoadError(f"aiscale serve {model} lists no model at {url}/v1/models")
+        return _outside_engine_s(url, names[0])
