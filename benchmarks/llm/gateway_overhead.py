@@ -29,12 +29,39 @@ and the next two 19-43 ms, whichever they were: the order decided the TTFT, not 
     # or AISCALE_BENCH_LITELLM=/tmp/litellm-venv/bin/litellm, or `litellm` on PATH
     # smoke test at tiny size: --rounds 1 --seconds 3 --warmup 1 --max-tokens 8 --out /tmp/x.md
 
+Throughput is the **steady** output rate: the tokens that arrived during the counted seconds,
+from any request, over those seconds (``steady_output_tokens_per_s`` of ``aiscale bench``).
+The bench's ``output_tokens_per_s`` counts the requests started in the window until the last
+one ends; at concurrency 16 on 4 slots a request waits ~15 s, longer than the window, so that
+figure mostly measured the start and the drain (direct runs read 18.6-29.9 tok/s at c=16
+against 46.7-51.2 at c=4 on the same engine) and its ratios ranged from 0.68 to 1.17.
+
+Beside each proxy's figures stands its CPU time per output token (the proxy's process tree,
+from ``/proc``, over its bench runs): the engine's two threads fill both cores, so what the
+proxy burns per token is what it takes from the engine.
+
+TTFT is judged three ways, because in separate runs it is mostly the engine's: at c=4 all
+four requests of a closed loop start together and prefill together, and at c=16 twelve wait
+for a slot, so their TTFT moves with the engine's rate by hundreds of ms from run to run:
+
+* the TTFT p50 delta of the separate runs, as the issue asks (with its spread);
+* at c=1, **pairs**: single streamed requests (fresh ~128-token prompts) alternately direct
+  and through the gateway, the median of the per-pair differences;
+* at c=4 and 16, **mixed** runs: half the streams direct and half through the gateway at the
+  same time on the same engine (two bench processes), so that both halves share the engine's
+  queue, batches and speed; the difference of their TTFT p50 is the time the gateway adds to
+  a request at that load. What the gateway's CPU costs the engine (both halves alike) shows
+  in the throughput ratio instead. Each round also runs the same split with both halves
+  direct (A/A): the spread of that difference is what the measurement reads when nothing
+  differs, its noise floor.
+
 ``--kv-slots empty`` gives the gateway an empty KV slot folder instead of the node's (which
 holds what earlier runs' engines saved when they drained; with any saved prefix of this
 deployment the gateway looks each long chat prompt up, rendering it at the engine first).
 
-Duration: the script prints its estimate (``expected_duration_s``): about rounds x 3
-concurrencies x 3 targets x (seconds + warm-up + ~7 s), ~14 min with the defaults.
+Duration: the script prints its estimate (``expected_duration_s``): about rounds x (3
+concurrencies x 3 targets + 4 mixed runs) x (seconds + warm-up + ~7 s) + rounds x pairs x
+~2 s, ~22 min with the defaults.
 """
 
 from __future__ import annotations
@@ -42,8 +69,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,19 +84,23 @@ import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from aiscale.bench.chat_workloads import synthesize_text  # noqa: E402
 from benchmarks.llm.common import (  # noqa: E402
     MODEL,
     RESULTS,
     Missing,
     announce_duration,
     chat_bench,
+    chat_bench_parallel,
     command_line,
     empty_kv_slots_env,
+    engine_children,
     free_port,
     gateway_engine_urls,
     machine,
     machine_lines,
     main_guard,
+    scrape,
     serve,
     spread,
     stop_process,
@@ -191,9 +224,85 @@ def check_stream(url: str, headers: dict[str, str], max_tokens: int) -> str:
 
 def expected_duration_s(args: argparse.Namespace, num_targets: int = len(TARGETS)) -> float:
     """Seconds a run takes: the starts (gateway ~10 s, LiteLLM's proxy ~20 s, stream checks)
-    plus, per bench run, its warm-up and counted seconds and ``BENCH_OVERHEAD_S``."""
-    runs = args.rounds * len(args.concurrency) * num_targets
-    return float(40 + runs * (args.warmup + args.seconds + BENCH_OVERHEAD_S))
+    plus, per bench run (separate and mixed), its warm-up and counted seconds and
+    ``BENCH_OVERHEAD_S``, plus ~2 s per TTFT pair."""
+    mixed = 2 * sum(1 for c in args.concurrency if c > 1)  # aiscale beside direct, and A/A
+    runs = args.rounds * (len(args.concurrency) * num_targets + mixed)
+    pairs = args.rounds * args.pairs if 1 in args.concurrency else 0
+    return float(40 + runs * (args.warmup + args.seconds + BENCH_OVERHEAD_S) + 2 * pairs)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by ``pids`` (Linux ``/proc``; a pid that is
+    gone counts 0)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def descendants(root: int) -> list[int]:
+    """``root`` and every process below it (Linux ``/proc``): LiteLLM's proxy may run its
+    server in a child process."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [root], [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
+
+
+def ttft_pairs(direct: str, gateway: str, num_pairs: int, rng: random.Random) -> list[float]:
+    """TTFT through the gateway minus direct (ms), one pair of single streamed requests at a
+    time, in alternating order, each with a fresh ~128-token prompt of its own (no request
+    reuses another's prefill from the engine's prompt cache)."""
+    deltas = []
+    with httpx.Client(timeout=120) as client:
+        for index in range(num_pairs):
+            order = [direct, gateway] if index % 2 == 0 else [gateway, direct]
+            found = {url: _first_token_s(client, url, synthesize_text(110, rng))
+                     for url in order}  # fmt: skip
+            if found[direct] is not None and found[gateway] is not None:
+                deltas.append((found[gateway] - found[direct]) * 1e3)
+    return deltas
+
+
+def _first_token_s(client: httpx.Client, base: str, prompt: str) -> float | None:
+    body = {"model": MODEL, "max_tokens": 4, "stream": True, "ignore_eos": True,
+            "messages": [{"role": "user", "content": prompt}]}  # fmt: skip
+    started = time.perf_counter()
+    with client.stream("POST", f"{base}/v1/chat/completions", json=body) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: ") and '"content":"' in line and '"content":""' not in line:
+                return time.perf_counter() - started
+    return None
+
+
+def engine_tokens(engine_url: str) -> float:
+    """Tokens the engine has generated so far (``llamacpp:tokens_predicted_total``): every
+    token a proxy relayed during a run, warm-up and drain included."""
+    samples = scrape(engine_url)
+    return sum(v for (name, _), v in samples.items() if name == "llamacpp:tokens_predicted_total")
+
+
+def steady_rate(report: dict[str, Any]) -> float:
+    """The run's steady output tokens/s (the bench's total rate when it has none)."""
+    steady = report.get("steady_output_tokens_per_s")
+    return float(steady if steady is not None else report["output_tokens_per_s"])
 
 
 def run(args: argparse.Namespace) -> None:
@@ -227,41 +336,83 @@ def run(args: argparse.Namespace) -> None:
                 litellm_skip = f"LiteLLM's proxy did not stream: {exc}"[:300]
                 del urls[target]
             print(f"stream check {target}: {checks[target]}", flush=True)
+        engine_pids = engine_children(served.process.pid)
+        proxy_pids = {"direct": [], "aiscale": [served.process.pid]}
+        if litellm is not None:
+            proxy_pids["litellm"] = descendants(litellm.pid)
         results: dict[str, dict[int, list[dict[str, Any] | None]]] = {t: {} for t in urls}
+        mixed: dict[tuple[int, str], list[tuple[dict[str, Any], dict[str, Any]] | None]] = {}
+        pairs: list[float] = []
+        rng = random.Random(20261207)
         run_number = 0
+
+        def bench_args(concurrency: int, target: str) -> list[str]:
+            nonlocal run_number
+            run_number += 1  # fresh prompts: no target reuses another's prefill
+            auth = [f"--header={k}: {v}" for k, v in _headers(target).items()]
+            return ["--model", MODEL, "--concurrency", str(concurrency),
+                    "--prompt-tokens", "128", "--max-tokens", str(args.max_tokens),
+                    "--duration", str(args.seconds), "--warmup", str(args.warmup),
+                    "--seed", str(run_number), *auth]  # fmt: skip
+
         for round_index in range(args.rounds):
             for concurrency in args.concurrency:
                 shift = round_index % len(urls)
                 order = list(urls)[shift:] + list(urls)[:shift]
                 for target in order:
-                    run_number += 1  # fresh prompts: no target reuses another's prefill
-                    auth = [f"--header={k}: {v}" for k, v in _headers(target).items()]
                     started = time.monotonic()
+                    cpu_before = (cpu_seconds(proxy_pids[target]), cpu_seconds(engine_pids))
+                    tokens_before = engine_tokens(urls["direct"])
                     try:
                         report: dict[str, Any] | None = chat_bench(
-                            urls[target], "--model", MODEL, "--concurrency", str(concurrency),
-                            "--prompt-tokens", "128", "--max-tokens", str(args.max_tokens),
-                            "--duration", str(args.seconds), "--warmup", str(args.warmup),
-                            "--seed", str(run_number), *auth,
-                        )  # fmt: skip
+                            urls[target], *bench_args(concurrency, target))
                     except RuntimeError as exc:  # one failed run is a gap, not a lost hour
                         report = None
                         print(f"round {round_index + 1} c={concurrency} {target}: FAILED "
                               f"{exc}", flush=True)  # fmt: skip
                     results[target].setdefault(concurrency, []).append(report)
                     if report is not None:
+                        report["proxy_cpu_s"] = cpu_seconds(proxy_pids[target]) - cpu_before[0]
+                        report["engine_cpu_s"] = cpu_seconds(engine_pids) - cpu_before[1]
+                        report["engine_tokens"] = engine_tokens(urls["direct"]) - tokens_before
                         print(f"round {round_index + 1} c={concurrency} {target}: "
-                              f"{report['output_tokens_per_s']:.1f} tok/s, TTFT p50 "
-                              f"{report['ttft_p50_ms']:.1f} ms, errors {report['errors']} "
+                              f"{steady_rate(report):.1f} tok/s steady, TTFT p50 "
+                              f"{report['ttft_p50_ms']:.1f} ms, proxy CPU "
+                              f"{report['proxy_cpu_s']:.2f} s, errors {report['errors']} "
                               f"{report.get('errors_by_kind') or ''}; "
                               f"{time.monotonic() - started:.1f} s", flush=True)  # fmt: skip
+                if concurrency == 1 and args.pairs:
+                    found = ttft_pairs(urls["direct"], urls["aiscale"], args.pairs, rng)
+                    pairs += found
+                    print(f"round {round_index + 1} pairs: median "
+                          f"{statistics.median(found) if found else float('nan'):+.1f} ms "
+                          f"over {len(found)}", flush=True)  # fmt: skip
+                elif concurrency > 1:
+                    half = concurrency // 2
+                    # aiscale beside direct, then direct beside direct (A/A: what the same
+                    # measurement reads when nothing differs, its noise floor).
+                    for kind, other in (("aiscale", "aiscale"), ("direct", "a/a")):
+                        try:
+                            both = chat_bench_parallel(
+                                [(urls["direct"], bench_args(half, "direct")),
+                                 (urls[kind], bench_args(concurrency - half, kind))])
+                            mixed.setdefault((concurrency, other), []).append(
+                                (both[0], both[1]))
+                            print(f"round {round_index + 1} c={concurrency} mixed {other}: "
+                                  f"TTFT p50 direct {both[0]['ttft_p50_ms']:.1f} ms, other "
+                                  f"{both[1]['ttft_p50_ms']:.1f} ms", flush=True)  # fmt: skip
+                        except RuntimeError as exc:
+                            mixed.setdefault((concurrency, other), []).append(None)
+                            print(f"round {round_index + 1} c={concurrency} mixed {other}: "
+                                  f"FAILED {exc}", flush=True)  # fmt: skip
     finally:
         if litellm is not None:
             stop_process(litellm)
         served.stop()
         if "TMPDIR" in env:
             shutil.rmtree(env["TMPDIR"], ignore_errors=True)
-    write_section("gateway_overhead", render(info, args, results, litellm_skip, checks), args.out)
+    write_section("gateway_overhead",
+                  render(info, args, results, litellm_skip, checks, mixed, pairs), args.out)
     print(f"wrote the gateway_overhead section of {args.out}")
 
 
@@ -291,7 +442,9 @@ def saved_kv_prefixes(tmpdir: str | None) -> int:
 
 def render(info: dict[str, Any], args: argparse.Namespace,
            results: dict[str, dict[int, list[dict[str, Any] | None]]], litellm_skip: str,
-           checks: dict[str, str]) -> str:
+           checks: dict[str, str],
+           mixed: dict[tuple[int, str], list[tuple[dict[str, Any], dict[str, Any]] | None]],
+           pairs: list[float]) -> str:
     lines = [
         "## Gateway overhead: the same engine direct, through aiscale, through LiteLLM",
         "",
@@ -310,12 +463,17 @@ def render(info: dict[str, Any], args: argparse.Namespace,
         "in it at start (with any of this deployment, the gateway renders each long chat "
         "prompt at the engine before sending it: the KV restore lookup)",
         *[f"- stream check {t}: {c}" for t, c in checks.items()],
+        "- tok/s: the steady output rate (tokens that arrived in the counted seconds, from any "
+        "request, over those seconds); CPU ms per token: the proxy's process (the gateway "
+        "without its engine; LiteLLM's process tree) and the engine, over the engine's "
+        "generated tokens (`llamacpp:tokens_predicted_total`) in the same runs",
         "- cells: median (min-max over rounds); ratios and deltas are per round, then "
         "summarised; a failed bench run is left out of its cell and counted in the last column",
         "",
-        "| concurrency | target | output tok/s | TTFT p50 ms | ITL p50 ms | tok/s ratio to "
-        "direct (>= 0.95) | TTFT p50 delta ms (<= +5) | errors |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| concurrency | target | output tok/s (steady) | TTFT p50 ms | ITL p50 ms | proxy CPU "
+        "ms/token | engine CPU ms/token | tok/s ratio to direct (>= 0.95) | TTFT p50 delta ms "
+        "(<= +5) | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     direct = results.get("direct", {})
     for concurrency in args.concurrency:
@@ -324,29 +482,36 @@ def render(info: dict[str, Any], args: argparse.Namespace,
             if not all_runs:
                 if target == "litellm":
                     lines.append(f"| {concurrency} | litellm | skipped: {litellm_skip} "
-                                 "| | | | | |")
+                                 "| | | | | | | |")
                 continue
             runs = [r for r in all_runs if r is not None]
-            pairs = [(r, b) for r, b in zip(all_runs, direct.get(concurrency, []), strict=False)
-                     if r is not None and b is not None]  # fmt: skip
+            pairs_of_runs = [(r, b) for r, b in
+                             zip(all_runs, direct.get(concurrency, []), strict=False)
+                             if r is not None and b is not None]  # fmt: skip
             ratio = delta = "-"
-            if target != "direct" and pairs:
-                ratios = [r["output_tokens_per_s"] / b["output_tokens_per_s"]
-                          for r, b in pairs if b["output_tokens_per_s"]]
-                deltas = [r["ttft_p50_ms"] - b["ttft_p50_ms"] for r, b in pairs
+            if target != "direct" and pairs_of_runs:
+                ratios = [steady_rate(r) / steady_rate(b)
+                          for r, b in pairs_of_runs if steady_rate(b)]
+                deltas = [r["ttft_p50_ms"] - b["ttft_p50_ms"] for r, b in pairs_of_runs
                           if r["ttft_p50_ms"] is not None and b["ttft_p50_ms"] is not None]
                 ratio = _judged(spread(ratios, "{:.3f}"), ratios, lambda v: v >= 0.95)
                 delta = _judged(spread(deltas, "{:+.1f}"), deltas, lambda v: v <= 5.0)
             failed = len(all_runs) - len(runs)
             errors = str(sum(r["errors"] for r in runs)) + (
                 f" ({failed} run(s) failed)" if failed else "")
+            tokens = sum(r.get("engine_tokens", 0) for r in runs)
+            proxy_cpu = ("-" if target == "direct" or not tokens else
+                         f"{sum(r['proxy_cpu_s'] for r in runs) / tokens * 1e3:.2f}")
+            engine_cpu = (f"{sum(r['engine_cpu_s'] for r in runs) / tokens * 1e3:.1f}"
+                          if tokens else "-")
             lines.append(
                 f"| {concurrency} | {target} | "
-                f"{spread([r['output_tokens_per_s'] for r in runs])} | "
+                f"{spread([steady_rate(r) for r in runs])} | "
                 f"{spread([r['ttft_p50_ms'] for r in runs if r['ttft_p50_ms'] is not None])} | "
                 f"{spread([r['itl_p50_ms'] for r in runs if r['itl_p50_ms'] is not None])} | "
-                f"{ratio} | {delta} | {errors} |"
+                f"{proxy_cpu} | {engine_cpu} | {ratio} | {delta} | {errors} |"
             )
+    lines += ["", *render_paired(args, mixed, pairs)]
     short = sum(r["short_outputs"] for t in results.values() for rs in t.values()
                 for r in rs if r is not None)  # fmt: skip
     if short:
@@ -355,11 +520,49 @@ def render(info: dict[str, Any], args: argparse.Namespace,
     return "\n".join(lines)
 
 
+def render_paired(args: argparse.Namespace,
+                  mixed: dict[tuple[int, str], list[tuple[dict[str, Any], dict[str, Any]] | None]],
+                  pairs: list[float]) -> list[str]:
+    """The TTFT the gateway adds, measured side by side (see the module docstring)."""
+    lines = [
+        "TTFT the gateway adds, measured side by side on the same engine at the same time "
+        "(c=1: alternating single requests, the median and quartiles of the per-pair "
+        "differences; c>1: half the streams direct and half through the gateway in one run, "
+        "the per-round difference of their TTFT p50):",
+        "",
+        "| concurrency | how | TTFT p50 direct ms | TTFT p50 other ms | other minus direct ms "
+        "(<= +5) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    if pairs:
+        ordered = sorted(pairs)
+        quartiles = statistics.quantiles(ordered, n=4) if len(ordered) > 1 else [ordered[0]] * 3
+        median = statistics.median(ordered)
+        lines.append(
+            f"| 1 | {len(pairs)} pairs over {args.rounds} rounds | | | {median:+.1f} "
+            f"(quartiles {quartiles[0]:+.1f} to {quartiles[2]:+.1f}) "
+            f"{'met' if median <= 5.0 else 'MISSED'} |")
+    for (concurrency, other), runs in sorted(mixed.items(), key=lambda kv: (kv[0][0],
+                                                                        kv[0][1] == "a/a")):
+        done = [r for r in runs if r is not None]
+        both = [(d, a) for d, a in done
+                if d["ttft_p50_ms"] is not None and a["ttft_p50_ms"] is not None]
+        deltas = [a["ttft_p50_ms"] - d["ttft_p50_ms"] for d, a in both]
+        failed = len(runs) - len(done)
+        judged = (_judged(spread(deltas, "{:+.1f}"), deltas, lambda v: v <= 5.0)
+                  if other == "aiscale" else f"{spread(deltas, '{:+.1f}')} (noise floor)")
+        lines.append(
+            f"| {concurrency} | mixed, {concurrency // 2} direct + "
+            f"{concurrency - concurrency // 2} {'direct (A/A)' if other == 'a/a' else other} "
+            f"streams{f', {failed} failed' if failed else ''} | "
+            f"{spread([d['ttft_p50_ms'] for d, _ in both])} | "
+            f"{spread([a['ttft_p50_ms'] for _, a in both])} | {judged} |")
+    return lines
+
+
 def _judged(text: str, values: list[float], is_met: Any) -> str:
     if not values:
         return text
-    import statistics
-
     return f"{text} {'met' if is_met(statistics.median(values)) else 'MISSED'}"
 
 
@@ -371,6 +574,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--pairs", type=int, default=20,
+                        help="TTFT pairs per round at concurrency 1 (0: none)")
     parser.add_argument("--litellm", default=None,
                         help=f"LiteLLM's `litellm` command (else ${LITELLM_ENV}, else PATH)")
     parser.add_argument("--kv-slots", choices=("node", "empty"), default="node",

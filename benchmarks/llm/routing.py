@@ -132,14 +132,14 @@ def run(args: argparse.Namespace) -> None:
             print(f"round {round_index + 1} {policy}: TTFT p50 {turns['ttft_p50_ms']:.0f} ms, "
                   f"hit rate {result['hit_rate']}, unique spread "
                   f"{result['unique_spread']:.2f}", flush=True)  # fmt: skip
-    write_section("routing", render(info, args, results), args.out)
-    print(f"wrote the routing section of {args.out}")
+    write_section(args.section, render(info, args, results), args.out)
+    print(f"wrote the {args.section} section of {args.out}")
 
 
 def render(info: dict[str, Any], args: argparse.Namespace,
            results: dict[str, list[dict[str, Any]]]) -> str:
     lines = [
-        "## Routing: prefix_aware against round_robin, 2 replicas",
+        f"## Routing: prefix_aware against round_robin, 2 replicas{args.title}",
         "",
         *machine_lines(info),
         f"- command: `{command_line()}`",
@@ -195,6 +195,10 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=96)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--section", default="routing",
+                        help="the RESULTS.md section to write (another workload: its own one)")
+    parser.add_argument("--title", default="",
+                        help="what to add to the section's heading (e.g. the workload)")
     args = parser.parse_args()
     main_guard(lambda: run(args))
 

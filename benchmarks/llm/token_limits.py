@@ -3,13 +3,22 @@ tokens-per-minute limit in Redis.
 
 One API key with ``--tpm LIMIT`` is created in a registry the three gateways share; each
 gateway (``aiscale serve --config``, ``server.redis_url`` = the local Redis, one key prefix
-per run) fronts the same llama.cpp engine (an ``openai-upstream`` deployment pointing at one
-engine this script starts with the gateway's own engine settings; ``--engines own`` gives
-each gateway its own ``llamacpp`` replica instead). Three ``aiscale bench --chat`` clients,
+per run) runs its own ``llamacpp`` replica (1 thread; ``--engines own``, the default), or
+fronts one shared llama.cpp engine as an ``openai-upstream`` deployment (``--engines
+shared``). The two differ in what a request reserves when the limit refuses its prompt's
+byte bound: a ``llamacpp`` replica can count the prompt exactly, so the gateway asks the
+ledger once more with the exact count (158 tokens here instead of 1032); an upstream cannot
+count, so the byte bound stands. Three ``aiscale bench --chat`` clients,
 one per gateway, keep 17 + 17 + 16 streams open for ``--seconds`` (closed loop: a refused or
 finished request is followed at once by the next), so requests keep knocking while earlier
 ones settle and free their reservations. The run lasts well under a minute, so every admitted
 token lies in one sliding minute of the limit.
+
+The defaults make the limit bind: over 50 s the admitted streams use more than the 4000
+tokens, so the minute fills and admission stops on the limit itself (the rest get 429 at
+once and knock again). An earlier default (20 s, limit 3000) never came near its limit (1264 tokens served),
+so "0 over" proved little. A round is marked "reached" when the tokens served leave less
+than one reservation under the limit (no further request could have been admitted).
 
 Reported: tokens served (prompt + completion of the answered requests, from their usage, and
 the ledger's own count of the last minute), the limit, the tokens over it, and one request's reservation (its prompt's byte bound, the
@@ -17,7 +26,7 @@ gateway's chat-template allowance, plus ``max_tokens``): the ledger guarantees t
 tokens over the limit stay within one reservation. Also the 429s and what the ledger says
 (``aiscale keys usage --json``). Repeated ``--rounds`` times, each with a fresh key.
 
-    .venv/bin/python benchmarks/llm/token_limits.py [--rounds 3] [--limit 3000]
+    .venv/bin/python benchmarks/llm/token_limits.py [--rounds 3] [--limit 4000] [--seconds 50]
     # smoke test at tiny size: --rounds 1 --streams 6 --seconds 5 --out /tmp/x.md
 
 Needs Redis at 127.0.0.1:6379 (``--redis-url``). Duration: about 1 min per round.
@@ -146,15 +155,23 @@ def one_round(args: argparse.Namespace, round_index: int, engine_url: str | None
     served = sum(r["prompt_tokens"] + r["output_tokens"] for r in reports)
     refused = sum(r["errors_by_kind"].get("429", 0) for r in reports)
     other = sum(r["errors"] for r in reports) - refused
+    other_kinds: dict[str, int] = {}
+    for report in reports:
+        for kind, count in report["errors_by_kind"].items():
+            if kind != "429":
+                other_kinds[kind] = other_kinds.get(kind, 0) + count
     ledger_minute = None
     try:
         ledger_minute = int(json.loads(ledger.stdout)["key"]["last_minute"]["tokens"])
     except (ValueError, KeyError, TypeError):
         pass
     worst = max(served, ledger_minute or 0)
-    return {"served": served, "ledger_minute": ledger_minute, "over": worst - args.limit,
+    stated = [int(m.group(1)) for r in reports
+              if (m := re.search(r"reserves up to (\d+)", r.get("first_error") or ""))]
+    return {"stated_reservation": max(stated) if stated else None, "served": served, "ledger_minute": ledger_minute, "over": worst - args.limit,
             "ok": sum(r["ok"] for r in reports),
-            "refused": refused, "other_errors": other, "elapsed_s": elapsed,
+            "refused": refused, "other_errors": other, "other_kinds": other_kinds,
+            "first_errors": [r.get("first_error") for r in reports], "elapsed_s": elapsed,
             "ledger": ledger.stdout.strip() if ledger.returncode == 0 else
             f"keys usage failed: {ledger.stderr.strip()[-200:]}"}  # fmt: skip
 
@@ -182,7 +199,8 @@ def run(args: argparse.Namespace) -> None:
             rounds.append(result)
             print(f"round {round_index + 1}: served {result['served']} tokens for limit "
                   f"{args.limit} (over {result['over']}, bound {bound}); ok {result['ok']}, "
-                  f"429 {result['refused']}, other errors {result['other_errors']}", flush=True)
+                  f"429 {result['refused']}, other errors {result['other_errors']} "
+                  f"{result['other_kinds']}", flush=True)
     finally:
         if engine is not None:
             stop_engine(engine)
@@ -193,6 +211,7 @@ def run(args: argparse.Namespace) -> None:
 def render(info: dict[str, Any], args: argparse.Namespace, rounds: list[dict[str, Any]],
            bound: int) -> str:
     worst = max(r["over"] for r in rounds)
+    stated = [r["stated_reservation"] for r in rounds if r["stated_reservation"] is not None]
     lines = [
         "## Token limits under concurrency: 3 gateways, one TPM limit in Redis",
         "",
@@ -203,21 +222,27 @@ def render(info: dict[str, Any], args: argparse.Namespace, rounds: list[dict[str
         f"{args.max_tokens}-token outputs (ignore_eos); engines: {args.engines}",
         f"- one reservation (bound): {bound} tokens = prompt bytes + chat-template allowance + "
         "max_tokens",
+        f"- the reservation the gateways stated in their 429s: "
+        f"{max(stated) if stated else 'none seen'} tokens (a key held to a token limit has "
+        "its prompt counted exactly at a `llamacpp` engine, `--engines own`; an "
+        "`openai-upstream` engine cannot count, so the byte bound is reserved)",
         "",
         "| round | tokens served (clients' usage) | ledger: tokens in the last minute | over "
-        "the limit (the larger) | within one reservation | answered | 429 | other errors | "
-        "run s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "the limit (the larger) | within one reservation | answered | 429 | limit reached "
+        "(< one reservation left) | other errors | run s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for index, r in enumerate(rounds, 1):
         lines.append(f"| {index} | {r['served']} | {r['ledger_minute']} | {r['over']} | "
                      f"{'yes' if r['over'] <= bound else 'NO'} | {r['ok']} | {r['refused']} | "
+                     f"{'yes' if r['over'] > -bound else 'no'} | "
                      f"{r['other_errors']} | {r['elapsed_s']:.1f} |")  # fmt: skip
     lines += [
         "",
         f"Over the limit: {spread([r['over'] for r in rounds], '{:.0f}')} tokens; worst "
         f"{worst} against one reservation of at most {bound}: "
-        f"{'met' if worst <= bound else 'MISSED'}.",
+        f"{'met' if worst <= bound else 'MISSED'}; the limit was reached in "
+        f"{sum(1 for r in rounds if r['over'] > -bound)} of {len(rounds)} rounds.",
         "",
         "The ledger's view of the last round (`aiscale keys usage --json`):",
         "",
@@ -239,12 +264,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--streams", type=int, default=50)
-    parser.add_argument("--seconds", type=float, default=20.0,
+    parser.add_argument("--seconds", type=float, default=50.0,
                         help="keep the streams busy this long (well under a minute)")
-    parser.add_argument("--limit", type=int, default=3000, help="tokens per minute")
+    parser.add_argument("--limit", type=int, default=4000, help="tokens per minute")
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--engines", choices=("shared", "own"), default="shared")
+    parser.add_argument("--engines", choices=("shared", "own"), default="own")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

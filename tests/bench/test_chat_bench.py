@@ -71,6 +71,17 @@ def test_closed_loop_streams_and_reports(llm_engine: Engine) -> None:
     assert abs(result.prompt_tokens / 4 - 40) <= 4
 
 
+def test_a_timed_run_reports_its_steady_output_rate(llm_engine: Engine) -> None:
+    """A run ended by its duration reports the tokens that arrived in its window per second
+    (warm-up requests' tokens included); a run ended by its request count has no window."""
+    timed = run(llm_engine, concurrency=2, duration=1.5, warmup=0.5, max_tokens=8)
+    assert timed.steady_output_tokens_per_s is not None
+    assert timed.steady_output_tokens_per_s > 0
+    assert timed.to_json()["steady_output_tokens_per_s"] == timed.steady_output_tokens_per_s
+    counted = run(llm_engine, concurrency=2, requests=2)
+    assert counted.steady_output_tokens_per_s is None
+
+
 def test_open_loop_schedules_poisson_arrivals(llm_engine: Engine) -> None:
     """An open loop sends its arrivals on schedule and reports the offered rate."""
     result = run(llm_engine, rate=20.0, requests=3, max_tokens=4, prompt_tokens=24)

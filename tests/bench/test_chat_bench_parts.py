@@ -228,6 +228,20 @@ def test_tally_definitions() -> None:
     assert len(tally.e2e_s) == 3 and tally.prompt_tokens == 30
 
 
+def test_steady_window_counts_every_request_s_tokens_inside_it() -> None:
+    """The steady rate's numerator: tokens that arrived inside the window, from warm-up
+    requests, failed ones and ones still running at its end alike; none from outside."""
+    tally = ChatTally(slo_ttft_s=0.5, slo_itl_s=0.05, ignore_eos=True)
+    started_before = _outcome(0.5, [1.0, 1.0, 1.0])  # tokens at 10.5, 11.5, 12.5, 13.5
+    failed = _outcome(1.2, [0.1], error="stream")  # no tokens
+    failed.token_times_s.extend([11.3, 11.4])  # streamed two, then broke
+    running_past_end = _outcome(3.0, [1.0, 1.0])  # 13.0, 14.0, 15.0
+    for outcome in (started_before, failed, running_past_end):
+        tally.count_window_tokens(outcome, 11.0, 14.0)
+    assert tally.window_tokens == 3 + 2 + 1  # 11.5, 12.5, 13.5; 11.3, 11.4; 13.0
+    assert tally.requests == 0  # counting the window records no request
+
+
 def test_an_empty_answer_is_ok_without_ttft() -> None:
     """A stream that finished with no token (the model stopped at once) is answered, not an
     error: no TTFT or ITL sample, short of its ignore_eos length, good within the TTFT SLO."""

@@ -44,7 +44,7 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 #: forced to their full length (``ignore_eos``) so that each request's use is known.
 QUESTION = [{"role": "user", "content": "Name three colours of the rainbow."}]
 MAX_TOKENS = 16
-#: The key limit: three reservations fit at once; 21 requests' real use (about 55 tokens
+#: The key limit: several reservations fit at once; 21 requests' real use (about 55 tokens
 #: each) is far above the limit plus one reservation, so a leaking ledger fails the bound.
 TOKENS_PER_MINUTE = 600
 #: US dollars per million tokens of each kind, so a token costs an exact number of
@@ -249,6 +249,9 @@ def test_tokens_per_minute_holds_across_gateways(fleet: Fleet) -> None:
     assert served and refused, [o.status for o in outcomes]
     _check_refusals(refused, "key:tokens_per_minute", "tokens in the last minute")
     reservation = _reserved_tokens(refused[0].error or {})
+    # A key held to a token limit reserves its prompt's exact count (taken at the engine),
+    # not the byte bound: the prompt's tokens as the engine reported them, plus max_tokens.
+    assert reservation == int((served[0].usage or {})["prompt_tokens"]) + MAX_TOKENS
     answered = sum(int((o.usage or {})["total_tokens"]) for o in served)
     assert answered <= TOKENS_PER_MINUTE + reservation, (answered, reservation)
     prompts = sum(int((o.usage or {})["prompt_tokens"]) for o in served)

@@ -184,6 +184,28 @@ def test_a_request_bigger_than_the_minute_runs_alone(new_ledger: LedgerFactory) 
     run(scenario())
 
 
+def test_refusals_say_whether_a_smaller_prompt_count_could_fit(new_ledger: LedgerFactory) -> None:
+    """Refusals by a limit in tokens or money say so (the gateway then counts the prompt
+    exactly and asks once more); refusals by requests or concurrency do not."""
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        ledger = new_ledger(clock=clock)
+        tight = LlmLimits(tokens_per_minute=1000)
+        await admit(ledger, key="t", limits=tight)
+        await admit(ledger, key="t", limits=tight)
+        by_tokens = await refused(ledger, key="t", limits=tight)
+        assert by_tokens.limit == "key:tokens_per_minute" and by_tokens.is_about_tokens
+        one_at_a_time = LlmLimits(max_concurrent=1)
+        await admit(ledger, key="c", limits=one_at_a_time)
+        by_concurrency = await refused(ledger, key="c", limits=one_at_a_time)
+        assert by_concurrency.limit == "key:max_concurrent"
+        assert not by_concurrency.is_about_tokens
+        await ledger.close()
+
+    run(scenario())
+
+
 def test_team_limits_count_every_key_of_the_team(new_ledger: LedgerFactory) -> None:
     """Two keys of one team share its tokens-per-minute limit from the config; a key of
     another team is not held back by them; the refusal names team:tokens_per_minute."""

@@ -314,11 +314,13 @@ class _Run:
         """Stream one request that ``_reserve`` counted; releases it when done."""
         body = _body(self._facts.model, messages, max_tokens, ignore_eos=self._config.ignore_eos)
         try:
-            return await self._client.stream(body, started_s=started_s, keep_text=keep_text)
+            outcome = await self._client.stream(body, started_s=started_s, keep_text=keep_text)
         finally:
             self._outstanding -= 1
             if self._outstanding == 0:
                 self._all_done.set()
+        self._tally.count_window_tokens(outcome, self._warm_end, self._end)
+        return outcome
 
     def _admit(self) -> bool | None:
         """Whether a request starting now is counted; None when the run is over."""
@@ -527,6 +529,11 @@ class _Run:
             context_tokens=self._facts.context_tokens,
             num_prompts_capped=self._num_capped,
             offered_rate_rps=offered,
+            steady_output_tokens_per_s=(
+                tally.window_tokens / config.duration_s
+                if self._is_stopped_by_duration and config.duration_s
+                else None  # the run ended before its window did: no steady rate
+            ),
             client_cpu_share=cpu_share,
             notes=tuple(notes),
             first_error=tally.first_error,

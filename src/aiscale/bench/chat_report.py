@@ -83,6 +83,10 @@ def render_chat_result(result: ChatBenchResult) -> Table:
         ("duration", f"{result.duration_s:.2f} s"),
         ("requests/s", _rate(result.requests_per_s, "req/s")),
         ("output tokens/s", _rate(result.output_tokens_per_s, "tok/s")),
+    ]
+    if result.steady_output_tokens_per_s is not None:
+        rows.append(("steady output tokens/s", _rate(result.steady_output_tokens_per_s, "tok/s")))
+    rows += [
         ("output tokens", f"{result.output_tokens:,} of {result.requested_output_tokens:,} asked"),
         ("prompt tokens (cached)", f"{result.prompt_tokens:,} ({result.cached_prompt_tokens:,})"),
     ]

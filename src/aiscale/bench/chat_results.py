@@ -9,7 +9,13 @@ and turns them into the result. Definitions, per successful counted request:
 * TPOT: a request's mean inter-token time, (last chunk - first chunk) / (chunks - 1);
 * e2e: end of the stream minus the start;
 * goodput: requests with TTFT <= ``slo_ttft_ms`` and TPOT <= ``slo_itl_ms`` (the request's
-  mean ITL, as vLLM's and DistServe's goodput use it), per second of the counted window.
+  mean ITL, as vLLM's and DistServe's goodput use it), per second of the counted window;
+* steady output tokens/s (runs with a duration): content chunks that arrived inside the
+  measured window (after the warm-up, before its end), from any request, warm-up ones and
+  ones still running at the end included, over the window's length. ``output_tokens_per_s``
+  counts the tokens of the requests started in the window up to the last one's end, so in a
+  closed loop whose requests wait in a queue for longer than the window it mostly measures
+  the start-up and the drain; the steady rate is the server's rate under the full load.
 
 No I/O and no clock: callers pass the times.
 """
@@ -113,6 +119,7 @@ class ChatBenchResult:
     num_prompts_capped: int
     offered_rate_rps: float | None
     client_cpu_share: float | None
+    steady_output_tokens_per_s: float | None = None
     notes: tuple[str, ...] = ()
     first_error: str = ""
 
@@ -160,6 +167,7 @@ class ChatBenchResult:
             "cached_prompt_tokens": self.cached_prompt_tokens,
             "cache_hit_share": self.cache_hit_share,
             "output_tokens_per_s": self.output_tokens_per_s,
+            "steady_output_tokens_per_s": self.steady_output_tokens_per_s,
         }
         for name in ("ttft", "itl", "tpot", "e2e"):
             summary: LatencySummary = getattr(self, name)
@@ -208,6 +216,13 @@ class ChatTally:
     window_ttft_s: list[float] = field(default_factory=list)
     window_itl_s: list[float] = field(default_factory=list)
     last_done_s: float = 0.0
+    #: Content chunks that arrived inside the measured window, from any request.
+    window_tokens: int = 0
+
+    def count_window_tokens(self, outcome: StreamOutcome, start_s: float, end_s: float) -> None:
+        """Add the content chunks of ``outcome`` (counted or not, failed or not) that arrived
+        in ``[start_s, end_s)``: the steady output rate's numerator."""
+        self.window_tokens += sum(1 for at in outcome.token_times_s if start_s <= at < end_s)
 
     def record(self, outcome: StreamOutcome, asked_tokens: int) -> None:
         """Count one finished request that asked for ``asked_tokens`` output tokens."""

@@ -37,6 +37,7 @@ from aiscale.errors import (
     Overloaded,
     ReplicaUnavailable,
 )
+from aiscale.llm.ledger import LimitExceeded, Reservation, TokenLedger
 from aiscale.llm.routing import routing_text_of_chat, routing_text_of_completion
 from aiscale.serving.auth import Caller
 from aiscale.serving.errors import status_for
@@ -169,14 +170,7 @@ class LlmApi:
             await call.lane.wait_for_engine(call.lane.spec.timeout_s)
         await self._budget(call)
         if call.ledger is not None:
-            call.reservation = await call.ledger.admit(
-                key_id=call.caller.key_id,
-                team=call.caller.team,
-                model=call.deployment.name,
-                prompt_tokens_max=call.prompt_tokens_exact or call.checked.prompt_tokens_max,
-                max_tokens=call.max_tokens,
-                key_limits=call.caller.llm_limits,
-            )
+            call.reservation = await self._admit(call, call.ledger)
         response = await self.open_engine(call)
         if call.checked.is_stream:
             return LlmStream(call, response, reopen=self.open_engine, finish=self._finish_stream)
@@ -200,11 +194,50 @@ class LlmApi:
 
     # ----- the token budget ---------------------------------------------------------------
     async def _budget(self, call: LlmCall) -> None:
-        """Set ``call.max_tokens`` (and the exact prompt count when it had to be taken)."""
+        """Set ``call.max_tokens`` (and the exact prompt count when it had to be taken: the
+        prompt's byte bound might not fit the context window)."""
         checked, limits = call.checked, call.lane.limits
         if fits_without_counting(checked, limits) or not limits.can_count_tokens:
             call.max_tokens = checked.max_tokens or limits.max_output_tokens
             return
+        exact = await self._count_prompt(call)
+        call.prompt_tokens_exact = exact
+        call.max_tokens = output_budget(checked, limits, exact)
+
+    async def _admit(self, call: LlmCall, ledger: TokenLedger) -> Reservation:
+        """Reserve the request's tokens: first with what is known of the prompt (its exact
+        count if taken, else its byte bound: no engine round trip on the way to the first
+        token); when a limit in tokens or money refuses that, once more with the exact count
+        from an engine, since the byte bound is several times the real count for most text
+        and would refuse requests the limit has room for. The second refusal is final."""
+
+        async def reserve() -> Reservation:
+            return await ledger.admit(
+                key_id=call.caller.key_id,
+                team=call.caller.team,
+                model=call.deployment.name,
+                prompt_tokens_max=call.prompt_tokens_exact or call.checked.prompt_tokens_max,
+                max_tokens=call.max_tokens,
+                key_limits=call.caller.llm_limits,
+            )
+
+        try:
+            return await reserve()
+        except LimitExceeded as refusal:
+            if (
+                not refusal.is_about_tokens
+                or call.prompt_tokens_exact is not None
+                or not call.lane.limits.can_count_tokens
+            ):
+                raise
+            try:
+                call.prompt_tokens_exact = await self._count_prompt(call)
+            except ReplicaUnavailable:
+                raise refusal from None  # no count to be had: the bound's answer stands
+            return await reserve()
+
+    async def _count_prompt(self, call: LlmCall) -> int:
+        """The prompt's exact token count, by the least loaded ready engine replica."""
         engines = [e for e in call.lane.ready_engines() if not e.is_draining]
         if not engines:
             raise ReplicaUnavailable(
@@ -212,16 +245,14 @@ class LlmApi:
                 "the prompt"
             )
         replica = call.lane.replica(min(engines, key=lambda e: e.load).replica_id)
-        exact = await call.lane.client.count_prompt_tokens(
+        return await call.lane.client.count_prompt_tokens(
             replica.handle,
-            checked.kind,
+            call.checked.kind,
             engine_kind=call.lane.engine.kind,
             model=replica.handle.model_name,
-            messages=checked.messages,
-            prompt=checked.prompt,
+            messages=call.checked.messages,
+            prompt=call.checked.prompt,
         )
-        call.prompt_tokens_exact = exact
-        call.max_tokens = output_budget(checked, limits, exact)
 
     # ----- sending ------------------------------------------------------------------------
     async def open_engine(self, call: LlmCall) -> httpx.Response:
