@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from aiscale.llm.ledger import (
     LedgerUnavailable,
     LimitExceeded,
+    Reservation,
     TokenLedger,
     TokenUsage,
     make_ledger,
@@ -337,3 +338,57 @@ def test_spend_metrics_have_bounded_labels(prefix: str) -> None:
         for name in sample.labels
     }
     assert label_names <= {"key_id", "team", "model", "kind", "limit"}
+
+
+def test_settlements_kept_through_an_outage_are_booked_once_by_concurrent_requests(
+    tmp_path: Path,
+) -> None:
+    """Settlements that waited out a Redis outage are booked exactly once when many
+    requests arrive together after it: each admit tries to book the backlog, and two of them
+    used to take the same oldest one and each remove one, dropping a settlement nobody had
+    booked (or raising IndexError: a 500 in the gateway)."""
+    socket_path = tmp_path / "redis.sock"
+    process = _start_redis(socket_path)
+    num_held, num_arriving = 12, 24
+
+    async def scenario() -> None:
+        ledger = make_ledger(
+            LedgerConfig(), redis_url=f"unix://{socket_path}", key_prefix="t:", timeout_s=0.5,
+            metrics_registry=CollectorRegistry(), clock=clock,
+        )
+        held = [await ledger.admit(key_id="k", team=None, model="m", prompt_tokens_max=10,
+                                   max_tokens=10) for _ in range(num_held)]  # fmt: skip
+        process.kill()
+        process.wait(timeout=10)
+        with pytest.raises(LedgerUnavailable):
+            await ledger.admit(key_id="k", team=None, model="m", prompt_tokens_max=1,
+                               max_tokens=1)
+        for index, reservation in enumerate(held):  # each kept in memory, in order
+            await ledger.settle(reservation, TokenUsage(index + 1, 0, 1))
+        restarted = _start_redis(socket_path)
+        try:
+            await asyncio.sleep(1.2)  # past the time Redis is left alone after a failure
+            arriving = await asyncio.gather(
+                *(ledger.admit(key_id="other", team=None, model="m", prompt_tokens_max=1,
+                               max_tokens=1) for _ in range(num_arriving)),
+                return_exceptions=True,
+            )  # fmt: skip
+            assert [a for a in arriving if isinstance(a, BaseException)] == []
+            for reservation in arriving:
+                assert isinstance(reservation, Reservation)
+                await ledger.settle(reservation, TokenUsage(1, 0, 0))
+            await ledger.close()  # books whatever the arrivals left
+            check = make_ledger(
+                LedgerConfig(), redis_url=f"unix://{socket_path}", key_prefix="t:",
+                timeout_s=0.5, metrics_registry=CollectorRegistry(), clock=clock,
+            )
+            usage = await check.usage(key_id="k")
+            day = usage["key"]["day"]
+            assert day["requests"] == num_held
+            assert day["tokens"] == sum(index + 2 for index in range(num_held))
+            await check.close()
+        finally:
+            restarted.kill()
+            restarted.wait(timeout=10)
+
+    asyncio.run(scenario())

@@ -297,6 +297,10 @@ class Ledger:
         self._settled_memory_ms = int(memory_s * 1000)
         self._metrics = metrics
         self._pending: deque[Settlement] = deque()
+        #: Held by the one caller booking ``_pending``: concurrent callers each took the same
+        #: head, and each then removed one, so a settlement nobody had booked was dropped
+        #: (or the deque ran empty: IndexError, a 500 in the gateway).
+        self._flushing = asyncio.Lock()
         self._settling: set[asyncio.Task[None]] = set()
 
     def team_limits(self, team: str) -> LlmLimits:
@@ -425,21 +429,27 @@ class Ledger:
         self._pending.append(settlement)
         self._metrics.pending_settles.set(len(self._pending))
 
-    async def _flush_pending(self, max_count: int = MAX_FLUSH_PER_CALL) -> None:
+    async def _flush_pending(
+        self, max_count: int = MAX_FLUSH_PER_CALL, *, wait: bool = False
+    ) -> None:
         """Book up to ``max_count`` settlements that failed earlier, oldest first, until one
-        fails again (a bound, so that a request never waits for a long backlog)."""
-        for _ in range(max_count):
-            if not self._pending:
-                return
-            settlement = self._pending[0]
-            try:
-                is_new = await self._store.settle(settlement)
-            except LedgerUnavailable:
-                return
-            self._pending.popleft()
-            self._metrics.pending_settles.set(len(self._pending))
-            if is_new:
-                self._book_metrics(settlement)
+        fails again (a bound, so that a request never waits for a long backlog). One caller
+        books at a time; another returns at once (``wait``: waits its turn, as ``close``)."""
+        if not self._pending or (self._flushing.locked() and not wait):
+            return
+        async with self._flushing:
+            for _ in range(max_count):
+                if not self._pending:
+                    return
+                settlement = self._pending[0]
+                try:
+                    is_new = await self._store.settle(settlement)
+                except LedgerUnavailable:
+                    return
+                self._pending.popleft()  # still the head: only the lock holder removes
+                self._metrics.pending_settles.set(len(self._pending))
+                if is_new:
+                    self._book_metrics(settlement)
 
     async def usage(self, *, key_id: str | None = None, team: str | None = None) -> dict[str, Any]:
         _checked_id(key_id, "key_id")
@@ -468,7 +478,7 @@ class Ledger:
     async def close(self) -> None:
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
-        await self._flush_pending(len(self._pending))
+        await self._flush_pending(len(self._pending), wait=True)
         if self._pending:
             logger.error(
                 "closing the ledger with %d settlements not booked (store unreachable)",

@@ -37,7 +37,7 @@ from aiscale.errors import (
     Overloaded,
     ReplicaUnavailable,
 )
-from aiscale.llm.ledger import LimitExceeded, Reservation, TokenLedger
+from aiscale.llm.ledger import LedgerUnavailable, LimitExceeded, Reservation, TokenLedger
 from aiscale.llm.routing import routing_text_of_chat, routing_text_of_completion
 from aiscale.serving.auth import Caller
 from aiscale.serving.errors import status_for
@@ -63,6 +63,9 @@ if TYPE_CHECKING:
 __all__ = ["LlmApi"]
 
 logger = logging.getLogger(__name__)
+#: Seconds a client is told to wait when the token ledger's store cannot be reached: the
+#: Redis ledger leaves a failed store alone for a second before it tries again.
+LEDGER_RETRY_AFTER_S = 1.0
 
 _T = TypeVar("_T")
 ParseFn = Callable[[bytes, Callable[[], _T]], Awaitable[_T]]
@@ -209,17 +212,25 @@ class LlmApi:
         count if taken, else its byte bound: no engine round trip on the way to the first
         token); when a limit in tokens or money refuses that, once more with the exact count
         from an engine, since the byte bound is several times the real count for most text
-        and would refuse requests the limit has room for. The second refusal is final."""
+        and would refuse requests the limit has room for. The second refusal is final.
+        A ledger that cannot be reached refuses the request (it fails closed) with 503 and
+        ``Retry-After``: the store is unavailable for now, not the client's error."""
 
         async def reserve() -> Reservation:
-            return await ledger.admit(
-                key_id=call.caller.key_id,
-                team=call.caller.team,
-                model=call.deployment.name,
-                prompt_tokens_max=call.prompt_tokens_exact or call.checked.prompt_tokens_max,
-                max_tokens=call.max_tokens,
-                key_limits=call.caller.llm_limits,
-            )
+            try:
+                return await ledger.admit(
+                    key_id=call.caller.key_id,
+                    team=call.caller.team,
+                    model=call.deployment.name,
+                    prompt_tokens_max=call.prompt_tokens_exact or call.checked.prompt_tokens_max,
+                    max_tokens=call.max_tokens,
+                    key_limits=call.caller.llm_limits,
+                )
+            except LedgerUnavailable as exc:  # fail closed, but as a retryable 503
+                raise Overloaded(
+                    f"requests cannot be admitted now: {exc.message}",
+                    retry_after_s=LEDGER_RETRY_AFTER_S,
+                ) from None
 
         try:
             return await reserve()
