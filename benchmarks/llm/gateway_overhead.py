@@ -106,6 +106,7 @@ from benchmarks.llm.common import (  # noqa: E402
     stop_process,
     write_section,
 )
+from benchmarks.llm.ttft_pairs import first_token_s  # noqa: E402
 
 TARGETS = ("direct", "aiscale", "litellm")
 LITELLM_ENV = "AISCALE_BENCH_LITELLM"
@@ -274,22 +275,11 @@ def ttft_pairs(direct: str, gateway: str, num_pairs: int, rng: random.Random) ->
     with httpx.Client(timeout=120) as client:
         for index in range(num_pairs):
             order = [direct, gateway] if index % 2 == 0 else [gateway, direct]
-            found = {url: _first_token_s(client, url, synthesize_text(110, rng))
+            found = {url: first_token_s(client, url, MODEL, synthesize_text(110, rng))
                      for url in order}  # fmt: skip
             if found[direct] is not None and found[gateway] is not None:
                 deltas.append((found[gateway] - found[direct]) * 1e3)
     return deltas
-
-
-def _first_token_s(client: httpx.Client, base: str, prompt: str) -> float | None:
-    body = {"model": MODEL, "max_tokens": 4, "stream": True, "ignore_eos": True,
-            "messages": [{"role": "user", "content": prompt}]}  # fmt: skip
-    started = time.perf_counter()
-    with client.stream("POST", f"{base}/v1/chat/completions", json=body) as response:
-        for line in response.iter_lines():
-            if line.startswith("data: ") and '"content":"' in line and '"content":""' not in line:
-                return time.perf_counter() - started
-    return None
 
 
 def engine_tokens(engine_url: str) -> float:

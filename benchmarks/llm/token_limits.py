@@ -123,7 +123,8 @@ def one_round(args: argparse.Namespace, round_index: int, engine_url: str | None
         deployment = {"name": MODEL, "model": MODEL,
                       "engine": {"kind": "openai-upstream", "model": MODEL,
                                  "urls": [engine_url]}}  # fmt: skip
-    config = {"server": {"redis_url": args.redis_url, "redis_key_prefix": prefix},
+    config = {"server": {"redis_url": args.redis_url, "redis_key_prefix": prefix,
+                         "redis_timeout_s": args.redis_timeout},
               "deployments": [deployment]}  # fmt: skip
     gateways = []
     try:
@@ -272,6 +273,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--engines", choices=("shared", "own"), default="own")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--redis-timeout", type=float, default=0.25,
+                        help="the gateways' server.redis_timeout_s (their default: 0.25)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if not 0 < args.seconds <= 40:

@@ -29,10 +29,13 @@ from benchmarks.llm.common import engine_children, gateway_engine_urls, serve  #
 PROMPT = " ".join(f"word{i}" for i in range(100))
 
 
-def first_token_s(client: httpx.Client, base: str, model: str) -> float | None:
-    """Seconds from sending a streamed chat to its first content event."""
+def first_token_s(client: httpx.Client, base: str, model: str,
+                  prompt: str | None = None) -> float | None:
+    """Seconds from sending a streamed chat to its first content event (``prompt``: by
+    default a fixed prefix with a fresh suffix)."""
+    content = prompt if prompt is not None else f"{PROMPT} {time.time_ns()}"
     body = {"model": model, "max_tokens": 4, "stream": True, "ignore_eos": True,
-            "messages": [{"role": "user", "content": f"{PROMPT} {time.time_ns()}"}]}
+            "messages": [{"role": "user", "content": content}]}
     started = time.perf_counter()
     with client.stream("POST", f"{base}/v1/chat/completions", json=body) as response:
         for line in response.iter_lines():
