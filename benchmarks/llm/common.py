@@ -331,9 +331,9 @@ def stop_engine(process: subprocess.Popen[str]) -> None:
         process.wait(timeout=10)
 
 
-def engine_children(pid: int) -> list[int]:
-    """Process ids of the llama.cpp engine processes started by ``pid`` (Linux /proc)."""
-    found = []
+def _parents() -> dict[int, tuple[int, str]]:
+    """Every process's parent id and command line (Linux ``/proc``)."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -342,10 +342,27 @@ def engine_children(pid: int) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == pid and "aiscale.engines.llamacpp_process" in cmdline:
-            found.append(int(entry.name))
-    return sorted(found)
+        found[int(entry.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmdline)
+    return found
+
+
+def engine_children(pid: int) -> list[int]:
+    """Process ids of the llama.cpp engine processes started by ``pid`` (Linux /proc)."""
+    return sorted(child for child, (parent, cmdline) in _parents().items()
+                  if parent == pid and "aiscale.engines.llamacpp_process" in cmdline)
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process below it (Linux /proc): LiteLLM's proxy, for one, may run
+    its server in a child process."""
+    parents = _parents()
+    found, frontier = [root], [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, (ppid, _) in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
 
 
 def listening_urls(pid: int) -> list[str]:

@@ -100,13 +100,14 @@ from benchmarks.llm.common import (  # noqa: E402
     machine,
     machine_lines,
     main_guard,
+    process_tree,
     scrape,
     serve,
     spread,
     stop_process,
     write_section,
 )
-from benchmarks.llm.ttft_pairs import first_token_s  # noqa: E402
+from benchmarks.llm.ttft_pairs import alternating_pairs  # noqa: E402
 
 TARGETS = ("direct", "aiscale", "litellm")
 LITELLM_ENV = "AISCALE_BENCH_LITELLM"
@@ -247,39 +248,14 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def descendants(root: int) -> list[int]:
-    """``root`` and every process below it (Linux ``/proc``): LiteLLM's proxy may run its
-    server in a child process."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = [root], [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent]
-        found += children
-        frontier += children
-    return found
-
-
 def ttft_pairs(direct: str, gateway: str, num_pairs: int, rng: random.Random) -> list[float]:
-    """TTFT through the gateway minus direct (ms), one pair of single streamed requests at a
-    time, in alternating order, each with a fresh ~128-token prompt of its own (no request
-    reuses another's prefill from the engine's prompt cache)."""
-    deltas = []
+    """TTFT through the gateway minus direct (ms) of alternating pairs of single streamed
+    requests, each with a fresh ~128-token prompt of its own (no request reuses another's
+    prefill from the engine's prompt cache)."""
     with httpx.Client(timeout=120) as client:
-        for index in range(num_pairs):
-            order = [direct, gateway] if index % 2 == 0 else [gateway, direct]
-            found = {url: first_token_s(client, url, MODEL, synthesize_text(110, rng))
-                     for url in order}  # fmt: skip
-            if found[direct] is not None and found[gateway] is not None:
-                deltas.append((found[gateway] - found[direct]) * 1e3)
-    return deltas
+        pairs = alternating_pairs(client, direct, gateway, MODEL, num_pairs,
+                                  lambda: synthesize_text(110, rng))  # fmt: skip
+    return [(through - direct_s) * 1e3 for direct_s, through in pairs]
 
 
 def engine_tokens(engine_url: str) -> float:
@@ -329,7 +305,7 @@ def run(args: argparse.Namespace) -> None:
         engine_pids = engine_children(served.process.pid)
         proxy_pids = {"direct": [], "aiscale": [served.process.pid]}
         if litellm is not None:
-            proxy_pids["litellm"] = descendants(litellm.pid)
+            proxy_pids["litellm"] = process_tree(litellm.pid)
         results: dict[str, dict[int, list[dict[str, Any] | None]]] = {t: {} for t in urls}
         mixed: dict[tuple[int, str], list[tuple[dict[str, Any], dict[str, Any]] | None]] = {}
         pairs: list[float] = []

@@ -8,7 +8,7 @@
 # and wall time; a script that fails does not stop the others. Exit status: the number of
 # scripts that failed.
 #
-#   benchmarks/llm/run_quiet.sh                 # all seven, ~70 min
+#   benchmarks/llm/run_quiet.sh                 # all seven, ~65 min
 #   benchmarks/llm/run_quiet.sh routing kv_restore   # only these, in this order
 #   SMOKE=1 benchmarks/llm/run_quiet.sh         # tiny settings (~8 min), written to
 #                                               # /tmp/llm_smoke_RESULTS.md, not RESULTS.md
@@ -59,7 +59,7 @@ for name in "${SCRIPTS[@]}"; do
     if [ "$name" = routing_long ]; then
         # The routing comparison on conversations with answers longer than the questions
         # (LMSYS-Chat-1M: 69.5-token prompts, 214.5-token answers on average) and more users
-        # than replicas, below saturation; its own section of RESULTS.md.
+        # than replicas, near the engines' capacity; its own section of RESULTS.md.
         script="benchmarks/llm/routing.py"
         args=(--section routing_long --title ", long answers" $ROUTING_LONG_ARGS)
     fi

@@ -18,6 +18,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -44,6 +45,23 @@ def first_token_s(client: httpx.Client, base: str, model: str,
     return None
 
 
+def alternating_pairs(
+    client: httpx.Client, direct: str, gateway: str, model: str, num_pairs: int,
+    prompt_of: Callable[[], str | None] = lambda: None,
+) -> list[tuple[float, float]]:
+    """(direct, through the gateway) TTFT seconds of ``num_pairs`` pairs of single streamed
+    requests, the order alternating pair by pair; ``prompt_of`` gives each request's prompt
+    (``None``: ``first_token_s``'s default). A pair with a request that streamed no token
+    is left out."""
+    pairs = []
+    for index in range(num_pairs):
+        order = [direct, gateway] if index % 2 == 0 else [gateway, direct]
+        found = {url: first_token_s(client, url, model, prompt_of()) for url in order}
+        if found[direct] is not None and found[gateway] is not None:
+            pairs.append((found[direct], found[gateway]))
+    return pairs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=40)
@@ -56,18 +74,13 @@ def main() -> None:
         for pid in engine_children(served.process.pid):
             for thread in os.listdir(f"/proc/{pid}/task"):
                 os.sched_setscheduler(int(thread), policy, os.sched_param(0))
-        direct: list[float | None] = []
-        through: list[float | None] = []
         with httpx.Client(timeout=60) as client:
             model = client.get(f"{gateway}/v1/models").json()["data"][0]["id"]
-            for index in range(args.pairs):
-                order = [(direct, engine), (through, gateway)]
-                for found, base in order if index % 2 == 0 else order[::-1]:
-                    found.append(first_token_s(client, base, model))
-        deltas = [b - a for a, b in zip(direct, through, strict=True) if a and b]
+            pairs = alternating_pairs(client, engine, gateway, model, args.pairs)
+        deltas = [through - direct for direct, through in pairs]
         print(f"policy {args.policy}: TTFT p50 direct "
-              f"{statistics.median(x for x in direct if x) * 1e3:.1f} ms, through the gateway "
-              f"{statistics.median(x for x in through if x) * 1e3:.1f} ms; per-pair delta median "
+              f"{statistics.median(d for d, _ in pairs) * 1e3:.1f} ms, through the gateway "
+              f"{statistics.median(t for _, t in pairs) * 1e3:.1f} ms; per-pair delta median "
               f"{statistics.median(deltas) * 1e3:+.1f} ms over {len(deltas)} pairs")
     finally:
         served.stop()

@@ -136,13 +136,17 @@ def test_metrics_count_tokens_and_latencies(llm_server: LlmServer) -> None:
 
     before = samples()
     with client(llm_server.url) as sdk:
-        list(
+        chunks = list(
             sdk.chat.completions.create(
                 model="chat", messages=HELLO, max_tokens=5, stream=True,
                 extra_body={"ignore_eos": True},
             )
         )
     after = samples()
+    # Past an end-of-sequence token (ignore_eos) a sampled token may render as no text: an
+    # inter-token gap is measured between chunks that carry text, as the client sees them.
+    with_text = sum(1 for c in chunks if c.choices and c.choices[0].delta.content)
+    assert with_text >= 1
 
     def grew(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
@@ -150,7 +154,7 @@ def test_metrics_count_tokens_and_latencies(llm_server: LlmServer) -> None:
     assert grew("aiscale_llm_generation_tokens_total") == 5
     assert grew("aiscale_llm_prompt_tokens_total") > 5
     assert grew("aiscale_llm_time_to_first_token_seconds_count") == 1
-    assert grew("aiscale_llm_inter_token_latency_seconds_count") == 4
+    assert grew("aiscale_llm_inter_token_latency_seconds_count") == with_text - 1
     assert grew("aiscale_llm_e2e_request_latency_seconds_count") == 1
 
 

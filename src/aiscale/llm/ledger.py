@@ -117,16 +117,6 @@ _PER_REQUEST = ("requests_per_minute", "max_concurrent")
 
 
 
-#: The measures a request's reservation counts against in tokens (money is priced per token).
-TOKEN_MEASURES = frozenset({
-    "tokens_per_minute",
-    "budget_tokens_per_day",
-    "budget_tokens_per_month",
-    "budget_usd_per_day",
-    "budget_usd_per_month",
-})
-
-
 class LimitExceeded(RateLimited):
     """A request refused by a limit or budget (429 with ``Retry-After``).
 
@@ -143,7 +133,7 @@ class LimitExceeded(RateLimited):
     def is_about_tokens(self) -> bool:
         """Whether the limit counts tokens or money (priced per token): a smaller
         reservation, from the prompt's exact count rather than its byte bound, may fit."""
-        return self.limit.partition(":")[2] in TOKEN_MEASURES
+        return self.limit.partition(":")[2] not in _PER_REQUEST
 
 
 
