@@ -154,5 +154,19 @@ def test_engine_killed_under_a_whole_answer_is_retried(two_engines: LlmServer) -
 
 def wait_for_both(server: LlmServer) -> None:
     """Both engines serve again (a replacement still starting when the gateway stops would
-    be cut off mid-start)."""
-    wait_for(lambda: len(pids(server)) == 2, 60.0, "two engines ready", 0.1)
+    be cut off mid-start). Each must answer: an engine killed a moment ago is still listed
+    as ready until the pool notices its death, and the next test would pick it."""
+
+    def both_answer() -> bool:
+        found = pids(server)
+        return len(found) == 2 and all(_answers(url) for url in found)
+
+    wait_for(both_answer, 60.0, "two engines ready", 0.1)
+
+
+def _answers(url: str) -> bool:
+    try:
+        busy_slots(url)
+    except OSError:  # connection refused: the process is gone
+        return False
+    return True
